@@ -1,0 +1,22 @@
+"""Self-attention o = softmax(q k^T * scale) v, shapes (B, H, N, D), softmax statistics in float32."""
+import math
+
+import torch
+
+from ._backend import resolve_backend
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """Reference: materialises the N x N matrix; float32 math, result in q's dtype."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    p = torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale, dim=-1)
+    return torch.matmul(p, v.float()).to(q.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """softmax(q k^T * scale) v for (B, H, N, D) inputs; scale defaults to 1/sqrt(D)."""
+    if resolve_backend(backend, q) == "triton":
+        from .attention_triton import attention_triton
+        return attention_triton(q, k, v, scale=scale)
+    return attention_ref(q, k, v, scale=scale)

