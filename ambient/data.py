@@ -80,7 +80,7 @@ def _as_fraction(name: str, value: Any) -> float:
     return result
 
 
-def _subset_indices(n: int, max_size: int | None) -> np.ndarray:
+def subset_indices(n: int, max_size: int | None) -> np.ndarray:
     """Indices of a fixed pseudo-random subset of max_size of n items, in their original order.
 
     Like EDM's `max_size`: a random subset rather than the first items, because the embedded sets are
@@ -280,7 +280,7 @@ class ImageSource:
                 _mode_channels(img.mode, "transparency" in img.info, where)
                 if img.mode in ("1", "P"):
                     img = img.convert("L" if img.mode == "1" else "RGB")
-                array = np.asarray(img, dtype=np.uint8)
+                array = np.array(img, dtype=np.uint8)
         except _READ_ERRORS as e:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
         return array[:, :, None] if array.ndim == 2 else array
@@ -352,7 +352,7 @@ class ImageFolderDataset(BaseDataset):
             raise ValueError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in "
                              f"{source.path}")
         all_labels = source.read_labels()
-        keep = _subset_indices(len(source.image_names), max_size)
+        keep = subset_indices(len(source.image_names), max_size)
         names = [source.image_names[k] for k in keep]
         first_shape = None
         for fname in names:
@@ -400,7 +400,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, max_size: int | None = None
         max_size = _as_int("max_size", max_size, minimum=1)
     if isinstance(name_or_path, str) and name_or_path in NAMED_DATASETS:
         images, labels = _embedded_arrays(name_or_path)
-        keep = _subset_indices(len(images), max_size)
+        keep = subset_indices(len(images), max_size)
         return ArrayDataset(name_or_path, images[keep], labels[keep], label_dim=int(labels.max()) + 1)
     return ImageFolderDataset(name_or_path, max_size=max_size)
 
