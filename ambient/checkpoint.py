@@ -1,0 +1,138 @@
+"""Checkpoints: a directory per snapshot, written atomically, loaded without executing code.
+
+    run_dir/checkpoint-000001200/
+        net.safetensors    raw weights          (safetensors: no code, no pickle)
+        ema.safetensors    EMA weights
+        state.pt           optimizer + counters (torch.load(weights_only=True))
+        meta.json          config, counters, and the size + sha256 of each file above
+
+The directory is built under a temporary name, every file fsync'ed, then renamed into place:
+a checkpoint either exists whole or not at all. On load the sizes and checksums are verified;
+`latest_checkpoint` skips a damaged one with a warning in favour of the previous one.
+"""
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "checkpoint-"
+TENSOR_FILES = ("net.safetensors", "ema.safetensors")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete, corrupt or does not fit the run."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, net: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
+                    state: dict[str, Any], meta: dict[str, Any], keep: int = 3) -> Path:
+    """Write checkpoint `step` atomically into run_dir and keep only the newest `keep` of them."""
+    run_dir = Path(run_dir)
+    final = run_dir / f"{PREFIX}{step:09d}"
+    tmp = run_dir / f".tmp-{PREFIX}{step:09d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_contiguous(net), tmp / "net.safetensors")
+    save_file(_contiguous(ema), tmp / "ema.safetensors")
+    torch.save(state, tmp / "state.pt")
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+             for name in (*TENSOR_FILES, "state.pt")}
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "files": files}, indent=2))
+    for name in (*TENSOR_FILES, "state.pt", "meta.json"):
+        _fsync(tmp / name)
+    _fsync(tmp)
+    if final.exists():                       # re-saving the same step (e.g. after a restart): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(run_dir)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint directories of a run, oldest first (complete or not)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def read_meta(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """meta.json of a checkpoint; with `verify`, check every file's size and checksum."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has no readable meta.json ({e})") from None
+    if verify:
+        for name, info in meta.get("files", {}).items():
+            f = path / name
+            if not f.is_file() or f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
+                raise CheckpointError(f"checkpoint {path} is damaged: {name} does not match its recorded size/checksum")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Verified checkpoint as {"net", "ema", "state", "meta"}; never unpickles code."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    meta = read_meta(path)
+    out = {"meta": meta}
+    for name in TENSOR_FILES:
+        out[name.split(".")[0]] = load_file(path / name, device=str(device))
+    try:
+        out["state"] = torch.load(path / "state.pt", map_location=device, weights_only=True)
+    except Exception as e:  # an unpickling error means a file that is not ours; say which
+        raise CheckpointError(f"checkpoint {path}: state.pt cannot be loaded safely ({type(e).__name__}: {e})") from None
+    return out
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Newest checkpoint of a run that verifies; damaged ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            read_meta(path)
+            return path
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}")
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint or run directory path (the run's newest good one)."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint or run directory: {path}")
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no complete checkpoint in {path}")
+    return found

@@ -1,0 +1,66 @@
+"""Generating images from seeds, and writing them as a PNG grid, a folder of PNGs or an .npz."""
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .sampler import edm_sampler
+
+
+class SeededNormals:
+    """randn_like with one generator per image seed, so image i does not depend on its batch."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str):
+        self.gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+    def randn(self, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+        return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in self.gens])
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn(x.shape[1:], x.device).to(x.dtype)
+
+
+def generate(net: Callable, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
+             device: torch.device | str = "cpu", class_labels: Callable[[Sequence[int]], torch.Tensor] | None = None,
+             **sampler_kwargs) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yields (seeds, images in [-1, 1] float32 on CPU) batch by batch; image i is a function of seed i alone."""
+    seeds = list(seeds)
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start:start + batch]
+        rnd = SeededNormals(chunk, device)
+        latents = rnd.randn(shape, device)
+        labels = class_labels(chunk).to(device) if class_labels is not None else None
+        images = edm_sampler(net, latents, labels, randn_like=rnd.randn_like, **sampler_kwargs)
+        yield chunk, images.float().cpu()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _pil(img: np.ndarray) -> Image.Image:
+    return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -> None:
+    """One PNG with the images tiled row by row."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    grid = np.zeros((nrow * h, ncol * w, c), dtype=np.uint8)
+    for i, img in enumerate(arr):
+        r, q = divmod(i, ncol)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
+    _pil(grid).save(path)
+
+
+def save_pngs(images: torch.Tensor, seeds: Sequence[int], folder: str | Path) -> None:
+    """One PNG per image, named by its seed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, img in zip(seeds, to_uint8(images)):
+        _pil(img).save(folder / f"{seed:06d}.png")
