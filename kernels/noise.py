@@ -6,14 +6,24 @@ a tiny negative number and a NaN from the square root.
 """
 import torch
 
-from ._backend import per_sample, resolve_backend
+from ._backend import compute_dtype, per_sample, resolve_backend
 
 
 def noise_injection_ref(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Reference: the definition, float32 math, result in y's dtype."""
-    s, sn = per_sample(sigma, y), per_sample(sigma_n, y)
-    std = torch.sqrt(torch.clamp(s * s - sn * sn, min=0))
-    return (y.float() + std * eps.float()).to(y.dtype)
+    """Reference: the definition, float32 math (float64 for float64 inputs), result in y's dtype."""
+    dtype = compute_dtype(y, sigma, sigma_n, eps)
+    s, sn = per_sample(sigma, y, dtype), per_sample(sigma_n, y, dtype)
+    # The root in float64, rounded once: correctly rounded, like the Triton kernel's sqrt_rn
+    # (torch's vectorised float32 sqrt on CPU can be 1 ulp off).
+    std = torch.sqrt(torch.clamp(s * s - sn * sn, min=0).double()).to(dtype)
+    return (y.to(dtype) + std * eps.to(dtype)).to(y.dtype)
+
+
+def net_input_ref(x_t: torch.Tensor, sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+    """Reference network input c_in * x_t, c_in = 1 / sqrt(s^2 + sigma_data^2), result in x_t's dtype."""
+    dtype = compute_dtype(x_t, sigma)
+    s = per_sample(sigma, x_t, dtype)
+    return (x_t.to(dtype) * torch.rsqrt(s * s + sigma_data**2)).to(x_t.dtype)
 
 
 def torch_eps(y: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
@@ -35,3 +45,20 @@ def noise_injection(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor,
     if eps is None:
         eps = torch_eps(y, seed, offset)
     return noise_injection_ref(y, sigma, sigma_n, eps)
+
+
+def noise_injection_net_input(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor, *, seed: int,
+                              offset: int = 0, eps: torch.Tensor | None = None, sigma_data: float = 0.5,
+                              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, c_in * x_t): `noise_injection` plus the EDM network input, fused in one pass on Triton.
+
+    The network input is computed from x_t before it is rounded to y's dtype.
+    """
+    if resolve_backend(backend, y) == "triton":
+        from .noise_triton import noise_injection_net_input_triton
+        return noise_injection_net_input_triton(y, sigma, sigma_n, seed=seed, offset=offset, eps=eps,
+                                                sigma_data=sigma_data)
+    if eps is None:
+        eps = torch_eps(y, seed, offset)
+    x_t = noise_injection_ref(y.to(compute_dtype(y)), sigma, sigma_n, eps)
+    return x_t.to(y.dtype), net_input_ref(x_t, sigma, sigma_data).to(y.dtype)

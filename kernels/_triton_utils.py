@@ -1,0 +1,41 @@
+"""What the Triton kernels share: interpreter detection, device checks, launch sizes.
+
+TRITON_INTERPRET is read by Triton when `@triton.jit` decorates, so it is read here once, at
+import, with the same meaning ("1", "true", "yes", "on" switch the CPU interpreter on).
+"""
+import os
+
+import torch
+import triton
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_launchable(*tensors: torch.Tensor) -> None:
+    """Fail clearly, instead of with "0 active drivers", when a kernel cannot run on these tensors."""
+    for t in tensors:
+        if not t.is_cuda and not INTERPRET:
+            raise RuntimeError(
+                "the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before `kernels` is imported "
+                "(CPU interpreter); use backend='torch' on CPU")
+
+
+def per_sample_vector(v: torch.Tensor, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """A per-sample value (B elements, any shape) as a contiguous float32 (B,) on `like`'s device."""
+    if v.numel() != batch:
+        raise ValueError(f"{name} must have one value per sample ({batch}), got shape {tuple(v.shape)}")
+    return v.detach().reshape(-1).to(device=like.device, dtype=torch.float32).contiguous()
+
+
+def elementwise_block(per_sample: int, block: int | None) -> int:
+    """Elements per program for the per-sample kernels (noise, loss).
+
+    A program covers a chunk of one sample. The interpreter pays per program, so it gets
+    whole samples up to 64Ki elements; a GPU gets at most 4Ki, enough to stream at full bandwidth.
+    """
+    if block is not None:
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"block must be a power of two >= 16, got {block}")
+        return block
+    cap = 65536 if INTERPRET else 4096
+    return min(cap, max(16, triton.next_power_of_2(per_sample)))
