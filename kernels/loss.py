@@ -10,16 +10,17 @@ the loss and its gradient are exactly zero; the "ambient" weight is defined as 0
 """
 import torch
 
-from ._backend import per_sample, resolve_backend
+from ._backend import compute_dtype, per_sample, resolve_backend
 
 WEIGHTINGS = ("edm", "ambient")
 
 
 def loss_weight(sigma: torch.Tensor, sigma_n: torch.Tensor, sigma_data: float, weighting: str) -> torch.Tensor:
-    """lambda(s) * w_amb(s, sigma_n) as float32 (B,)."""
+    """lambda(s) * w_amb(s, sigma_n) as float32 (B,) (float64 for float64 inputs)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    s, sn = sigma.float(), sigma_n.float()
+    dtype = compute_dtype(sigma, sigma_n)
+    s, sn = sigma.to(dtype), sigma_n.to(dtype)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
     if weighting == "ambient":
         gap = torch.clamp(s**2 - sn**2, min=0)
@@ -29,12 +30,16 @@ def loss_weight(sigma: torch.Tensor, sigma_n: torch.Tensor, sigma_data: float, w
 
 def ambient_loss_ref(denoised: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
                      sigma_n: torch.Tensor, *, sigma_data: float = 0.5, weighting: str = "edm") -> torch.Tensor:
-    """Reference: the formulas in float32 through autograd; returns (B,) float32."""
-    s, sn = per_sample(sigma, y), per_sample(sigma_n, y)
+    """Reference: the formulas in float32 through autograd; returns (B,) float32.
+
+    With float64 inputs the math and the result are float64 (the tests' exact reference).
+    """
+    dtype = compute_dtype(denoised, x_t, y, sigma, sigma_n)
+    s, sn = per_sample(sigma, y, dtype), per_sample(sigma_n, y, dtype)
     a = sn * sn / (s * s)
-    h = (1 - a) * denoised.float() + a * x_t.float()
-    sq = ((h - y.float()) ** 2).flatten(1).sum(1)
-    return loss_weight(sigma, sigma_n, sigma_data, weighting).to(y.device) * sq
+    h = (1 - a) * denoised.to(dtype) + a * x_t.to(dtype)
+    sq = ((h - y.to(dtype)) ** 2).flatten(1).sum(1)
+    return loss_weight(sigma.to(dtype), sigma_n.to(dtype), sigma_data, weighting).to(y.device) * sq
 
 
 def ambient_loss(denoised: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
