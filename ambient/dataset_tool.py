@@ -114,7 +114,8 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None,
     _check_destination(dest)
     if source in NAMED_DATASETS:
         if labels_from_folders:
-            raise ValueError(f"--labels-from-folders applies to folder sources; {source!r} has its own labels")
+            raise ValueError(f"--labels-from-folders applies to folder sources; {source!r} has its own "
+                             "labels")
         count, items, has_labels, class_names = _named_items(source, max_images)
     else:
         count, items, has_labels, class_names = _folder_items(source, max_images, labels_from_folders)

