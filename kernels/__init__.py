@@ -1,6 +1,7 @@
 """Fused ops of the ambient trainer, each with a plain-PyTorch reference and a Triton kernel."""
 from .attention import attention, attention_ref
 from .loss import ambient_loss, ambient_loss_ref
-from .noise import noise_injection, noise_injection_ref
+from .noise import net_input_ref, noise_injection, noise_injection_net_input, noise_injection_ref
 
-__all__ = ["attention", "attention_ref", "ambient_loss", "ambient_loss_ref", "noise_injection", "noise_injection_ref"]
+__all__ = ["attention", "attention_ref", "ambient_loss", "ambient_loss_ref", "net_input_ref", "noise_injection",
+           "noise_injection_net_input", "noise_injection_ref"]

@@ -3,14 +3,15 @@ import math
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import compute_dtype, resolve_backend
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-    """Reference: materialises the N x N matrix; float32 math, result in q's dtype."""
+    """Reference: materialises the N x N matrix; float32 math (float64 for float64 inputs), result in q's dtype."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    p = torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale, dim=-1)
-    return torch.matmul(p, v.float()).to(q.dtype)
+    dtype = compute_dtype(q, k, v)
+    p = torch.softmax(torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale, dim=-1)
+    return torch.matmul(p, v.to(dtype)).to(q.dtype)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
