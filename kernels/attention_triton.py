@@ -133,8 +133,10 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sq_b, sq_h, sq_n, sq_
         lse = tl.load(LSE + row_base + rows, mask=mask_m, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + rows, mask=mask_m, other=0.0)
         # Transposed scores (keys x queries), so dK and dV accumulate without transposing them.
+        # Query rows past N need no mask: q, dO, lse and delta load as 0 there, so p = 1 and ds = 0
+        # and those rows add nothing to dK, dV.
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * (scale * 1.4426950408889634)
-        p_t = tl.where(mask_m[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+        p_t = tl.exp2(s_t - lse[None, :])
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -179,6 +181,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_n, sq_d, sk_
         if DOT_FP32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
+        # Keys past N load as 0 but still need the mask: exp(0 - lse) overflows when lse << 0.
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * (scale * 1.4426950408889634)
         p = tl.where(mask_n[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)

@@ -18,7 +18,7 @@ class Canary:
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = DEVICE,
-                 pad: int = 257):
+                 pad: int = 1 << 16):
         numel = 1
         for size in shape:
             numel *= size
