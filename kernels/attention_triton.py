@@ -133,8 +133,9 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, sq_b, sq_h, sq_n, sq_
         lse = tl.load(LSE + row_base + rows, mask=mask_m, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + rows, mask=mask_m, other=0.0)
         # Transposed scores (keys x queries), so dK and dV accumulate without transposing them.
-        # Query rows past N need no mask: q, dO, lse and delta load as 0 there, so p = 1 and ds = 0
-        # and those rows add nothing to dK, dV.
+        # No masks: query rows past N load q, dO, lse, delta as 0, so p = 1, ds = 0 and they add
+        # nothing; key rows past N may overflow (exp(0 - lse)) but each stays in its own row of
+        # dK, dV, which is never stored.
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * (scale * 1.4426950408889634)
         p_t = tl.exp2(s_t - lse[None, :])
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
@@ -183,7 +184,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_n, sq_d, sk_
             v = v.to(tl.float32)
         # Keys past N load as 0 but still need the mask: exp(0 - lse) overflows when lse << 0.
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * (scale * 1.4426950408889634)
-        p = tl.where(mask_n[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        p = tl.exp2(tl.where(mask_n[None, :], s - lse[:, None], float("-inf")))
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
