@@ -13,4 +13,4 @@ if not os.environ.get("AMBIENT_NATIVE_TRITON"):
         has_gpu = False
     if not has_gpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # CI has 2 cores; tests also start subprocesses

@@ -1,0 +1,334 @@
+"""The training loop: read it top to bottom in `train`.
+
+Every random choice of a step is a pure function of (seed, step, global sample position): the
+data order (GlobalOrderSampler), the noise levels and the injected noise. A resumed run, or a run
+on a different number of processes, therefore sees exactly the same numbers.
+"""
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from kernels._backend import resolve_backend
+
+from . import checkpoint as ckpt
+from .data import AmbientDataset, load_dataset
+from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, broadcast_object, init_distributed
+from .images import generate, save_grid
+from .loss import AmbientLoss
+from .networks import build_network
+
+SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "mnist"                 # "mnist" (embedded), "digits", or an EDM folder/zip
+    n_clean: int | None = None          # exact number of clean images (None: the rest)
+    n_noisy: int | None = None          # exact number of noisy images (None: the rest)
+    clean_fraction: float | None = None  # instead of counts: this fraction clean, the rest noisy
+    sigma_n: tuple[float, ...] = (0.2,)         # noise level(s) of the noisy images
+    sigma_share: tuple[float, ...] | None = None  # share of the noisy images at each level
+    p_clean: float | None = None        # paper's mode: each image clean with probability p ...
+    keep_fraction: float = 1.0          # ... out of this fraction of the data set
+    data_seed: int = 0                  # fixes which images are noisy and their noise
+    cond: bool = False                  # class-conditional (needs labels)
+    xflip: bool = False                 # random horizontal flips
+    max_shift: int = 0                  # random circular integer shifts (pixels)
+    workers: int | None = None          # DataLoader workers (None: 0 on CPU, 4 on CUDA)
+    # network
+    preset: str = "tiny"                # tiny | ddpmpp | ncsnpp
+    model_channels: int | None = None   # override the preset's base width
+    dropout: float | None = None        # override the preset's dropout
+    # loss
+    sigma_sampling: str = "clamp"       # clamp (paper) | truncate
+    weighting: str = "edm"              # edm | ambient
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    # optimisation
+    batch: int = 64                     # global batch (all ranks, all accumulation rounds)
+    batch_gpu: int | None = None        # per-rank micro-batch (None: batch / world size)
+    lr: float = 1e-3
+    lr_rampup_kimg: float = 10.0
+    ema_halflife_kimg: float = 50.0
+    ema_rampup_ratio: float | None = 0.05
+    kimg: float = 200.0                 # training duration, thousands of images
+    seed: int = 0
+    precision: str | None = None        # fp32 | bf16 (None: bf16 on CUDA, fp32 on CPU)
+    tf32: bool = True
+    kernels: str = "auto"               # auto | triton | torch
+    compile: bool = False
+    max_bad_steps: int = 20             # consecutive non-finite steps before giving up
+    # I/O
+    run_dir: str | None = None          # None: a new numbered directory under outdir
+    outdir: str = "runs"
+    resume: str | None = None           # "auto", a run directory or a checkpoint directory
+    tick_kimg: float = 5.0              # log interval
+    snap_kimg: float = 50.0             # checkpoint + sample grid interval
+    keep_ckpts: int = 3
+    grid_size: int = 64                 # images in each sample grid
+    sample_steps: int = 18
+    device: str | None = None
+    progress: bool = True
+
+    def network_kwargs(self, resolution: int, channels: int, label_dim: int) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(preset=self.preset, img_resolution=resolution, img_channels=channels,
+                                  label_dim=label_dim if self.cond else 0)
+        if self.model_channels is not None:
+            kw["model_channels"] = self.model_channels
+        if self.dropout is not None:
+            kw["dropout"] = self.dropout
+        return kw
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of everything random in training step `step`."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**31 - 1)
+
+
+def make_dataset(cfg: TrainConfig) -> AmbientDataset:
+    base = load_dataset(cfg.data)
+    if cfg.cond and not base.has_labels:
+        raise ValueError(f"--cond needs labels, but data set {cfg.data!r} has none (add a dataset.json)")
+    n_clean = round(cfg.clean_fraction * len(base)) if cfg.clean_fraction is not None else cfg.n_clean
+    return AmbientDataset(base, n_clean=n_clean, n_noisy=cfg.n_noisy, sigma_n=list(cfg.sigma_n),
+                          sigma_share=list(cfg.sigma_share) if cfg.sigma_share else None, seed=cfg.data_seed,
+                          p_clean=cfg.p_clean, keep_fraction=cfg.keep_fraction, xflip=cfg.xflip,
+                          max_shift=cfg.max_shift)
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both."""
+
+    def __init__(self, ds: AmbientDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key
+        self.ds.set_epoch(epoch)
+        return self.ds[index]
+
+
+def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None for a fresh run).
+
+    A fresh run never goes into a directory that already holds a run.
+    """
+    resume_from = None
+    if cfg.resume not in (None, "auto"):
+        resume_from = ckpt.resolve_checkpoint(cfg.resume)
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else resume_from.parent
+    elif cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        if cfg.resume == "auto":
+            resume_from = ckpt.latest_checkpoint(run_dir)   # None: start afresh (an elastic restart before the first snapshot)
+        elif run_dir.is_dir() and any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
+                                  f"that run, or choose a new --run-dir")
+    else:
+        if cfg.resume == "auto":
+            raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
+        name = None
+        if dist_info.is_main:
+            outdir = Path(cfg.outdir)
+            outdir.mkdir(parents=True, exist_ok=True)
+            ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
+            data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
+            name = f"{max(ids, default=-1) + 1:05d}-{data_name}-{cfg.preset}"
+        run_dir = Path(cfg.outdir) / broadcast_object(name)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_from
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train until cfg.kimg thousand images; returns the run directory."""
+    dist_info = init_distributed(cfg.device)
+    device = dist_info.device
+    precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    batch_rank = cfg.batch // dist_info.world_size
+    batch_gpu = min(cfg.batch_gpu or batch_rank, batch_rank)
+    if cfg.batch % dist_info.world_size or batch_rank % batch_gpu:
+        raise ValueError(f"--batch {cfg.batch} must split evenly into {dist_info.world_size} rank(s) x "
+                         f"micro-batches of --batch-gpu {batch_gpu}")
+    rounds = batch_rank // batch_gpu
+
+    # Data, network, EMA, optimiser, loss.
+    dataset = make_dataset(cfg)
+    net_kwargs = cfg.network_kwargs(dataset.resolution, dataset.num_channels, dataset.label_dim)
+    torch.manual_seed(cfg.seed)
+    net = build_network(**net_kwargs).to(device).train()
+    net.set_attn_backend(cfg.kernels)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                 fused=device.type == "cuda")
+    loss_fn = AmbientLoss(P_mean=cfg.P_mean, P_std=cfg.P_std, sigma_sampling=cfg.sigma_sampling,
+                          weighting=cfg.weighting, backend=cfg.kernels)
+
+    # Run directory and resume.
+    run_dir, resume_from = prepare_run_dir(cfg, dist_info)
+    step, bad_total = 0, 0
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, device)
+        if state["meta"].get("network") != net_kwargs:
+            raise ckpt.CheckpointError(f"checkpoint {resume_from} was made for network {state['meta'].get('network')}, "
+                                       f"not {net_kwargs}")
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["state"]["optimizer"])
+        step, bad_total = int(state["state"]["step"]), int(state["state"]["bad_steps"])
+        if int(state["state"]["batch"]) != cfg.batch:
+            raise ValueError(f"checkpoint {resume_from} was trained with --batch {state['state']['batch']}; "
+                             f"resume with the same global batch (got {cfg.batch})")
+        del state
+    if dist_info.is_main:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    barrier()
+
+    ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
+        if dist_info.world_size > 1 else net
+    model = torch.compile(ddp) if cfg.compile else ddp
+    workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
+    sampler = GlobalOrderSampler(len(dataset), cfg.batch, dist_info.rank, dist_info.world_size, cfg.data_seed,
+                                 start=step * cfg.batch)
+    loader = iter(torch.utils.data.DataLoader(EpochIndexed(dataset), batch_size=batch_gpu, sampler=sampler,
+                                              num_workers=workers, pin_memory=device.type == "cuda",
+                                              persistent_workers=workers > 0))
+    eps_from_torch = resolve_backend(cfg.kernels, torch.empty(0, device=device)) == "torch"
+    sample_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
+    numel = math.prod(sample_shape)
+    total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch)
+    steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
+    steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
+
+    def snapshot() -> None:
+        """Checkpoint and sample grid (rank 0 writes; the others wait)."""
+        if dist_info.is_main:
+            meta = {"network": net_kwargs, "kimg": step * cfg.batch / 1000, "config": dataclasses.asdict(cfg),
+                    "dataset": dataset.describe()}
+            state = {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total, "batch": cfg.batch}
+            ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
+            labels = (lambda s: torch.tensor(s) % dataset.label_dim) if cfg.cond else None
+            grid = torch.cat([img for _, img in generate(ema, range(cfg.grid_size), sample_shape, device=device,
+                                                         class_labels=labels, num_steps=cfg.sample_steps)])
+            save_grid(grid, run_dir / f"samples-{step:09d}.png")
+        barrier()
+
+    if dist_info.is_main:
+        print(f"run {run_dir}: {dataset.describe()}; {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
+              f"parameters; {dist_info.world_size} process(es) on {device.type}, batch {cfg.batch} = "
+              f"{dist_info.world_size} x {rounds} x {batch_gpu}, {precision}, kernels={cfg.kernels}", flush=True)
+    bar = None
+    if cfg.progress and dist_info.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+    log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
+    tick_start, tick_step, bad_run = time.perf_counter(), step, 0
+    tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64)     # loss sums, counts per sigma bin
+    bins = torch.tensor(SIGMA_BINS)
+
+    while step < total_steps:
+        # One optimiser step over the global batch: `rounds` micro-batches on each rank.
+        seed = step_seed(cfg.seed, step)
+        normals = torch.randn(cfg.batch, generator=torch.Generator().manual_seed(seed))  # one per global sample
+        eps_all = None                                # Triton draws the noise in-kernel from (seed, offset)
+        if eps_from_torch:                               # the torch path draws the whole global batch, then slices
+            eps_all = torch.randn((cfg.batch, *sample_shape), generator=torch.Generator(device).manual_seed(seed),
+                                  device=device)
+        optimizer.zero_grad(set_to_none=True)
+        for r in range(rounds):
+            items = next(loader)
+            first = dist_info.rank * batch_rank + r * batch_gpu        # global position of this micro-batch
+            y = items["image"].to(device, non_blocking=True)
+            sigma_n = items["sigma_n"].float()
+            labels = torch.nn.functional.one_hot(items["label"], dataset.label_dim).float().to(device) if cfg.cond else None
+            torch.manual_seed(seed + 1 + first)                        # dropout masks
+            sync = r == rounds - 1 or not isinstance(ddp, DistributedDataParallel)
+            with ddp.no_sync() if not sync else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss, sigma = loss_fn(model, y, sigma_n, normals[first:first + batch_gpu], labels, seed=seed,
+                                          offset=first * numel,
+                                          eps=eps_all[first:first + batch_gpu] if eps_all is not None else None)
+                (loss.sum() * (dist_info.world_size / cfg.batch)).backward()   # mean over the global batch
+            which = torch.bucketize(sigma.detach().cpu(), bins, right=True) - 1
+            tick_stats[0].index_add_(0, which, loss.detach().cpu().double())
+            tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+
+        # Learning-rate ramp-up, non-finite guard, update, EMA.
+        nimg = step * cfg.batch
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+        if finite:
+            optimizer.step()
+            halflife = cfg.ema_halflife_kimg * 1000
+            if cfg.ema_rampup_ratio is not None:
+                halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
+            beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
+            with torch.no_grad():
+                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                    p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+                for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+                    b_ema.copy_(b_net)
+            bad_run = 0
+        else:
+            bad_total, bad_run = bad_total + 1, bad_run + 1
+            if dist_info.is_main:
+                print(f"step {step}: non-finite loss or gradient, step skipped ({bad_run} in a row)", flush=True)
+            if bad_run >= cfg.max_bad_steps:
+                raise TrainingDiverged(f"{bad_run} consecutive steps had non-finite gradients (at step {step}); "
+                                       f"stopping. The last good checkpoint in {run_dir} is intact.")
+        step += 1
+        if bar is not None:
+            bar.update(1)
+
+        # Log, snapshot.
+        if step % steps_per_tick == 0 or step == total_steps:
+            all_reduce_sum(tick_stats)
+            elapsed = time.perf_counter() - tick_start
+            per_bin = (tick_stats[0] / tick_stats[1].clamp(min=1)).tolist()
+            rec = {"step": step, "kimg": step * cfg.batch / 1000, "loss": float(tick_stats[0].sum() / tick_stats[1].sum()),
+                   "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
+                   "img_per_s": (step - tick_step) * cfg.batch / elapsed, "sec_per_step": elapsed / (step - tick_step),
+                   "peak_mem_mb": peak_memory_mb(device), "skipped_steps": bad_total,
+                   "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+            if log_file is not None:
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+            tick_stats.zero_()
+            tick_start, tick_step = time.perf_counter(), step
+        if step % steps_per_snap == 0 or step == total_steps:
+            snapshot()
+    if bar is not None:
+        bar.close()
+    if log_file is not None:
+        log_file.close()
+    return run_dir
