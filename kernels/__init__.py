@@ -3,5 +3,5 @@ from .attention import attention, attention_ref
 from .loss import ambient_loss, ambient_loss_ref
 from .noise import net_input_ref, noise_injection, noise_injection_net_input, noise_injection_ref
 
-__all__ = ["attention", "attention_ref", "ambient_loss", "ambient_loss_ref", "net_input_ref", "noise_injection",
+__all__ = ["ambient_loss", "ambient_loss_ref", "attention", "attention_ref", "net_input_ref", "noise_injection",
            "noise_injection_net_input", "noise_injection_ref"]

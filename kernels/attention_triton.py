@@ -234,10 +234,6 @@ def _launch(tuned, kernel, along: str, n: int, bh: int, args: tuple, block: tupl
         kernel[(triton.cdiv(n, sizes[along]), bh)](*args, **sizes, BLOCK_D=block_d, **flags)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
-
-
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share a (B, H, N, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -257,7 +253,7 @@ def attention_fwd_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}")
     lse = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device)
-    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), heads, n, d, scale * _LOG2E)
+    args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), heads, n, d, scale * _LOG2E)
     block_d = max(16, triton.next_power_of_2(d))
     _launch(_fwd, _attn_fwd_kernel, "BLOCK_M", n, batch * heads, args, block, block_d, _flags(q.dtype))
     return out, lse
@@ -280,8 +276,8 @@ def attention_bwd_launch(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     delta = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device)
     delta_rows = min(triton.next_power_of_2(n), max(16, 16384 // block_d) if INTERPRET else 64)
     _attn_bwd_delta_kernel[(triton.cdiv(n, delta_rows), batch * heads)](
-        o, grad_out, delta, *_strides(grad_out), heads, n, d, BLOCK_M=delta_rows, BLOCK_D=block_d)
-    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+        o, grad_out, delta, *grad_out.stride(), heads, n, d, BLOCK_M=delta_rows, BLOCK_D=block_d)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     flags = _flags(q.dtype)
     _launch(_dkdv, _attn_bwd_dkdv_kernel, "BLOCK_N", n, batch * heads,
             (q, k, v, grad_out, lse, delta, dk, dv, *strides, heads, n, d, scale), block, block_d, flags)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import kernels
-import kernels.attention_triton  # noqa: F401  (registers torch.ops.ambient.attention_*)
-import kernels.loss_triton  # noqa: F401  (registers torch.ops.ambient.ambient_loss)
-import kernels.noise_triton  # noqa: F401  (registers torch.ops.ambient.noise_injection)
+import kernels.attention_triton  # registers torch.ops.ambient.attention_*
+import kernels.loss_triton  # registers torch.ops.ambient.ambient_loss
+import kernels.noise_triton  # registers torch.ops.ambient.noise_injection
 from kernels.testing import DEVICE, relative_error
 
 ops = torch.ops.ambient
@@ -121,5 +121,5 @@ def test_torch_backend_is_differentiable_by_plain_autograd():
         lambda a, b: kernels.noise_injection(a, sigma, sigma_n, seed=0, eps=b, backend="torch"), (y, eps))
     denoised = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     for weighting in ("edm", "ambient"):
-        assert torch.autograd.gradcheck(lambda d: kernels.ambient_loss(
-            d, y.detach(), eps.detach(), sigma, sigma_n, weighting=weighting, backend="torch"), (denoised,))
+        assert torch.autograd.gradcheck(lambda d, w=weighting: kernels.ambient_loss(
+            d, y.detach(), eps.detach(), sigma, sigma_n, weighting=w, backend="torch"), (denoised,))
