@@ -1,0 +1,294 @@
+"""Import EDM's (and the ambient-diffusion paper's) released network pickles without running their code.
+
+    python -m ambient.convert network-snapshot.pkl converted/      # then: python sample.py --ckpt converted/
+
+NVIDIA's pickles hold a dict {"ema": <EDMPrecond>, "loss_fn": ..., "augment_pipe": ...,
+"dataset_kwargs": ...}. Their networks are `torch_utils.persistence` classes: each object is
+stored as `_reconstruct_persistent_obj(meta)` with meta = {type, version, module_src (the whole
+Python module), class_name, state (the object's __dict__)}, and a normal `pickle.load` would
+exec module_src. Here a restricted unpickler resolves only an allow-list of globals (tensor
+rebuilding, plain containers, numpy scalars/arrays); persistent objects and torch.nn containers
+become inert `PickledObject`s holding their state, so nothing from the file ever runs. Any
+other global raises `UnsafePickleError` naming it. The network is then rebuilt from the
+recorded constructor arguments as our `ambient.networks.EDMPrecond` (same arguments, same
+state_dict keys) and its weights are loaded strictly.
+"""
+import argparse
+import collections
+import hashlib
+import inspect
+import io
+import pickle
+import sys
+import warnings
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, save_checkpoint
+from .networks import PRESETS, EDMPrecond, SongUNet, build_network
+
+try:
+    from numpy._core import multiarray as _np_multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _np_multiarray
+
+EDM_DEFAULT_MODEL_TYPE = "DhariwalUNet"   # what EDM's EDMPrecond builds when model_type is not given
+
+
+class ConversionError(ValueError):
+    """A pickle that cannot be turned into one of our networks (wrong content, unsupported model, bad weights)."""
+
+
+class UnsafePickleError(ConversionError):
+    """A pickle that references a global outside the allow-list, i.e. one that could run code when loaded."""
+
+
+@dataclass
+class PickledObject:
+    """An object of the pickle kept as inert data: its class name and its pickled state (a __dict__)."""
+
+    class_name: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def _persistent_object(meta: Any) -> PickledObject:
+    """Stand-in for `torch_utils.persistence._reconstruct_persistent_obj`: keeps the state, never runs module_src."""
+    if not (isinstance(meta, dict) and meta.get("type") == "class" and isinstance(meta.get("class_name"), str)
+            and isinstance(meta.get("state"), dict)):
+        raise ConversionError("malformed torch_utils.persistence record (expected type 'class', a class_name "
+                              "and a state dict)")
+    return PickledObject(meta["class_name"], meta["state"])
+
+
+def _plain_class(qualname: str) -> type:
+    """A stand-in class for a torch.nn container: unpickling fills its `state` instead of building a module."""
+
+    def __setstate__(self: PickledObject, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise ConversionError(f"unexpected pickled state for {qualname}: {type(state).__name__}")
+        self.state = state
+
+    def __new__(cls: type, *args: Any) -> PickledObject:
+        obj = object.__new__(cls)
+        PickledObject.__init__(obj, qualname)
+        return obj
+
+    return type(qualname, (PickledObject,), {"__new__": __new__, "__setstate__": __setstate__})
+
+
+class _EasyDict(dict):
+    """dnnlib's EasyDict (a dict with attribute access) read back as a plain dict."""
+
+
+def _storage_from_bytes(data: bytes) -> Any:
+    """Stand-in for `torch.storage._load_from_bytes` (which calls torch.load with weights_only=False)."""
+    try:
+        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafePickleError(f"a tensor storage in the pickle holds more than plain data ({e})") from None
+    except Exception as e:
+        raise ConversionError(f"a tensor storage in the pickle cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise ConversionError(f"a tensor storage in the pickle decodes to {type(storage).__name__}, not a storage")
+    return storage
+
+
+# (module, name) -> what the unpickler hands out. Nothing outside this table is ever imported or called.
+ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_object,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("dnnlib", "EasyDict"): _EasyDict,
+    **{("torch.nn.modules.container", name): _plain_class(f"torch.nn.{name}")
+       for name in ("ModuleDict", "ModuleList", "Sequential")},
+    **{(module, name): value for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name, value in (("scalar", _np_multiarray.scalar), ("_reconstruct", _np_multiarray._reconstruct))},
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only ALLOWED_GLOBALS; anything else raises UnsafePickleError."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocols 0-2 write Python 2 names (__builtin__.set); the result still has to pass the allow-list.
+        module, name = NAME_MAPPING.get((module, name), (IMPORT_MAPPING.get(module, module), name))
+        found = ALLOWED_GLOBALS.get((module, name))
+        if found is None:
+            raise UnsafePickleError(f"the pickle references the global {module}.{name}, which is not plain data "
+                                    f"(tensors, containers, EDM persistent objects); refusing to load it because "
+                                    f"that could run code")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise ConversionError("the pickle uses persistent ids (a torch.save file?); expected an EDM network pickle")
+
+
+def safe_load_pickle(path: str | Path) -> Any:
+    """The content of a pickle file with persistent objects as PickledObject; runs no code from the file."""
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # torch's TypedStorage deprecation notices
+            return RestrictedUnpickler(f).load()
+    except ConversionError:
+        raise
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:                            # truncated or otherwise malformed pickle
+        raise ConversionError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def _plain(value: Any, where: str) -> Any:
+    """A constructor argument as JSON-ready Python data (numpy scalars -> numbers, tuples -> lists)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ConversionError(f"constructor argument {where} is a {type(value).__name__}, not plain data")
+
+
+def _module_tensors(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """Collect the persistent parameters and buffers of a pickled module tree under dotted names."""
+    if not isinstance(node, PickledObject):
+        raise ConversionError(f"submodule {prefix.rstrip('.') or '(root)'} is a {type(node).__name__}, not a module")
+    state = node.state
+    skip = set(state.get("_non_persistent_buffers_set") or ())
+    for kind in ("_parameters", "_buffers"):
+        for name, tensor in (state.get(kind) or {}).items():
+            if tensor is None or name in skip:
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise ConversionError(f"{prefix}{name} is a {type(tensor).__name__}, not a tensor")
+            out[prefix + name] = tensor.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            _module_tensors(child, f"{prefix}{name}.", out)
+
+
+def _network_kwargs(args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """EDM constructor arguments -> the `network` record of our checkpoints (`build_network` keywords)."""
+    try:
+        bound = inspect.signature(EDMPrecond).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ConversionError(f"the network's recorded constructor arguments do not fit EDMPrecond: {e}") from None
+    explicit = {k: v for k, v in bound.arguments.items() if k != "model_kwargs"}
+    explicit.update(bound.arguments.get("model_kwargs", {}))
+    model_type = explicit.setdefault("model_type", EDM_DEFAULT_MODEL_TYPE)
+    if model_type != "SongUNet":
+        raise ConversionError(f"model_type {model_type!r} is not supported; only SongUNet networks "
+                              f"(EDM's DDPM++ and NCSN++) can be converted")
+    preset = "ncsnpp" if explicit.get("embedding_type") == "fourier" else "ddpmpp"
+    song_defaults = {k: p.default for k, p in inspect.signature(SongUNet).parameters.items()
+                     if p.default is not p.empty}
+    for key in PRESETS[preset]:                # every preset value is overridden: EDM's defaults apply
+        explicit.setdefault(key, song_defaults.get(key))
+    return {"preset": preset, **_plain(explicit, "init_kwargs")}
+
+
+def _load_weights(net: EDMPrecond, tensors: dict[str, torch.Tensor]) -> None:
+    """load_state_dict(strict=True), with a short list of what does not match."""
+    expected = net.state_dict()
+    missing = sorted(expected.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in tensors and tensors[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{what} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                 for what, items in (("missing", missing), ("unexpected", unexpected),
+                                     ("shape mismatch (pickle vs network)", shapes)) if items]
+        raise ConversionError("the pickled weights do not fit the network their own arguments describe: "
+                              + "; ".join(parts))
+    net.load_state_dict(tensors, strict=True)
+
+
+def convert_edm_pickle(path: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
+    """Our EDMPrecond (eval mode, CPU) with the EMA weights of an EDM network pickle, and a summary of it.
+
+    info: "network" (the build_network keywords, as checkpoints record them), "class_name",
+    "source", "source_sha256", "num_parameters", "pickle_keys".
+    """
+    path = Path(path)
+    data = safe_load_pickle(path)
+    if isinstance(data, dict) and "ema" in data:
+        root = data["ema"]
+    else:
+        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise ConversionError(f"{path} is not an EDM network pickle: expected a dict with an 'ema' network, got {keys}")
+    if not isinstance(root, PickledObject) or root.class_name != "EDMPrecond":
+        name = root.class_name if isinstance(root, PickledObject) else type(root).__name__
+        raise ConversionError(f"the pickle's 'ema' network is a {name}; only EDMPrecond networks can be converted")
+    init_args, init_kwargs = root.state.get("_init_args") or (), root.state.get("_init_kwargs")
+    if not isinstance(init_kwargs, dict) or not isinstance(init_args, (list, tuple)):
+        raise ConversionError("the pickled EDMPrecond does not record its constructor arguments "
+                              "(_init_args / _init_kwargs)")
+    network = _network_kwargs(list(init_args), dict(init_kwargs))
+    try:
+        net = build_network(**network)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"cannot build a network from the pickle's arguments {network}: {e}") from None
+    tensors: dict[str, torch.Tensor] = {}
+    _module_tensors(root, "", tensors)
+    _load_weights(net, tensors)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    info = {"network": network, "class_name": root.class_name, "source": str(path), "source_sha256": digest,
+            "num_parameters": sum(p.numel() for p in net.parameters()), "pickle_keys": sorted(map(str, data))}
+    return net.eval().requires_grad_(False), info
+
+
+def _check_destination(dest: Path) -> None:
+    """Never write into something that already holds data."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConversionError(f"{dest} exists and is not an empty directory; choose a new destination")
+
+
+def write_converted(net: EDMPrecond, info: dict[str, Any], dest: str | Path) -> Path:
+    """Save a converted network as a checkpoint (net = ema, no optimizer state) in a new or empty `dest`."""
+    dest = Path(dest)
+    _check_destination(dest)
+    weights = net.state_dict()
+    meta = {"network": info["network"], "kimg": None,
+            "converted_from": {k: info[k] for k in ("source", "source_sha256", "class_name", "pickle_keys")}}
+    state = {"optimizer": {}, "step": 0, "bad_steps": 0, "batch": None}
+    return save_checkpoint(dest, 0, weights, weights, state, meta, keep=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: convert SRC.pkl into a checkpoint in DEST_DIR; 0 on success, 1 with one `error:` line otherwise."""
+    p = argparse.ArgumentParser(prog="python -m ambient.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="EDM network pickle (network-snapshot-*.pkl)")
+    p.add_argument("dest", help="new or empty directory for the converted checkpoint")
+    a = p.parse_args(argv)
+    try:
+        _check_destination(Path(a.dest))            # before the slow part; write_converted checks again
+        net, info = convert_edm_pickle(a.src)
+        where = write_converted(net, info, a.dest)
+    except (ConversionError, CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = info["network"]
+    print(f"converted {info['class_name']} ({info['num_parameters'] / 1e6:.2f}M parameters, "
+          f"{n['img_resolution']}x{n['img_resolution']}x{n['img_channels']}, label_dim {n.get('label_dim', 0)}) "
+          f"into {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
