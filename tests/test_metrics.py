@@ -13,6 +13,16 @@ from scipy.stats import ortho_group
 from ambient import metrics
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These small convnets run several times faster on one thread when the 2 CPU cores are shared
+    (a preempted OpenMP worker stalls every parallel region); restore the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure distances
 
@@ -70,11 +80,14 @@ def test_kid_single_subset_equals_brute_force_unbiased_mmd():
     assert metrics.kid(x, y, subset_size=m, num_subsets=1) == pytest.approx(within - 2 * cross, rel=1e-10)
 
 
-def test_kid_of_a_set_with_itself_is_near_zero_and_positive_for_another_distribution():
+def test_kid_is_near_zero_for_the_same_distribution_and_positive_for_another():
+    # Two independent samples of one distribution: the unbiased MMD^2 estimates 0. (A set against itself
+    # is not an independent pair: subsets then share points and the estimate is biased below 0.)
     rng = np.random.default_rng()
-    a, b = rng.normal(size=(600, 10)), rng.normal(0.4, 1.0, size=(500, 10))
-    same, diff = metrics.kid(a, a, subset_size=250, num_subsets=20), metrics.kid(a, b, subset_size=250, num_subsets=20)
-    assert diff > 0
+    a, a2, b = rng.normal(size=(600, 10)), rng.normal(size=(700, 10)), rng.normal(0.4, 1.0, size=(500, 10))
+    same = metrics.kid(a, a2, subset_size=250, num_subsets=20)
+    diff = metrics.kid(a, b, subset_size=250, num_subsets=20)
+    assert diff > 0.3
     assert abs(same) < 0.05 * diff
     with pytest.raises(ValueError, match="equal F"):
         metrics.kid(a, b[:, :3])
