@@ -1,15 +1,17 @@
 """The paper's theory as an experiment: estimating the means of a Gaussian mixture from clean and noisy samples.
 
 Data: k equally weighted components N(mu_j, s0^2 I) in d >= k dimensions, means on a regular simplex with
-every pair `separation` s0 apart (fixed across seeds, so only the samples vary). A clean sample is drawn from the mixture; a noisy one gets extra
-N(0, sigma_n^2 I) noise, so its known variance is s0^2 + sigma_n^2.
+every pair `separation` s0 apart (fixed across seeds, so only the samples vary). A clean sample is drawn
+from the mixture; a noisy one gets extra N(0, sigma_n^2 I) noise, so its known variance is s0^2 + sigma_n^2.
+
 Estimator: EM for the means with the weights and every sample's own variance known (heteroscedastic EM:
-responsibilities use each sample's variance, the M-step weights samples by 1 / variance), which is the
-maximum-likelihood fixed point. It starts from the true means plus N(0, init_scale^2) noise (seeded): the
-experiment measures the statistical error of fine estimation, not EM's global search, and matching the
-estimates to the true means (scipy's linear_sum_assignment) removes label switching.
-For well separated components one noisy sample carries s0^2 / (s0^2 + sigma_n^2) of a clean sample's
-information; overlap makes noisy samples worth less (the paper: exponentially less for fine estimation).
+responsibilities use each sample's variance, the M-step weights samples by 1 / variance), whose fixed
+points are the maximum-likelihood equations. It starts from the true means plus N(0, (init_scale s0)^2)
+noise (seeded): the experiment measures the statistical error of fine estimation, not EM's global search;
+matching the estimates to the true means (scipy's linear_sum_assignment) removes label switching.
+
+For a single Gaussian one noisy sample carries s0^2 / (s0^2 + sigma_n^2) of a clean sample's information;
+overlap between components makes noisy samples worth less (the paper: exponentially less for fine estimation).
 """
 import argparse
 import time

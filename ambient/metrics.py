@@ -71,9 +71,8 @@ def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST-5k as float images in [-1, 1], shape (5000, 1, 32, 32), and int64 labels."""
     from ambient.data import load_dataset
     ds = load_dataset("mnist")
-    images = torch.stack([ds[i][0] for i in range(len(ds))]).float() / 127.5 - 1
-    labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])
-    return images, labels
+    images, labels = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(images).float() / 127.5 - 1, torch.tensor(labels)
 
 
 def _split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

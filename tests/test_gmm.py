@@ -80,14 +80,14 @@ def test_single_component_error_matches_the_closed_form():
 @pytest.fixture(scope="module")
 def grid_rows():
     base = int(np.random.default_rng().integers(10**6))     # fresh seeds every run
-    return gmm.run_gmm_grid((20, 40, 80, 160, 320), (0, 250, 1000, 3000), (0.5, 2.0), range(base, base + 10))
+    return gmm.run_gmm_grid((20, 40, 80, 160, 320), (0, 250, 1000, 3000), (1.0, 2.0), range(base, base + 10))
 
 
 def test_error_falls_with_clean_samples_and_noisy_samples_help(grid_rows):
     errs = mean_errors(grid_rows)
     clean = [errs[(0.0, 0, nc)] for nc in (20, 40, 80, 160, 320)]
     assert all(b < a for a, b in zip(clean, clean[1:])), clean
-    for sigma_n in (0.5, 2.0):
+    for sigma_n in (1.0, 2.0):
         with_noisy = [errs[(sigma_n, nn, 20)] for nn in (250, 1000, 3000)]
         assert all(b < a for a, b in zip([clean[0]] + with_noisy, with_noisy)), (sigma_n, with_noisy)
         # ...but a noisy sample is worth less than a clean one: 250 noisy + 20 clean lose to 270 clean.
@@ -96,8 +96,8 @@ def test_error_falls_with_clean_samples_and_noisy_samples_help(grid_rows):
 
 def test_fitted_worth_is_below_one_and_falls_with_noise(grid_rows):
     fits = gmm.fit_gmm_worth(grid_rows, n_boot=50)
-    assert sorted(fits) == [0.5, 2.0]
-    low, high = fits[0.5], fits[2.0]
+    assert sorted(fits) == [1.0, 2.0]
+    low, high = fits[1.0], fits[2.0]
     assert 0 < high["w"] < low["w"] < 1
     assert high["ci_high"] < low["ci_low"]
     assert high["w"] < 0.2     # below the separated-component limit s0^2 / (s0^2 + sigma_n^2) = 0.2
