@@ -183,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     fits = fit_gmm_worth(rows)
     print(f"{len(rows)} EM runs in {time.perf_counter() - start:.1f} s")
     for sigma_n, fit in fits.items():
-        print(worth_sentence(fit, sigma_n), f"[b = {fit['b']:.2f}; separated-component limit "
-                                            f"1/(1+sigma_n^2) = {1 / (1 + sigma_n**2):.2f}]")
+        print(worth_sentence(fit, sigma_n), f"[b = {fit['b']:.2f}; a single Gaussian would give "
+                                            f"1 / (1 + sigma_n^2) = {1 / (1 + sigma_n**2):.2f}]")
     print("figure:", plot_gmm_grid(rows, args.out, fits))
 
 
