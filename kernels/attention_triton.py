@@ -191,23 +191,32 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_n, sq_d, sk_
     tl.store(DQ + row[:, None] * HEAD_D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
-def _gpu_configs(block_pairs: list[tuple[int, int]]) -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N) candidates, each with 4 warps / 2 stages and (tiles above 32x32) 8 warps / 3 stages.
-
-    Configs that do not fit in shared memory (D = 256) fail to compile and are skipped by the tuner;
-    the 32 x 32 one always fits.
-    """
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
-            for bm, bn in block_pairs for warps, stages in ((4, 2), (8, 3)) if warps == 4 or bm * bn > 1024]
+def _configs(tiles: list[tuple[int, int, int]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, warps) candidates, two pipeline stages each."""
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=2) for bm, bn, warps in tiles]
 
 
+def _prune(configs: list[triton.Config], named_args: dict, **_) -> list[triton.Config]:
+    """Skip compiling tiles too large for wide rows (fp32 with D = 256 spills and overflows shared memory)."""
+    row_bytes = triton.next_power_of_2(named_args["HEAD_D"]) * named_args["Q"].element_size()
+    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * row_bytes <= 2 << 20]
+
+
+# Candidates from sm_90 compiles (ptxas, bf16): all are spill-free at D = 64; each list also holds
+# tiles that are spill-free at D = 256, the DDPM++ 16x16 attention (one head of 256 channels):
+# fwd (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4); dK/dV (64, 32, 8), (32, 32, 8);
+# dQ (32, 64, 8), (32, 32, 4). The tuner keeps the fastest; tiles that overflow shared memory are skipped.
 _KEY = ["N", "HEAD_D", "DOT_FP32", "PRECISION"]
 if INTERPRET:
     _fwd, _dkdv, _dq = _attn_fwd_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
 else:
-    _fwd = triton.autotune(_gpu_configs([(128, 64), (64, 64), (64, 32), (32, 32)]), key=_KEY)(_attn_fwd_kernel)
-    _dkdv = triton.autotune(_gpu_configs([(32, 128), (64, 64), (32, 64), (32, 32)]), key=_KEY)(_attn_bwd_dkdv_kernel)
-    _dq = triton.autotune(_gpu_configs([(128, 32), (64, 64), (64, 32), (32, 32)]), key=_KEY)(_attn_bwd_dq_kernel)
+    _tune = {"key": _KEY, "prune_configs_by": {"early_config_prune": _prune}}
+    _fwd = triton.autotune(_configs([(128, 64, 8), (64, 64, 4), (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4)]),
+                           **_tune)(_attn_fwd_kernel)
+    _dkdv = triton.autotune(_configs([(64, 64, 8), (128, 32, 8), (32, 64, 8), (64, 32, 8), (32, 32, 8)]),
+                            **_tune)(_attn_bwd_dkdv_kernel)
+    _dq = triton.autotune(_configs([(64, 64, 8), (128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4)]),
+                          **_tune)(_attn_bwd_dq_kernel)
 
 
 def _flags(dtype: torch.dtype) -> dict:
