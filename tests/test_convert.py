@@ -21,13 +21,14 @@ import torch
 
 import sample
 from ambient import convert
-from ambient.checkpoint import CheckpointError, _meta_digest, _sha256, latest_checkpoint, load_checkpoint, save_checkpoint
+from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, load_checkpoint,
+                                save_checkpoint)
 from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
 from ambient.loading import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAKE_PERSISTENCE = '''"""Stand-in for NVIDIA's torch_utils.persistence: loading runs the module source shipped in the pickle."""
+FAKE_PERSISTENCE = '''"""Stand-in for NVIDIA's torch_utils.persistence: loading runs the pickled module source."""
 import os
 
 
@@ -150,7 +151,8 @@ def test_converted_network_computes_what_the_pickled_one_did(pickles, nvidia_cod
     ref = torch.load(pickles / f"{name}.ref.pt", weights_only=True)
     assert torch.equal(reference_output(net, ref), ref["out"])
     assert not net.training and not any(p.requires_grad for p in net.parameters())
-    assert info["class_name"] == "EDMPrecond" and info["pickle_keys"] == ["augment_pipe", "dataset_kwargs", "ema", "loss_fn"]
+    assert info["class_name"] == "EDMPrecond"
+    assert info["pickle_keys"] == ["augment_pipe", "dataset_kwargs", "ema", "loss_fn"]
     assert info["network"]["img_resolution"] == 8 and info["network"]["model_channels"] == 8
     if name == "ncsnpp":       # positional arguments were bound to their names
         assert info["network"]["img_channels"] == 3 and info["network"]["label_dim"] == 4
