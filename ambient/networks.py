@@ -462,10 +462,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ncsnpp": dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual",
                    decoder_type="standard", channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128,
                    channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16], dropout=0.13),
-    # DDPM++-style net small enough to train on 32x32 MNIST on two CPU cores in minutes.
+    # DDPM++-style net for 32x32 MNIST on two CPU cores: 1.03M parameters, 0.31 GFLOP per image forward,
+    # ~110 img/s fp32 / ~130 img/s bf16-autocast fwd+bwd at batch 64 (2 threads, quiet machine). Most
+    # of the cost sits at 32x32, so width goes to the coarse levels (16 -> 32 -> 64 channels).
     "tiny": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
-                 decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1], model_channels=32,
-                 channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], dropout=0.0),
+                 decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1], model_channels=16,
+                 channel_mult=[1, 2, 4], num_blocks=2, attn_resolutions=[8], dropout=0.0),
 }
 
 
