@@ -33,7 +33,12 @@ def init_distributed(device: str | None = None) -> DistInfo:
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+        # After an elastic restart the rendezvous store still holds the dead workers' addresses;
+        # a prefix per restart keeps the new group from connecting to them.
+        store, _, _ = next(dist.rendezvous("env://", rank, world))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=dist.PrefixStore(f"ambient/{attempt}", store),
+                                rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank, world, local_rank, dev)
 
 

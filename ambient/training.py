@@ -127,8 +127,8 @@ class EpochIndexed(torch.utils.data.Dataset):
         return self.ds[index]
 
 
-def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None for a fresh run).
+def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None for a fresh run); creates the directory.
 
     A fresh run never goes into a directory that already holds a run.
     """
@@ -146,16 +146,26 @@ def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path |
     else:
         if cfg.resume == "auto":
             raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
-        name = None
-        if dist_info.is_main:
-            outdir = Path(cfg.outdir)
-            outdir.mkdir(parents=True, exist_ok=True)
-            ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
-            data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
-            name = f"{max(ids, default=-1) + 1:05d}-{data_name}-{cfg.preset}"
-        run_dir = Path(cfg.outdir) / broadcast_object(name)
+        outdir = Path(cfg.outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
+        data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
+        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{data_name}-{cfg.preset}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_from
+
+
+def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None]:
+    """`choose_run_dir` decided by rank 0 alone (the others would see its new files) and shared with all."""
+    decision: tuple = (None, None, None)          # run_dir, resume_from, error
     if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            decision = (*choose_run_dir(cfg), None)
+        except (ValueError, FileExistsError, ckpt.CheckpointError) as e:
+            decision = (None, None, e)
+    run_dir, resume_from, error = broadcast_object(decision)
+    if error is not None:
+        raise error
     return run_dir, resume_from
 
 
