@@ -7,9 +7,11 @@ NVIDIA's pickles hold a dict {"ema": <EDMPrecond>, "loss_fn": ..., "augment_pipe
 stored as `_reconstruct_persistent_obj(meta)` with meta = {type, version, module_src (the whole
 Python module), class_name, state (the object's __dict__)}, and a normal `pickle.load` would
 exec module_src. Here a restricted unpickler resolves only an allow-list of globals (tensor
-rebuilding, plain containers, numpy scalars/arrays); persistent objects and torch.nn containers
+rebuilding with bounds checks, plain containers); persistent objects and torch.nn containers
 become inert `PickledObject`s holding their state, so nothing from the file ever runs. Any
-other global raises `UnsafePickleError` naming it. The network is then rebuilt from the
+other global raises `UnsafePickleError` naming it. numpy objects are refused too: a crafted
+numpy dtype makes `numpy.core.multiarray.scalar` read raw bytes as object pointers (a crash or
+worse), and EDM's pickles hold none. The network is then rebuilt from the
 recorded constructor arguments as our `ambient.networks.EDMPrecond` (same arguments, same
 state_dict keys) and its weights are loaded strictly.
 """
@@ -26,16 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .networks import PRESETS, EDMPrecond, SongUNet, build_network
-
-try:
-    from numpy._core import multiarray as _np_multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _np_multiarray
 
 EDM_DEFAULT_MODEL_TYPE = "DhariwalUNet"   # what EDM's EDMPrecond builds when model_type is not given
 
@@ -55,6 +51,12 @@ class PickledObject:
     class_name: str
     state: dict[str, Any] = field(default_factory=dict)
 
+    def __setstate__(self, state: Any) -> None:
+        """What unpickling hands over (pickle's BUILD) becomes `state`; no other attribute can be set."""
+        if not isinstance(state, dict):
+            raise ConversionError(f"unexpected pickled state for {self.class_name}: {type(state).__name__}")
+        self.state = state
+
 
 def _persistent_object(meta: Any) -> PickledObject:
     """Stand-in for `torch_utils.persistence._reconstruct_persistent_obj`: keeps the state, never runs module_src."""
@@ -68,17 +70,12 @@ def _persistent_object(meta: Any) -> PickledObject:
 def _plain_class(qualname: str) -> type:
     """A stand-in class for a torch.nn container: unpickling fills its `state` instead of building a module."""
 
-    def __setstate__(self: PickledObject, state: Any) -> None:
-        if not isinstance(state, dict):
-            raise ConversionError(f"unexpected pickled state for {qualname}: {type(state).__name__}")
-        self.state = state
-
     def __new__(cls: type, *args: Any) -> PickledObject:
         obj = object.__new__(cls)
         PickledObject.__init__(obj, qualname)
         return obj
 
-    return type(qualname, (PickledObject,), {"__new__": __new__, "__setstate__": __setstate__})
+    return type(qualname, (PickledObject,), {"__new__": __new__})
 
 
 class _EasyDict(dict):
@@ -98,12 +95,29 @@ def _storage_from_bytes(data: bytes) -> Any:
     return storage
 
 
+def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *rest: Any) -> torch.Tensor:
+    """torch._utils._rebuild_tensor_v2, refusing views that reach outside their storage.
+
+    (torch would silently grow the storage, filling the weights with uninitialised memory.)
+    """
+    if not isinstance(storage, torch.TypedStorage):
+        raise ConversionError(f"a tensor in the pickle is built on a {type(storage).__name__}, not a storage")
+    ints = [offset, *size, *stride]
+    if not all(isinstance(v, int) and v >= 0 for v in ints) or len(size) != len(stride):
+        raise ConversionError(f"a tensor in the pickle has an invalid layout (offset {offset}, size {size}, "
+                              f"stride {stride})")
+    end = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1 if all(size) else 0
+    if end > storage.size():
+        raise ConversionError(f"a tensor in the pickle (offset {offset}, size {tuple(size)}, stride {tuple(stride)}) "
+                              f"reaches beyond its storage of {storage.size()} elements")
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
+
+
 # (module, name) -> what the unpickler hands out. Nothing outside this table is ever imported or called.
 ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_object,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -113,10 +127,6 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("dnnlib", "EasyDict"): _EasyDict,
     **{("torch.nn.modules.container", name): _plain_class(f"torch.nn.{name}")
        for name in ("ModuleDict", "ModuleList", "Sequential")},
-    **{(module, name): value for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-       for name, value in (("scalar", _np_multiarray.scalar), ("_reconstruct", _np_multiarray._reconstruct))},
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
 }
 
 
@@ -152,11 +162,9 @@ def safe_load_pickle(path: str | Path) -> Any:
 
 
 def _plain(value: Any, where: str) -> Any:
-    """A constructor argument as JSON-ready Python data (numpy scalars -> numbers, tuples -> lists)."""
+    """A constructor argument as JSON-ready Python data (tuples -> lists)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, (list, tuple)):
         return [_plain(v, where) for v in value]
     if isinstance(value, dict):

@@ -6,6 +6,7 @@ persistence decorator does (each module as `_reconstruct_persistent_obj(meta)` w
 and, for the top-level network, its constructor arguments). The fake reconstructor and the fake
 module source would each create a marker file if they were ever run.
 """
+import collections
 import io
 import json
 import os
@@ -41,7 +42,7 @@ MODULE_SRC = 'import os\nopen(os.environ["MODULE_SRC_MARKER"], "w").close()\n'
 
 WRITER = r'''
 import json, pickle, sys
-import numpy as np, torch
+import torch
 fake_root, out_dir, jobs, module_src = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 sys.path.insert(0, fake_root)
 from torch_utils import persistence
@@ -82,8 +83,7 @@ for job in jobs:
 
     data = dict(ema=net, loss_fn=EDMLoss(), augment_pipe=None,
                 dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="data.zip",
-                                    resolution=np.int64(net.img_resolution), xflip=False,
-                                    mean=np.array([0.5, 0.25], dtype=np.float32)))
+                                    resolution=net.img_resolution, xflip=False))
     with open(f"{out_dir}/{job['name']}.pkl", "wb") as f:
         EDMStylePickler(f, protocol=4).dump(data)
     g = torch.Generator().manual_seed(1)
@@ -246,6 +246,24 @@ def test_payload_inside_a_tensor_storage_is_refused(tmp_path):
     with pytest.raises(UnsafePickleError, match="storage"):
         convert_edm_pickle(path)
     assert not marker.exists()
+
+
+def test_numpy_objects_are_refused(tmp_path):
+    """A crafted numpy dtype makes numpy's scalar reconstruction read raw bytes as object pointers."""
+    path = tmp_path / "np.pkl"
+    path.write_bytes(pickle.dumps({"ema": np.float64(1.0)}))
+    with pytest.raises(UnsafePickleError, match="numpy"):
+        convert_edm_pickle(path)
+
+
+def test_tensor_reaching_beyond_its_storage_is_refused(tmp_path):
+    storage = torch.ones(4).storage()                  # a TypedStorage: pickles through _load_from_bytes
+    hooks = collections.OrderedDict()
+    path = tmp_path / "oob.pkl"
+    path.write_bytes(pickle.dumps({"ema": Payload(torch._utils._rebuild_tensor_v2, storage, 0, (100,), (1,), False,
+                                                  hooks)}))
+    with pytest.raises(ConversionError, match="beyond its storage of 4 elements"):
+        convert_edm_pickle(path)
 
 
 def test_unreadable_or_foreign_files_get_a_clear_error(pickles, tmp_path):
