@@ -1,114 +1,144 @@
-"""Microbenchmarks of the Triton kernels against their PyTorch counterparts, measured side by side.
+"""Kernel microbenchmarks: each op, each backend, at the shapes the presets train with.
 
-    python bench/bench_kernels.py                  # CUDA: medians (triton.testing.do_bench), ratios, bandwidth
-    python bench/bench_kernels.py --json out.json  # also write the rows as JSON
-    TRITON_INTERPRET=1 python bench/bench_kernels.py --smoke   # CPU: tiny shapes, checks the script only
+Ops (as the trainer calls them):
+  noise_injection     y -> x_t, noise drawn inside (Philox in the Triton kernel, torch.randn otherwise);
+                      must move: read y, write x_t (2 x the batch's bytes)
+  ambient_loss        per-sample loss and its gradient with respect to the denoiser output;
+                      must move: read denoised, x_t, y, write the gradient (4 x the batch's bytes)
+  attention           forward + backward, (B, H, N, D) at every self-attention layer shape of the U-Net;
+                      FLOPs: 4 B H N^2 D forward, twice that backward (no recomputation counted)
+Backends: triton (CUDA only: on CPU Triton runs only under its interpreter, far too slow to time, so
+those rows are "n/a"), torch (the reference ops), compile (torch.compile of the reference) and, for
+attention, sdpa (torch.nn.functional.scaled_dot_product_attention, PyTorch's fastest backend).
 
-Memory-bound kernels (noise, loss) are reported as a fraction of the measured device copy
-bandwidth for the bytes they must move; attention forward+backward against torch SDPA
-(PyTorch picks its fastest backend) at UNet self-attention shapes.
+Run through bench/run.py (`python bench/run.py --sections kernels`); `python bench/bench_kernels.py
+ARGS` is the same with `--sections kernels` implied.
 """
-import argparse
-import json
-import statistics
-import time
+from __future__ import annotations
+
+import functools
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+if __package__ in (None, ""):   # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import kernels
+from ambient.networks import UNetBlock, build_network
+from bench.harness import Workload, compute_refs
+
+# The data each preset trains on: (channels, resolution) — DDPM++ on CIFAR-10, tiny on MNIST-5k.
+PRESET_DATA = {"ddpmpp": (3, 32), "tiny": (1, 32)}
+# Batch of the image ops and of attention: the presets' training batches, except attention on a CPU.
+BATCHES = {("cuda", "ddpmpp"): (512, 512), ("cuda", "tiny"): (64, 64),
+           ("cpu", "ddpmpp"): (512, 8), ("cpu", "tiny"): (64, 64)}
+SMOKE_BATCHES = (4, 2)
+TRITON_NA = "Triton runs on a CPU only under its interpreter (far too slow to benchmark)"
 
 
-def median_ms(fn: Callable[[], object], reps: int) -> float:
-    """Median wall time of fn in ms: do_bench on CUDA (flushes L2), a plain timer elsewhere."""
-    if torch.cuda.is_available():
-        import triton.testing
-        return triton.testing.do_bench(fn, rep=reps, return_mode="median")
-    fn()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def attention_shapes(preset: str, batch: int) -> list[tuple[int, int, int, int]]:
+    """Distinct (B, H, N, D) of the preset's self-attention layers (network built on the meta device)."""
+    channels, resolution = PRESET_DATA[preset]
+    with torch.device("meta"):
+        net = build_network(preset, resolution, channels)
+    shapes = set()
+    for part in (net.model.enc, net.model.dec):
+        for name, block in part.items():
+            if isinstance(block, UNetBlock) and block.num_heads:
+                res = int(name.split("x")[0])
+                shapes.add((batch, block.num_heads, res * res, block.out_channels // block.num_heads))
+    return sorted(shapes, reverse=True)
 
 
-def copy_bandwidth(device: torch.device, reps: int, numel: int) -> float:
-    """Device copy bandwidth in GB/s (bytes read + written)."""
-    src = torch.empty(numel, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    return 2 * src.nbytes / median_ms(lambda: dst.copy_(src), reps) / 1e6
+def _tag(shape: tuple[int, ...]) -> str:
+    return "B" + "x".join(map(str, shape))
 
 
-def _fwd_bwd(attn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor) -> Callable:
-    """Forward and backward of attn(q, k, v) against `grad`."""
-    return lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), grad)
+def _grad_of(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], grad: torch.Tensor,
+             wrt: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    """Forward fn(*inputs) and its backward against `grad`, gradients with respect to `wrt`."""
+    return lambda: torch.autograd.grad(fn(*inputs), wrt, grad)
 
 
-def bench(args: argparse.Namespace) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype)
-    batch, res = (4, 8) if args.smoke else (args.batch, args.resolution)
-    bandwidth = copy_bandwidth(device, args.reps, 1 << (10 if args.smoke else 28))
-    rows = [{"op": "copy", "GB/s": round(bandwidth, 1)}]
-
-    def add(op: str, triton_fn, torch_fn, nbytes: int | None = None) -> None:
-        t_triton, t_torch = median_ms(triton_fn, args.reps), median_ms(torch_fn, args.reps)
-        row = {"op": op, "triton_ms": round(t_triton, 4), "torch_ms": round(t_torch, 4),
-               "speedup": round(t_torch / t_triton, 2)}
-        if nbytes is not None:
-            row["triton_GB/s"] = round(nbytes / t_triton / 1e6, 1)
-            row["of_copy_bw"] = round(nbytes / t_triton / 1e6 / bandwidth, 3)
-        rows.append(row)
-        print(row, flush=True)
-
-    y = torch.randn(batch, 3, res, res, device=device).to(dtype)
-    sigma = torch.exp(torch.randn(batch, device=device) * 1.2 - 1.2)
-    sigma_n = torch.full((batch,), 0.2, device=device)
-    sigma = torch.maximum(sigma, sigma_n)
-    add("noise_injection (y -> x_t, c_in x_t)",
-        lambda: kernels.noise_injection_net_input(y, sigma, sigma_n, seed=1, backend="triton"),
-        lambda: kernels.noise_injection_net_input(y, sigma, sigma_n, seed=1, backend="torch"),
-        3 * y.nbytes)
-
-    x_t = kernels.noise_injection(y, sigma, sigma_n, seed=1, backend="triton")
-    denoised = (y.float() + 0.1 * torch.randn_like(y, dtype=torch.float32)).to(dtype).requires_grad_()
-
-    def loss_grad(backend: str) -> Callable[[], object]:
-        return lambda: torch.autograd.grad(
-            kernels.ambient_loss(denoised, x_t, y, sigma, sigma_n, backend=backend).mean(), denoised)
-
-    # Bytes it must move: read denoised, x_t, y; write the gradient.
-    add("ambient_loss loss + d/d denoised", loss_grad("triton"), loss_grad("torch"), 4 * y.nbytes)
-
-    shapes = [(2, 1, 64, 32)] if args.smoke else [(args.batch, 1, 256, 256), (args.batch // 8, 4, 1024, 64)]
-    for b, h, n, d in shapes:
-        q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-        grad = torch.randn_like(q)
-        add(f"attention fwd+bwd B={b} H={h} N={n} D={d}",
-            _fwd_bwd(lambda *qkv: kernels.attention(*qkv, backend="triton"), q, k, v, grad),
-            _fwd_bwd(F.scaled_dot_product_attention, q, k, v, grad))
-    return rows
+def _noise_ref_fresh_eps(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor) -> torch.Tensor:
+    """The reference with its noise drawn by torch.randn_like, a form torch.compile can trace."""
+    return kernels.noise_injection_ref(y, sigma, sigma_n, torch.randn_like(y))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
-    parser.add_argument("--reps", type=int, default=200, help="do_bench repetition time in ms")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter): checks the script")
-    parser.add_argument("--json", help="write the rows to this file")
-    args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.smoke:
-        parser.error("needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1 on CPU)")
-    rows = bench(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                       "dtype": args.dtype, "rows": rows}, f, indent=1)
+def _backends(op: Callable[..., torch.Tensor], ref: Callable[..., torch.Tensor], has_triton: bool
+              ) -> dict[str, Callable[..., torch.Tensor] | None]:
+    """triton / torch / compile variants of a kernels op (None: cannot run here)."""
+    return {"triton": functools.partial(op, backend="triton") if has_triton else None,
+            "torch": functools.partial(op, backend="torch"),
+            "compile": torch.compile(ref, dynamic=False)}
+
+
+def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch: int, has_triton: bool
+                  ) -> list[tuple[str, tuple[int, ...], torch.dtype, dict[str, Callable[[], object] | None], float, str]]:
+    """(op, shape, dtype, {backend: timed callable}, work per call, unit) for one preset's shapes."""
+    channels, res = PRESET_DATA[preset]
+    gen = torch.Generator(device).manual_seed(0)
+    y = torch.randn(img_batch, channels, res, res, device=device, generator=gen)
+    sigma_n = torch.where(torch.arange(img_batch, device=device) % 10 == 0, 0.0, 0.2)
+    sigma = torch.maximum(torch.exp(torch.randn(img_batch, device=device, generator=gen) * 1.2 - 1.2), sigma_n)
+    noise = _backends(functools.partial(kernels.noise_injection, seed=1), _noise_ref_fresh_eps, has_triton)
+    cases = [("noise_injection", tuple(y.shape), y.dtype,
+              {b: functools.partial(fn, y, sigma, sigma_n) if fn else None for b, fn in noise.items()},
+              2 * y.nbytes, "B")]
+
+    x_t = kernels.noise_injection(y, sigma, sigma_n, seed=1, backend="torch")
+    denoised = (y + 0.1 * torch.randn(y.shape, device=device, generator=gen)).requires_grad_()
+    per_sample_grad = torch.full((img_batch,), 1 / img_batch, device=device)
+    loss = _backends(kernels.ambient_loss, kernels.ambient_loss_ref, has_triton)
+    cases.append(("ambient_loss_fwd_bwd", tuple(y.shape), y.dtype,
+                  {b: _grad_of(fn, (denoised, x_t, y, sigma, sigma_n), per_sample_grad, (denoised,)) if fn else None
+                   for b, fn in loss.items()},
+                  4 * y.nbytes, "B"))
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attn = {**_backends(kernels.attention, kernels.attention_ref, has_triton), "sdpa": F.scaled_dot_product_attention}
+    for b, h, n, d in attention_shapes(preset, attn_batch):
+        q, k, v = (torch.randn(b, h, n, d, device=device, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+        grad_o = torch.randn(q.shape, device=device, generator=gen).to(dtype)
+        cases.append(("attention_fwd_bwd", (b, h, n, d), dtype,
+                      {name: _grad_of(fn, (q, k, v), grad_o, (q, k, v)) if fn else None for name, fn in attn.items()},
+                      12 * b * h * n * n * d, "FLOP"))
+    return cases
+
+
+def kernel_workloads(device: torch.device, presets: list[str], *, smoke: bool = False) -> list[Workload]:
+    """The microbenchmark workloads; backends that cannot run here become rows with status "n/a"."""
+    from kernels._triton_utils import INTERPRET
+    has_triton = device.type == "cuda" or (smoke and INTERPRET)
+    out: list[Workload] = []
+    for preset in presets:
+        img_batch, attn_batch = SMOKE_BATCHES if smoke else BATCHES[(device.type, preset)]
+        for op, shape, dtype, fns, work, unit in _preset_cases(preset, device, img_batch, attn_batch, has_triton):
+            calib, ceiling = ("calib/copy", "calib/copy") if unit == "B" else compute_refs(device, dtype)
+            for backend, fn in fns.items():
+                info = {"section": "kernels", "op": op, "preset": preset, "shape": list(shape),
+                        "dtype": str(dtype)[6:], "backend": backend}
+                if fn is None:
+                    info.update(status="n/a", reason=TRITON_NA)
+                out.append(Workload(f"kernels/{op}/{preset}/{_tag(shape)}/{info['dtype']}/{backend}", fn,
+                                    calib=calib, ceiling=ceiling, work=work, unit=unit, info=info))
+    return out
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Speed-up of each backend over the torch reference at the same op, preset and shape."""
+    reference = {r["id"].rsplit("/", 1)[0]: r for r in rows
+                 if r.get("section") == "kernels" and r.get("backend") == "torch" and r.get("status") == "ok"}
+    for r in rows:
+        ref = reference.get(r["id"].rsplit("/", 1)[0])
+        if r.get("section") == "kernels" and r.get("status") == "ok" and ref is not None and r is not ref:
+            r["vs_torch"] = round(r["norm"] / ref["norm"], 3)
 
 
 if __name__ == "__main__":
-    main()
+    from bench.run import main
+    main(["--sections", "kernels", *sys.argv[1:]])

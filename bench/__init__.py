@@ -1,0 +1,1 @@
+"""Benchmarks of the ambient trainer: kernel microbenchmarks, trainer throughput, regression check."""

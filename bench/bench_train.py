@@ -1,0 +1,154 @@
+"""Trainer throughput: img/s, peak memory and MFU of a full training step.
+
+The step is `ambient.training.train`'s inner step rebuilt from the same public pieces (nothing is
+factored out of training.py): build_network + set_attn_backend, AmbientLoss (noise levels, noise
+injection, preconditioned forward, ambient loss), loss.sum() / batch backward, the non-finite
+gradient check, torch.optim.Adam (fused on CUDA), the EMA update, torch.compile of the network
+with --compile, micro-batches (gradient accumulation) when a batch does not fit. It leaves out
+what is not the step: data loading (the batch stays resident on the device), the per-noise-level
+loss bookkeeping, logging, checkpoints and sample grids.
+
+MFU = model FLOPs (3 x `ambient.networks.forward_flops`: forward, backward twice that) per second
+over a ceiling: the large matmul measured in the same run, in the step's precision; on a GPU with a
+known datasheet peak also over that.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from ambient.loss import AmbientLoss
+from ambient.networks import build_network, forward_flops
+from ambient.training import step_seed
+from bench.bench_kernels import PRESET_DATA
+from bench.harness import Workload, compute_refs
+
+TRITON_NA = "--kernels triton needs CUDA (on a CPU Triton runs only under its interpreter)"
+# Dense bf16 peak from the vendor's datasheet, for MFU against the nominal figure.
+NOMINAL_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4}
+
+
+class TrainStep:
+    """One optimiser step of the trainer on a fixed synthetic batch (10% clean, 90% at sigma_n = 0.2)."""
+
+    def __init__(self, preset: str, batch: int, precision: str, backend: str, compile: bool, device: torch.device,
+                 tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0):
+        channels, res = PRESET_DATA[preset]
+        torch.manual_seed(0)
+        self.net = build_network(preset, res, channels).to(device).train()
+        self.net.set_attn_backend(backend)
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                          fused=device.type == "cuda")
+        self.loss_fn = AmbientLoss(backend=backend)
+        self.model = torch.compile(self.net) if compile else self.net
+        self.device, self.precision, self.backend, self.tf32 = device, precision, backend, tf32
+        self.batch = batch
+        self.beta = 0.5 ** (batch / (ema_halflife_kimg * 1000))
+        self.sigma_n = torch.where(torch.arange(batch) % 10 == 0, 0.0, 0.2)      # on the CPU, as from the loader
+        clean = torch.rand(batch, channels, res, res) * 2 - 1
+        self.y = (clean + self.sigma_n[:, None, None, None] * torch.randn_like(clean)).to(device)
+        self.step = 0
+        self.info: dict[str, Any] = {"batch_gpu": batch}   # result-row fields; batch_gpu shrinks on out-of-memory
+
+    def _step(self, batch_gpu: int) -> None:
+        seed = step_seed(0, self.step)
+        normals = torch.randn(self.batch, generator=torch.Generator().manual_seed(seed))
+        numel = self.y[0].numel()
+        eps_all = None
+        if self.backend == "torch":
+            eps_all = torch.randn(self.y.shape, generator=torch.Generator(self.device).manual_seed(seed),
+                                  device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for first in range(0, self.batch, batch_gpu):
+            part = slice(first, first + batch_gpu)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                loss, _ = self.loss_fn(self.model, self.y[part], self.sigma_n[part], normals[part], seed=seed,
+                                       offset=first * numel, eps=eps_all[part] if eps_all is not None else None)
+            (loss.sum() / self.batch).backward()
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            self.optimizer.step()
+            with torch.no_grad():
+                for p_ema, p_net in zip(self.ema.parameters(), self.net.parameters()):
+                    p_ema.copy_(p_net.detach().lerp(p_ema, self.beta))
+                for b_ema, b_net in zip(self.ema.buffers(), self.net.buffers()):
+                    b_ema.copy_(b_net)
+        self.step += 1
+
+    def __call__(self) -> None:
+        """One step; on CUDA out-of-memory, halve the micro-batch (as --batch-gpu would) and retry."""
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
+        try:
+            while True:
+                try:
+                    return self._step(self.info["batch_gpu"])
+                except torch.cuda.OutOfMemoryError:
+                    if self.info["batch_gpu"] == 1:
+                        raise
+                    self.optimizer.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+                    self.info["batch_gpu"] //= 2
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _configs(device: torch.device) -> list[tuple[str, int, str, str, bool, bool]]:
+    """(preset, batch, precision, kernels, compile, tf32), eager before compiled (a time budget cuts the end)."""
+    if device.type == "cuda":
+        fast = [("ddpmpp", 512, "bf16", k, c, True) for c in (False, True) for k in ("triton", "torch")]
+        edm = ("ddpmpp", 512, "fp32", "torch", False, False)     # EDM-style: fp32, TF32 off, eager
+        tiny = [("tiny", 64, prec, "triton", False, True) for prec in ("bf16", "fp32")]
+        return fast[:2] + [edm] + fast[2:] + tiny
+    return ([("tiny", 32, prec, k, c, True) for c in (False, True) for prec in ("fp32", "bf16") for k in ("torch", "triton")]
+            + [("ddpmpp", 2, prec, k, False, True) for prec in ("fp32", "bf16") for k in ("torch", "triton")])
+
+
+def train_workloads(device: torch.device, presets: list[str], *, quick: bool) -> list[Workload]:
+    """One workload per configuration; those that cannot or need not run here stay as "n/a" / "skipped" rows.
+
+    --quick on a CPU times the tiny preset eagerly only (torch.compile of a U-Net step and DDPM++ take
+    minutes there).
+    """
+    out = []
+    flops: dict[str, float] = {}
+    for preset, batch, precision, backend, compiled, tf32 in _configs(device):
+        if preset not in presets:
+            continue
+        cuda = device.type == "cuda"
+        wid = (f"train/{preset}/b{batch}/{precision}/{backend}/{'compile' if compiled else 'eager'}"
+               + ("" if tf32 else "/no-tf32"))
+        info: dict[str, Any] = {"section": "train", "preset": preset, "batch": batch, "precision": precision,
+                                "kernels": backend, "compile": compiled, "tf32": tf32 if cuda else None}
+        step = None
+        if backend == "triton" and not cuda:
+            info.update(status="n/a", reason=TRITON_NA)
+        elif not cuda and quick and (compiled or preset == "ddpmpp"):
+            info.update(status="skipped", reason="not in --quick on a CPU (minutes of torch.compile, or DDPM++)")
+        else:
+            step = TrainStep(preset, batch, precision, backend, compiled, device, tf32=tf32)
+            flops.setdefault(preset, forward_flops(step.net, 1))
+            step.info.update(info, gflop_per_img=round(3 * flops[preset] / 1e9, 3))
+            info = step.info
+        calib, ceiling = compute_refs(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        out.append(Workload(wid, step, calib=calib, ceiling=ceiling, work=3 * flops.get(preset, 0.0) * batch,
+                            unit="FLOP", images=batch, info=info))
+    return out
+
+
+def add_speedups(rows: list[dict[str, Any]], gpu_name: str | None) -> None:
+    """Speed-up over the fp32 eager torch step of the same preset and batch; MFU against a datasheet peak."""
+    reference = {(r["preset"], r["batch"]): r for r in rows if r.get("section") == "train" and r.get("status") == "ok"
+                 and r["precision"] == "fp32" and r["kernels"] == "torch" and not r["compile"]}
+    peak = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if gpu_name and k in gpu_name), None)
+    for r in rows:
+        if r.get("section") != "train" or r.get("status") != "ok":
+            continue
+        ref = reference.get((r["preset"], r["batch"]))
+        if ref is not None and r is not ref:
+            r["vs_fp32_eager_torch"] = round(r["norm"] / ref["norm"], 3)
+        if peak and r["precision"] == "bf16" and "TFLOP/s" in r:
+            r["mfu_vs_datasheet"] = round(r["TFLOP/s"] / peak, 4)

@@ -1,0 +1,245 @@
+"""Timing harness shared by the benchmarks: calibrated, interleaved, median-based.
+
+CUDA: every workload is timed by `triton.testing.do_bench` (median over many launches, L2 flushed
+between them), one after the other.
+
+CPU: a repeated-median loop built for a shared, loaded machine. Each *round* times every workload
+once, the calibration workloads included, in a rotating order; a workload's figure is the median
+over rounds of (calibration time / workload time) taken within the same round, so a change in
+machine load between rounds cancels. With one torch thread the clock is the calling thread's CPU
+time, which time-slicing by other processes does not inflate (wall time is recorded beside it).
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Workload:
+    """One timed callable and what it does per call."""
+
+    id: str                          # stable row id, e.g. "kernels/noise_injection/tiny/B64x1x32x32/float32/torch"
+    fn: Callable[[], object] | None  # None: cannot run here (info says why; the row is kept, status "n/a")
+    calib: str = "calib/copy"        # calibration workload it is normalised by
+    ceiling: str | None = None       # workload whose rate is the ceiling (default: `calib`)
+    work: float = 0.0                # bytes moved or FLOPs per call (0: not counted)
+    unit: str = ""                   # "B" or "FLOP"
+    images: int = 0                  # images per call (training steps)
+    info: dict[str, Any] = field(default_factory=dict)   # descriptive fields copied into the result row
+
+
+@dataclass
+class Timing:
+    """Per-round seconds per call of one workload, on both clocks."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    peak_mem_mb: float | None = None
+    error: str | None = None
+
+
+def cpu_clock_ok(device: torch.device) -> bool:
+    """Thread CPU time is a faithful clock only when one CPU thread does all the work."""
+    return device.type == "cpu" and torch.get_num_threads() == 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sample(fn: Callable[[], object], n: int, device: torch.device) -> tuple[float, float]:
+    """Seconds per call of fn over n back-to-back calls: (wall, thread CPU)."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - wall) / n, (time.thread_time() - cpu) / n
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window: CUDA allocator peak, or the process's RSS high-water mark on Linux."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak since `reset_peak_memory`: CUDA tensors allocated, or the process RSS (VmHWM) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def measure(workloads: list[Workload], device: torch.device, *, rounds: int, min_sample_s: float = 0.02,
+            warmup: int = 2, deadline: float | None = None, log: Callable[[str], None] = print) -> dict[str, Timing]:
+    """Time every workload (see the module docstring); a workload that raises gets `error` set.
+
+    `deadline` (time.monotonic()) skips workloads not yet started when it has passed.
+    """
+    timings = {w.id: Timing() for w in workloads}
+    repeat: dict[str, int] = {}
+    for w in workloads:
+        t = timings[w.id]
+        if w.fn is None:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            t.error = "skipped: time budget spent"
+            continue
+        log(f"  warm-up {w.id}")
+        reset_peak_memory(device)
+        try:
+            for _ in range(warmup):
+                once = _sample(w.fn, 1, device)[0]
+            if device.type == "cuda":
+                import triton.testing
+                t.wall = [triton.testing.do_bench(w.fn, warmup=max(25, 3e3 * once), rep=max(100, 2e4 * once),
+                                                  return_mode="median") / 1e3]
+            repeat[w.id] = max(1, math.ceil(min_sample_s / once))
+        except Exception as exc:  # noqa: BLE001 - a failing workload is recorded, the others still run
+            t.error = f"{type(exc).__name__}: {exc}"[:300]
+            log(f"  FAILED {w.id}: {t.error}")
+        t.peak_mem_mb = peak_memory_mb(device)
+    live = [w for w in workloads if w.id in repeat and timings[w.id].error is None]
+    if device.type == "cuda":
+        return timings
+    for r in range(rounds):
+        for w in live[r % len(live):] + live[:r % len(live)]:     # rotate: no workload always runs first
+            t = timings[w.id]
+            if t.error is not None:
+                continue
+            try:
+                wall, cpu = _sample(w.fn, repeat[w.id], device)
+            except Exception as exc:  # noqa: BLE001
+                t.error = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            t.wall.append(wall)
+            t.cpu.append(cpu)
+    return timings
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def summarise(w: Workload, timings: dict[str, Timing], clock: str, work: dict[str, float]) -> dict[str, Any]:
+    """The result row of one workload: medians, rate, fraction of ceiling, normalised figure.
+
+    `norm` = median over rounds of (calibration time / workload time), the figure the regression
+    check compares (higher is faster). `work` maps workload ids to their work per call (for ceilings).
+    """
+    t = timings[w.id]
+    row: dict[str, Any] = {"id": w.id, **w.info}
+    if w.fn is None:
+        return row
+    if t.error is not None:
+        row["status"] = "error" if not t.error.startswith("skipped") else "skipped"
+        row["reason"] = t.error
+        return row
+    mine, calib = getattr(t, clock), getattr(timings[w.calib], clock)
+    ceiling_w = timings.get(w.ceiling or w.calib)
+    median_s = _median(mine)
+    ratios = [c / m for c, m in zip(calib, mine)]
+    row.update(status="ok", median_ms=round(median_s * 1e3, 4), clock=clock, calib=w.calib,
+               norm=round(_median(ratios), 5), rounds=len(mine))
+    if len(ratios) >= 4:
+        q = statistics.quantiles(ratios, n=4)
+        row["norm_iqr_rel"] = round((q[2] - q[0]) / _median(ratios), 4)
+    if clock == "cpu" and t.wall:
+        row["wall_ms"] = round(_median(t.wall) * 1e3, 4)
+    if w.work:
+        rate = w.work / median_s
+        row["GB/s" if w.unit == "B" else "TFLOP/s"] = round(rate / (1e9 if w.unit == "B" else 1e12), 4)
+        if ceiling_w is not None and ceiling_w.error is None:
+            ceiling_rate = work[w.ceiling or w.calib] / _median(getattr(ceiling_w, clock))
+            row.update(of_ceiling=round(rate / ceiling_rate, 4), ceiling=w.ceiling or w.calib)
+    if w.images:
+        row["img_per_s"] = round(w.images / median_s, 2)
+        if clock == "cpu" and t.wall:
+            row["img_per_s_wall"] = round(w.images / _median(t.wall), 2)
+    if t.peak_mem_mb is not None:
+        row["peak_mem_mb"] = round(t.peak_mem_mb, 1)
+    return row
+
+
+def calibrations(device: torch.device) -> list[Workload]:
+    """The machine's ceilings, measured in the same run: a large copy and large fp32 / bf16 matmuls.
+
+    They double as the calibration workloads: fixed work whose time tracks the machine's speed.
+    On CPU the copy (64 MiB each way) is larger than the last-level cache.
+    """
+    cuda = device.type == "cuda"
+    numel = (1 << 28) if cuda else (1 << 24)
+    side = 8192 if cuda else 1024
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    out = [Workload("calib/copy", lambda: dst.copy_(src), work=2 * src.nbytes, unit="B",
+                    info={"what": f"copy of {src.nbytes >> 20} MiB float32"})]
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(side, side, device=device).to(dtype)
+        b = torch.randn(side, side, device=device).to(dtype)
+        name = f"calib/matmul_{'fp32' if dtype == torch.float32 else 'bf16'}"
+        out.append(Workload(name, lambda a=a, b=b: torch.mm(a, b), calib=name, work=2 * side**3, unit="FLOP",
+                            info={"what": f"{side}x{side} @ {side}x{side} {str(dtype)[6:]}"}))
+    return out
+
+
+def compute_refs(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+    """(calibration, ceiling) for a compute-bound workload in `dtype`.
+
+    The calibration is one fixed matmul per device (fp32 on CPU, bf16 on CUDA); the ceiling matches dtype.
+    """
+    calib = "calib/matmul_bf16" if device.type == "cuda" else "calib/matmul_fp32"
+    return calib, "calib/matmul_bf16" if dtype in (torch.bfloat16, torch.float16) else "calib/matmul_fp32"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "triton": triton_version, "device": device.type, "gpu": None, "load_avg_start": list(os.getloadavg()),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=torch.cuda.get_device_name(device), gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda)
+    return info

@@ -1,0 +1,159 @@
+"""Run the benchmarks; write one JSON result and print a summary table (see bench/README.md).
+
+    python bench/run.py --quick --out /tmp/bench.json       # the CI variant: CPU, under two minutes
+    python bench/run.py --out result.json                   # everything this machine can run
+    python bench/run.py --device cuda --sections train --budget-s 200 --out train.json
+
+Sections: `kernels` (bench/bench_kernels.py) and `train` (bench/bench_train.py). Each section is
+timed together with the calibration workloads (bench/harness.py); compare results with
+bench/check.py.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):   # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import bench_kernels, bench_train
+from bench.check import SCHEMA, format_table
+from bench.harness import Workload, calibrations, cpu_clock_ok, machine_info, measure, summarise
+
+# Rounds of the CPU loop per section: (quick, full).
+ROUNDS = {"kernels": (9, 15), "train": (6, 10)}
+TOLERANCE = {
+    "max_slowdown": 0.3,
+    "why": "CPU: the same quick run, repeated on this shared 2-core machine (idle and with other engineers' "
+           "jobs running), moved normalised figures by up to about 15%; 30% leaves room for that and still "
+           "catches a 1.5x slowdown. Figures are medians of per-round ratios to a calibration measured in the "
+           "same rounds, on the thread's CPU clock.",
+}
+
+
+def _slowed(fn: Callable[[], object], k: int) -> Callable[[], object]:
+    """fn done k times per call: a real, measured slowdown (for testing the regression check)."""
+    def slowed() -> None:
+        for _ in range(k):
+            fn()
+    return slowed
+
+
+def _select(workloads: list[Workload], only: list[str] | None, slowdown: dict[str, int]) -> list[Workload]:
+    """Workloads whose id contains one of `only` (all without it), with injected slowdowns applied."""
+    chosen = [w for w in workloads if not only or any(s in w.id for s in only)]
+    for w in chosen:
+        for pattern, k in slowdown.items():
+            if pattern in w.id and w.fn is not None:
+                w.fn = _slowed(w.fn, k)
+                w.info["injected_slowdown"] = k
+    return chosen
+
+
+def _save(result: dict[str, Any], path: str | None) -> None:
+    """Write atomically, so a run cut short by a timeout leaves the sections finished so far."""
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """One line per row: time, rate, fraction of the measured ceiling, img/s, normalised figure."""
+    lines = []
+    for r in result["rows"]:
+        rate = (f"{r['GB/s']:.1f} GB/s" if "GB/s" in r else f"{r['TFLOP/s']:.3g} TFLOP/s" if "TFLOP/s" in r
+                else None)
+        speedup = r.get("vs_torch", r.get("vs_fp32_eager_torch"))
+        lines.append([r["id"], r.get("status"), r.get("median_ms"), rate, r.get("of_ceiling"), r.get("img_per_s"),
+                      r.get("peak_mem_mb"), r.get("norm"), speedup if speedup is None else f"{speedup:.2f}x"])
+    return format_table(["row", "status", "ms", "rate", "of ceiling", "img/s", "peak MB", "norm", "speed-up"], lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the CI variant (CPU: tiny-preset steps, fewer rounds)")
+    parser.add_argument("--smoke", action="store_true", help="tiny kernel shapes; checks the script (Triton interpreted "
+                                                              "when TRITON_INTERPRET=1)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--sections", default="kernels,train", help="comma-separated: kernels, train")
+    parser.add_argument("--presets", default="ddpmpp,tiny", help="comma-separated: ddpmpp, tiny")
+    parser.add_argument("--only", action="append", help="keep only rows whose id contains this (repeatable)")
+    parser.add_argument("--rounds", type=int, help="CPU rounds per section (default: by section and --quick)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: thread CPU clock, robust to load)")
+    parser.add_argument("--budget-s", type=float, help="skip workloads not started after this many seconds")
+    parser.add_argument("--inject-slowdown", action="append", default=[], metavar="SUBSTR:K",
+                        help="test hook: rows whose id contains SUBSTR do their work K times per call")
+    parser.add_argument("--out", "--json", dest="out", help="write the result JSON here")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the requested sections; the result as written to --out."""
+    args = parse_args(argv)
+    start = time.monotonic()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          args.device if args.device != "auto" else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True   # the trainer's default
+    slowdown = {p.rpartition(":")[0]: int(p.rpartition(":")[2]) for p in args.inject_slowdown}
+    presets = args.presets.split(",")
+    clock = "cpu" if cpu_clock_ok(device) else "wall"
+    result: dict[str, Any] = {
+        "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "settings": {"quick": args.quick, "smoke": args.smoke, "sections": args.sections, "presets": presets,
+                     "only": args.only, "clock": clock, "out": args.out, "argv": sys.argv[1:] if argv is None else argv},
+        "tolerance": TOLERANCE, "calibration": {}, "rows": [],
+    }
+    deadline = start + args.budget_s if args.budget_s else None
+    builders: dict[str, Callable[[], list[Workload]]] = {
+        "kernels": lambda: bench_kernels.kernel_workloads(device, presets, smoke=args.smoke),
+        "train": lambda: bench_train.train_workloads(device, presets, quick=args.quick),
+    }
+    for section in args.sections.split(","):
+        if section not in builders:
+            raise SystemExit(f"unknown section {section!r}; choose from {sorted(builders)}")
+        workloads = _select(builders[section](), args.only, slowdown)
+        if not any(w.fn is not None for w in workloads):
+            result["rows"] += [summarise(w, {}, clock, {}) for w in workloads]
+            continue
+        calib = calibrations(device)
+        rounds = args.rounds or ROUNDS[section][0 if args.quick or args.smoke else 1]
+        log(f"[{section}] {sum(w.fn is not None for w in workloads)} workloads, {rounds} rounds, clock {clock}")
+        timings = measure(calib + workloads, device, rounds=rounds, deadline=deadline, log=log)
+        work = {w.id: w.work for w in calib + workloads}
+        result["calibration"][section] = [summarise(w, timings, clock, work) for w in calib]
+        result["rows"] += [summarise(w, timings, clock, work) for w in workloads]
+        bench_kernels.add_speedups(result["rows"])
+        bench_train.add_speedups(result["rows"], result["machine"]["gpu"])
+        result["elapsed_s"] = round(time.monotonic() - start, 1)
+        _save(result, args.out)
+    result["machine"]["load_avg_end"] = list(os.getloadavg())
+    result["elapsed_s"] = round(time.monotonic() - start, 1)
+    _save(result, args.out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    result = run(argv)
+    print(summary_table(result))
+    out = result["settings"]["out"]
+    print(f"{result['machine']['gpu'] or result['machine']['cpu_model']}, clock {result['settings']['clock']}, "
+          f"{result['elapsed_s']} s" + (f"; written to {out}" if out else ""))
+
+
+if __name__ == "__main__":
+    main()
