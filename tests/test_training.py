@@ -124,3 +124,21 @@ def test_corrupt_png_fails_before_training(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "--data", str(data), "--run-dir", str(tmp_path / "run")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "2.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_triton_kernels_give_the_torch_loss_curve(tmp_path, monkeypatch):
+    """--kernels triton (interpreted on CPU) against --kernels torch: same losses step by step.
+
+    The Triton path normally draws its noise in-kernel (a different stream from torch's), so here
+    both runs take the torch-drawn noise; the kernels then see identical inputs.
+    """
+    import ambient.training as training
+    monkeypatch.setattr(training, "resolve_backend", lambda backend, tensor: "torch")
+    curves = {}
+    for backend in ("torch", "triton"):
+        cfg = train.parse_args(FAST + ["--run-dir", str(tmp_path / backend), "--kimg", "0.064", "--tick-kimg", "0.016",
+                                       "--snap-kimg", "1", "--kernels", backend, "--grid-size", "1"])
+        run_training(cfg)
+        curves[backend] = [json.loads(line)["loss"] for line in (tmp_path / backend / "log.jsonl").read_text().splitlines()]
+    assert len(curves["torch"]) == 4
+    np.testing.assert_allclose(curves["triton"], curves["torch"], rtol=2e-4)
