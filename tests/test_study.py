@@ -1,0 +1,179 @@
+"""Tests for ambient.eval (the evaluation CLI) and ambient.study (scaling-law studies).
+
+One micro study (2 points of a 8-channel UNet on MNIST-5k subsets, 2 training steps, 8 images evaluated
+with 2 sampler steps) is run once per module; the FD-MNIST classifier is a 1-epoch one trained into a
+temporary cache (AMBIENT_CACHE), so nothing depends on ~/.cache.
+"""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from ambient import checkpoint, metrics, study
+from ambient import eval as ev
+from ambient.networks import build_network
+
+POINTS = ["--points", "16:0,8:8"]
+MICRO = ["--data", "mnist", *POINTS, "--sigma-n", "0.2", "--model-channels", "8", "--batch", "16",
+         "--kimg", "0.032", "--eval-n", "8", "--eval-steps", "2", "--threads", "1",
+         "--train-args", "--grid-size 4 --tick-kimg 1 --snap-kimg 1 --lr-rampup-kimg 0.01"]
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+    """A quickly trained (1 epoch) classifier in a temporary cache that subprocesses find through AMBIENT_CACHE."""
+    path = tmp_path_factory.mktemp("ambient_cache")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "_EPOCHS", 1)
+        torch.set_num_threads(1)
+        metrics.get_feature_extractor(path)
+        torch.set_num_threads(threads)
+        mp.setenv("AMBIENT_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def micro_study(tmp_path_factory, classifier_cache):
+    """(study directory, stdout) of a finished 2-point micro study."""
+    root = tmp_path_factory.mktemp("study") / "s"
+    assert study.main(["--dir", str(root), *MICRO]) == 0
+    return root
+
+
+def _mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in (root / "points").rglob("*") if p.is_file()}
+
+
+def test_micro_study_writes_well_formed_results(micro_study):
+    with open(micro_study / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["name"], r["n_clean"], r["n_noisy"]) for r in rows] == [("c8_n8_s0.2_seed0", "8", "8"),
+                                                                     ("c16_n0_seed0", "16", "0")]
+    assert set(rows[0]) == set(study.CSV_FIELDS)
+    for r in rows:
+        assert math.isfinite(float(r["value"])) and float(r["value"]) > 0 and float(r["floor"]) > 0
+        assert r["metric"] == "fd_mnist" and r["n"] == "8" and float(r["kimg"]) == pytest.approx(0.032)
+    res = json.loads((micro_study / "results.json").read_text())
+    assert [r["name"] for r in res["rows"]] == [r["name"] for r in rows]
+    assert res["config"]["kimg"] == 0.032 and res["table1_ordering_holds"] == {"0.2": None}
+    assert "cannot be fitted" in res["worth_sentences"][0]
+    png = (micro_study / "fd_mnist_vs_n_clean.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert (micro_study / "table.md").exists()
+    point = json.loads((micro_study / "points" / "c8_n8_s0.2_seed0" / "point.json").read_text())
+    assert point["train_args"][point["train_args"].index("--n-noisy") + 1] == "8" and point["train_seconds"] > 0
+
+
+def test_rerun_skips_finished_points(micro_study, capsys):
+    before = _mtimes(micro_study)
+    assert study.main(["--dir", str(micro_study), *MICRO]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skip ") == 2 and "train " not in out and "eval " not in out
+    assert _mtimes(micro_study) == before
+
+
+def test_interrupted_point_continues_and_changed_settings_are_refused(micro_study, capsys):
+    folder = micro_study / "points" / "c16_n0_seed0"
+    (folder / "metrics.json").unlink()
+    ckpts = sorted(p.name for p in (folder / "run").glob("checkpoint-*"))
+    # Different training settings for a started point: one clear error, nothing touched.
+    assert study.main(["--dir", str(micro_study), *MICRO, "--kimg", "0.064"]) == 1
+    assert "was started with" in capsys.readouterr().out and not (folder / "metrics.json").exists()
+    # The same settings: the run is continued (already complete: no new checkpoint) and evaluated again.
+    assert study.main(["--dir", str(micro_study), *MICRO]) == 0
+    out = capsys.readouterr().out
+    assert "train c16_n0_seed0 (continuing)" in out and "skip c8_n8_s0.2_seed0" in out
+    assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ckpts
+    assert (folder / "train.log").read_text().count("$ ") == 2
+
+
+def test_eval_cli_writes_fd_mnist_with_floor_independent_of_batch(micro_study, tmp_path, capsys):
+    run = micro_study / "points" / "c8_n8_s0.2_seed0" / "run"
+    outs = []
+    for batch in (8, 3):
+        out = tmp_path / f"m{batch}.json"
+        assert ev.main(["--ckpt", str(run), "--n", "8", "--steps", "2", "--batch", str(batch), "--out", str(out),
+                        "--no-progress"]) == 0
+        outs.append(json.loads(out.read_text()))
+    m = outs[0]
+    assert m["fd_mnist"] > 0 and m["fd_mnist_floor"] > 0 and m["floor_n"] == 8 and m["n"] == 8
+    assert sum(m["class_histogram"]) == 8 and len(m["class_histogram"]) == 10 and "kid" in m
+    assert m["fd_mnist"] == pytest.approx(outs[1]["fd_mnist"], rel=1e-4)   # image i comes from seed i
+    assert "FD-MNIST" in capsys.readouterr().out
+    # The study's own evaluation of this point used the same seeds and steps.
+    saved = json.loads((run.parent / "metrics.json").read_text())
+    assert saved["fd_mnist"] == pytest.approx(m["fd_mnist"], rel=1e-4)
+
+
+def _save_digits_model(run_dir):
+    kwargs = dict(preset="tiny", img_resolution=8, img_channels=1, label_dim=0, model_channels=8,
+                  channel_mult=[1, 2], attn_resolutions=[])
+    sd = build_network(**kwargs).state_dict()
+    checkpoint.save_checkpoint(run_dir, 0, sd, sd, {"step": 0}, {"network": kwargs, "kimg": 0.0})
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ckpt", "{tmp}/missing"], "no such checkpoint"),
+    (["--ckpt", "{tmp}/digits"], "use --metric fid"),
+    (["--ckpt", "{tmp}/digits", "--metric", "fid"], "needs --ref"),
+    (["--ckpt", "{tmp}/digits", "--metric", "fid", "--ref", "{tmp}/nowhere"], "not found"),
+    (["--ckpt", "{tmp}/digits", "--ref", "{tmp}"], "--ref applies to --metric fid"),
+])
+def test_eval_cli_bad_input_gets_one_clear_error(tmp_path, capsys, extra, message):
+    _save_digits_model(tmp_path / "digits")
+    out = tmp_path / "m.json"
+    assert ev.main([a.format(tmp=tmp_path) for a in extra] + ["--n", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and not out.exists()
+
+
+def test_grid_points_share_clean_runs_and_table1_pairs():
+    pts = study.make_points([500, 5000], [0, 4500], [0.2, 0.4], [0, 1])
+    assert len(pts) == 2 * 2 + 2 * 2 * 2                      # clean-only points are not repeated per sigma_n
+    assert {p.sigma_n for p in pts if p.n_noisy == 0} == {0.0}
+    assert study.Point(500, 4500, 0.2, 1).name == "c500_n4500_s0.2_seed1"
+    assert study.table1_pairs(5000) == {"100% clean": (5000, 0), "100% noisy": (0, 5000),
+                                        "10% clean only": (500, 0), "90% noisy + 10% clean": (500, 4500)}
+    with pytest.raises(ValueError, match="no points"):
+        study.make_points([], [], [0.2], [0])
+    s = study.Settings(nproc=2)
+    assert s.launcher()[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+
+
+def _rows(values):
+    pairs = study.table1_pairs(5000).values()
+    return [{"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "value": v, "floor": 1.0, "n": 1000}
+            for (c, m), v in zip(pairs, values)]
+
+
+@pytest.mark.parametrize("values, holds", [((5, 30, 20, 7), True), ((5, 30, 20, 25), False),
+                                           ((8, 30, 20, 7), False), ((5, 6, 20, 7), False)])
+def test_table1_ordering(values, holds):
+    text, got = study.table1(_rows(values), 0.2, "fd_mnist", "mnist")
+    assert got is holds
+    assert "| 90% noisy + 10% clean | 500 | 4500 | " in text and "real vs real (floor)" in text
+    assert study.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
+
+
+def test_worth_fit_sentence_per_sigma():
+    rows = [{"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "seed": 0,
+             "value": 50 * (c + 0.3 * m) ** -0.5 + 0.1}
+            for c in (100, 300, 1000, 3000) for m in (0, 1000, 4000)]
+    fits, sentences = study.worth_fits(rows)
+    assert fits[0.2]["w"] == pytest.approx(0.3, rel=0.05)
+    assert sentences[0].startswith("At sigma_n = 0.2 one noisy image is worth 0.3")
+
+
+def test_config_file_with_command_line_override(tmp_path):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text('n_clean = [500, 5000]\nn_noisy = [0, 4500]\nsigma_n = [0.2, 0.4]\nseeds = [0, 1]\n'
+                   'kimg = 5\npoints = [[100, 900]]\n')
+    a = study.parse_args(["--dir", "d", "--config", str(cfg), "--kimg", "7"])
+    assert a.n_clean == [500, 5000] and a.sigma_n == [0.2, 0.4] and a.seeds == [0, 1]
+    assert a.points == [(100, 900)] and a.kimg == 7.0
+    (tmp_path / "bad.json").write_text('{"n_clen": [1]}')
+    with pytest.raises(SystemExit):
+        study.parse_args(["--dir", "d", "--config", str(tmp_path / "bad.json")])
