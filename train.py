@@ -7,6 +7,8 @@
 import argparse
 import sys
 
+import torch
+
 from ambient import cli
 from ambient.checkpoint import CheckpointError
 from ambient.training import TrainConfig, TrainingDiverged, train
@@ -36,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--dropout", type=cli.fraction, help="override the preset's dropout")
     g.add_argument("--sigma-sampling", choices=("clamp", "truncate"), default=d.sigma_sampling)
     g.add_argument("--weighting", choices=("edm", "ambient"), default=d.weighting)
-    g.add_argument("--P-mean", type=float, default=d.P_mean)
-    g.add_argument("--P-std", type=cli.positive_float, default=d.P_std)
+    g.add_argument("--P-mean", type=cli.finite_float, default=d.P_mean, help="mean of ln(sigma) in training")
+    g.add_argument("--P-std", type=cli.positive_float, default=d.P_std, help="std of ln(sigma) in training")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch", type=cli.positive_int, default=d.batch, help="global batch size")
     g.add_argument("--batch-gpu", type=cli.positive_int, help="per-process micro-batch (gradient accumulation)")
@@ -70,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if len(modes) > 1:
         p.error(f"choose one way to say which images are clean, not {' and '.join(modes)}")
     clean_fraction = a.clean_fraction if modes else 0.1        # default: the paper's 10% clean + 90% noisy
+    if a.device is not None:
+        try:
+            dev = torch.device(a.device)
+        except RuntimeError:
+            p.error(f"argument --device: {a.device!r} is not a device (cpu, cuda, cuda:1, ...)")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            p.error(f"argument --device: {a.device!r} asked for, but no CUDA device is available")
     if a.sigma_share is not None and len(a.sigma_share) != len(a.sigma_n):
         p.error(f"--sigma-share has {len(a.sigma_share)} entries but --sigma-n has {len(a.sigma_n)}")
     cfg = TrainConfig(

@@ -13,6 +13,10 @@ def _number(text: str, kind: type, what: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    return _number(text, float, "a number")
+
+
 def positive_int(text: str) -> int:
     value = _number(text, int, "an integer")
     if value <= 0:

@@ -1,4 +1,5 @@
 """Generating images from seeds, and writing them as a PNG grid, a folder of PNGs or an .npz."""
+import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -55,7 +56,9 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -
     for i, img in enumerate(arr):
         r, q = divmod(i, ncol)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
-    _pil(grid).save(path)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")      # atomic: a killed run leaves no half PNG
+    _pil(grid).save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def save_pngs(images: torch.Tensor, seeds: Sequence[int], folder: str | Path) -> None:

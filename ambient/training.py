@@ -12,7 +12,7 @@ import math
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,12 +212,17 @@ def train(cfg: TrainConfig) -> Path:
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["state"]["optimizer"])
         step, bad_total = int(state["state"]["step"]), int(state["state"]["bad_steps"])
+        if state["meta"].get("dataset") != dataset.describe():
+            raise ckpt.CheckpointError(f"checkpoint {resume_from} was trained on {state['meta'].get('dataset')!r}, "
+                                       f"not {dataset.describe()!r}; resume with the same data options")
         if int(state["state"]["batch"]) != cfg.batch:
             raise ValueError(f"checkpoint {resume_from} was trained with --batch {state['state']['batch']}; "
                              f"resume with the same global batch (got {cfg.batch})")
         del state
     if dist_info.is_main:
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        tmp = run_dir / ".config.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        os.replace(tmp, run_dir / "config.json")
     barrier()
 
     ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
@@ -242,11 +247,11 @@ def train(cfg: TrainConfig) -> Path:
             meta = {"network": net_kwargs, "kimg": step * cfg.batch / 1000, "config": dataclasses.asdict(cfg),
                     "dataset": dataset.describe()}
             state = {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total, "batch": cfg.batch}
-            ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
             labels = (lambda s: torch.tensor(s) % dataset.label_dim) if cfg.cond else None
             grid = torch.cat([img for _, img in generate(ema, range(cfg.grid_size), sample_shape, device=device,
                                                          class_labels=labels, num_steps=cfg.sample_steps)])
-            save_grid(grid, run_dir / f"samples-{step:09d}.png")
+            save_grid(grid, run_dir / f"samples-{step:09d}.png")      # before the checkpoint: a resume redoes both
+            ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
         barrier()
 
     if dist_info.is_main:
@@ -262,83 +267,87 @@ def train(cfg: TrainConfig) -> Path:
     tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64)     # loss sums, counts per sigma bin
     bins = torch.tensor(SIGMA_BINS)
 
-    while step < total_steps:
-        # One optimiser step over the global batch: `rounds` micro-batches on each rank.
-        seed = step_seed(cfg.seed, step)
-        normals = torch.randn(cfg.batch, generator=torch.Generator().manual_seed(seed))  # one per global sample
-        eps_all = None                                # Triton draws the noise in-kernel from (seed, offset)
-        if eps_from_torch:                               # the torch path draws the whole global batch, then slices
-            eps_all = torch.randn((cfg.batch, *sample_shape), generator=torch.Generator(device).manual_seed(seed),
-                                  device=device)
-        optimizer.zero_grad(set_to_none=True)
-        for r in range(rounds):
-            items = next(loader)
-            first = dist_info.rank * batch_rank + r * batch_gpu        # global position of this micro-batch
-            y = items["image"].to(device, non_blocking=True)
-            sigma_n = items["sigma_n"].float()
-            labels = torch.nn.functional.one_hot(items["label"], dataset.label_dim).float().to(device) if cfg.cond else None
-            torch.manual_seed(seed + 1 + first)                        # dropout masks
-            sync = r == rounds - 1 or not isinstance(ddp, DistributedDataParallel)
-            with ddp.no_sync() if not sync else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss, sigma = loss_fn(model, y, sigma_n, normals[first:first + batch_gpu], labels, seed=seed,
-                                          offset=first * numel,
-                                          eps=eps_all[first:first + batch_gpu] if eps_all is not None else None)
-                (loss.sum() * (dist_info.world_size / cfg.batch)).backward()   # mean over the global batch
-            which = torch.bucketize(sigma.detach().cpu(), bins, right=True) - 1
-            tick_stats[0].index_add_(0, which, loss.detach().cpu().double())
-            tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+    try:
+        while step < total_steps:
+            # One optimiser step over the global batch: `rounds` micro-batches on each rank.
+            seed = step_seed(cfg.seed, step)
+            normals = torch.randn(cfg.batch, generator=torch.Generator().manual_seed(seed))  # one per global sample
+            eps_all = None                                # Triton draws the noise in-kernel from (seed, offset)
+            if eps_from_torch:                               # the torch path draws the whole global batch, then slices
+                eps_all = torch.randn((cfg.batch, *sample_shape), generator=torch.Generator(device).manual_seed(seed),
+                                      device=device)
+            optimizer.zero_grad(set_to_none=True)
+            for r in range(rounds):
+                items = next(loader)
+                first = dist_info.rank * batch_rank + r * batch_gpu        # global position of this micro-batch
+                y = items["image"].to(device, non_blocking=True)
+                sigma_n = items["sigma_n"].float()
+                labels = torch.nn.functional.one_hot(items["label"], dataset.label_dim).float().to(device) if cfg.cond else None
+                torch.manual_seed(seed + 1 + first)                        # dropout masks
+                sync = r == rounds - 1 or not isinstance(ddp, DistributedDataParallel)
+                with ddp.no_sync() if not sync else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        loss, sigma = loss_fn(model, y, sigma_n, normals[first:first + batch_gpu], labels, seed=seed,
+                                              offset=first * numel,
+                                              eps=eps_all[first:first + batch_gpu] if eps_all is not None else None)
+                    (loss.sum() * (dist_info.world_size / cfg.batch)).backward()   # mean over the global batch
+                which = torch.bucketize(sigma.detach().cpu(), bins, right=True) - 1
+                tick_stats[0].index_add_(0, which, loss.detach().cpu().double())
+                tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
 
-        # Learning-rate ramp-up, non-finite guard, update, EMA.
-        nimg = step * cfg.batch
-        for g in optimizer.param_groups:
-            g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
-        if finite:
-            optimizer.step()
-            halflife = cfg.ema_halflife_kimg * 1000
-            if cfg.ema_rampup_ratio is not None:
-                halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
-            beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
-            with torch.no_grad():
-                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                    p_ema.copy_(p_net.detach().lerp(p_ema, beta))
-                for b_ema, b_net in zip(ema.buffers(), net.buffers()):
-                    b_ema.copy_(b_net)
-            bad_run = 0
-        else:
-            bad_total, bad_run = bad_total + 1, bad_run + 1
-            if dist_info.is_main:
-                print(f"step {step}: non-finite loss or gradient, step skipped ({bad_run} in a row)", flush=True)
-            if bad_run >= cfg.max_bad_steps:
-                raise TrainingDiverged(f"{bad_run} consecutive steps had non-finite gradients (at step {step}); "
-                                       f"stopping. The last good checkpoint in {run_dir} is intact.")
-        step += 1
-        if bar is not None:
-            bar.update(1)
-
-        # Log, snapshot.
-        if step % steps_per_tick == 0 or step == total_steps:
-            all_reduce_sum(tick_stats)
-            elapsed = time.perf_counter() - tick_start
-            per_bin = (tick_stats[0] / tick_stats[1].clamp(min=1)).tolist()
-            rec = {"step": step, "kimg": step * cfg.batch / 1000, "loss": float(tick_stats[0].sum() / tick_stats[1].sum()),
-                   "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
-                   "img_per_s": (step - tick_step) * cfg.batch / elapsed, "sec_per_step": elapsed / (step - tick_step),
-                   "peak_mem_mb": peak_memory_mb(device), "skipped_steps": bad_total,
-                   "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
-            if log_file is not None:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
+            # Learning-rate ramp-up, non-finite guard, update, EMA.
+            nimg = step * cfg.batch
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+            if finite:
+                optimizer.step()
+                halflife = cfg.ema_halflife_kimg * 1000
+                if cfg.ema_rampup_ratio is not None:
+                    halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
+                beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
+                with torch.no_grad():
+                    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+                    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+                        b_ema.copy_(b_net)
+                bad_run = 0
+            else:
+                bad_total, bad_run = bad_total + 1, bad_run + 1
+                if dist_info.is_main:
+                    print(f"step {step}: non-finite loss or gradient, step skipped ({bad_run} in a row)", flush=True)
+                if bad_run >= cfg.max_bad_steps:
+                    last = ckpt.latest_checkpoint(run_dir)
+                    raise TrainingDiverged(f"{bad_run} consecutive steps had non-finite gradients (at step {step}); "
+                                           f"stopping. " + (f"The last good checkpoint, {last}, is intact." if last
+                                                            else "No checkpoint had been written yet."))
+            step += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
-            tick_stats.zero_()
-            tick_start, tick_step = time.perf_counter(), step
-        if step % steps_per_snap == 0 or step == total_steps:
-            snapshot()
-    if bar is not None:
-        bar.close()
-    if log_file is not None:
-        log_file.close()
+                bar.update(1)
+
+            # Log, snapshot.
+            if step % steps_per_tick == 0 or step == total_steps:
+                all_reduce_sum(tick_stats)
+                elapsed = time.perf_counter() - tick_start
+                per_bin = (tick_stats[0] / tick_stats[1].clamp(min=1)).tolist()
+                rec = {"step": step, "kimg": step * cfg.batch / 1000, "loss": float(tick_stats[0].sum() / tick_stats[1].sum()),
+                       "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
+                       "img_per_s": (step - tick_step) * cfg.batch / elapsed, "sec_per_step": elapsed / (step - tick_step),
+                       "peak_mem_mb": peak_memory_mb(device), "skipped_steps": bad_total,
+                       "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+                if log_file is not None:
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+                tick_stats.zero_()
+                tick_start, tick_step = time.perf_counter(), step
+            if step % steps_per_snap == 0 or step == total_steps:
+                snapshot()
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
     return run_dir
