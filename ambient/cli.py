@@ -1,6 +1,7 @@
 """Argument types shared by the command-line tools: each bad value gets one clear message."""
 import argparse
 import math
+from typing import Callable
 
 
 def _number(text: str, kind: type, what: str) -> float:
@@ -13,43 +14,22 @@ def _number(text: str, kind: type, what: str) -> float:
     return value
 
 
-def finite_float(text: str) -> float:
-    return _number(text, float, "a number")
+def _checked(kind: type, what: str, ok: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
+    """An argparse type parsing `kind` and refusing values for which ok(value) is false."""
+    def parse(text: str) -> float:
+        value = _number(text, kind, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
+        return value
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {value}")
-    return value
+finite_float = _checked(float, "a number", lambda v: True, "finite")
+positive_int = _checked(int, "an integer", lambda v: v > 0, "a positive integer")
+nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
+positive_float = _checked(float, "a number", lambda v: v > 0, "> 0")
+nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
+fraction = _checked(float, "a number", lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
 
 
 def float_list(text: str) -> tuple[float, ...]:
