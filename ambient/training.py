@@ -59,11 +59,11 @@ class TrainConfig:
     # optimisation
     batch: int = 64                     # global batch (all ranks, all accumulation rounds)
     batch_gpu: int | None = None        # per-rank micro-batch (None: batch / world size)
-    lr: float = 1e-3
+    lr: float = 2e-3
     lr_rampup_kimg: float = 10.0
-    ema_halflife_kimg: float = 50.0
+    ema_halflife_kimg: float = 10.0
     ema_rampup_ratio: float | None = 0.05
-    kimg: float = 200.0                 # training duration, thousands of images
+    kimg: float = 80.0                  # training duration, thousands of images (default: ~12 min on 2 CPU cores)
     seed: int = 0
     precision: str | None = None        # fp32 | bf16 (None: bf16 on CUDA, fp32 on CPU)
     tf32: bool = True
@@ -75,7 +75,7 @@ class TrainConfig:
     outdir: str = "runs"
     resume: str | None = None           # "auto", a run directory or a checkpoint directory
     tick_kimg: float = 5.0              # log interval
-    snap_kimg: float = 50.0             # checkpoint + sample grid interval
+    snap_kimg: float = 20.0             # checkpoint + sample grid interval
     keep_ckpts: int = 3
     grid_size: int = 64                 # images in each sample grid
     sample_steps: int = 18
