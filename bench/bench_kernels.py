@@ -29,7 +29,7 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
 
 import kernels
 from ambient.networks import UNetBlock, build_network
-from bench.harness import Workload, compute_refs
+from bench.harness import Workload, references
 
 # The data each preset trains on: (channels, resolution) — DDPM++ on CIFAR-10, tiny on MNIST-5k.
 PRESET_DATA = {"ddpmpp": (3, 32), "tiny": (1, 32)}
@@ -69,12 +69,24 @@ def _noise_ref_fresh_eps(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Te
     return kernels.noise_injection_ref(y, sigma, sigma_n, torch.randn_like(y))
 
 
+def _compiled(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """torch.compile(ref), made at the first call: importing the compiler alone takes seconds."""
+    compiled: Callable[..., torch.Tensor] | None = None
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        nonlocal compiled
+        if compiled is None:
+            compiled = torch.compile(ref, dynamic=False)
+        return compiled(*args)
+    return call
+
+
 def _backends(op: Callable[..., torch.Tensor], ref: Callable[..., torch.Tensor], has_triton: bool
               ) -> dict[str, Callable[..., torch.Tensor] | None]:
     """triton / torch / compile variants of a kernels op (None: cannot run here)."""
     return {"triton": functools.partial(op, backend="triton") if has_triton else None,
             "torch": functools.partial(op, backend="torch"),
-            "compile": torch.compile(ref, dynamic=False)}
+            "compile": _compiled(ref)}
 
 
 def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch: int, has_triton: bool
@@ -112,13 +124,15 @@ def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch:
 
 def kernel_workloads(device: torch.device, presets: list[str], *, smoke: bool = False) -> list[Workload]:
     """The microbenchmark workloads; backends that cannot run here become rows with status "n/a"."""
-    from kernels._triton_utils import INTERPRET
-    has_triton = device.type == "cuda" or (smoke and INTERPRET)
+    has_triton = device.type == "cuda"
+    if smoke and not has_triton:
+        from kernels._triton_utils import INTERPRET   # imports Triton: only when it may be used
+        has_triton = INTERPRET
     out: list[Workload] = []
     for preset in presets:
         img_batch, attn_batch = SMOKE_BATCHES if smoke else BATCHES[(device.type, preset)]
         for op, shape, dtype, fns, work, unit in _preset_cases(preset, device, img_batch, attn_batch, has_triton):
-            calib, ceiling = ("calib/copy", "calib/copy") if unit == "B" else compute_refs(device, dtype)
+            calib, ceiling = references(device, unit, dtype)
             for backend, fn in fns.items():
                 info = {"section": "kernels", "op": op, "preset": preset, "shape": list(shape),
                         "dtype": str(dtype)[6:], "backend": backend}

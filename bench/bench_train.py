@@ -15,6 +15,7 @@ known datasheet peak also over that.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from ambient.loss import AmbientLoss
 from ambient.networks import build_network, forward_flops
 from ambient.training import step_seed
 from bench.bench_kernels import PRESET_DATA
-from bench.harness import Workload, compute_refs
+from bench.harness import Workload, references
 
 TRITON_NA = "--kernels triton needs CUDA (on a CPU Triton runs only under its interpreter)"
 # Dense bf16 peak from the vendor's datasheet, for MFU against the nominal figure.
@@ -101,17 +102,18 @@ def _configs(device: torch.device) -> list[tuple[str, int, str, str, bool, bool]
     if device.type == "cuda":
         fast = [("ddpmpp", 512, "bf16", k, c, True) for c in (False, True) for k in ("triton", "torch")]
         edm = ("ddpmpp", 512, "fp32", "torch", False, False)     # EDM-style: fp32, TF32 off, eager
-        tiny = [("tiny", 64, prec, "triton", False, True) for prec in ("bf16", "fp32")]
+        tiny = [("tiny", 64, "bf16", "triton", False, True), ("tiny", 64, "fp32", "torch", False, False)]
         return fast[:2] + [edm] + fast[2:] + tiny
     return ([("tiny", 32, prec, k, c, True) for c in (False, True) for prec in ("fp32", "bf16") for k in ("torch", "triton")]
             + [("ddpmpp", 2, prec, k, False, True) for prec in ("fp32", "bf16") for k in ("torch", "triton")])
 
 
-def train_workloads(device: torch.device, presets: list[str], *, quick: bool) -> list[Workload]:
+def train_workloads(device: torch.device, presets: list[str], *, quick: bool,
+                    keep: Callable[[str], bool] = lambda wid: True) -> list[Workload]:
     """One workload per configuration; those that cannot or need not run here stay as "n/a" / "skipped" rows.
 
     --quick on a CPU times the tiny preset eagerly only (torch.compile of a U-Net step and DDPM++ take
-    minutes there).
+    minutes there). Only ids passing `keep` are built.
     """
     out = []
     flops: dict[str, float] = {}
@@ -121,6 +123,8 @@ def train_workloads(device: torch.device, presets: list[str], *, quick: bool) ->
         cuda = device.type == "cuda"
         wid = (f"train/{preset}/b{batch}/{precision}/{backend}/{'compile' if compiled else 'eager'}"
                + ("" if tf32 else "/no-tf32"))
+        if not keep(wid):
+            continue
         info: dict[str, Any] = {"section": "train", "preset": preset, "batch": batch, "precision": precision,
                                 "kernels": backend, "compile": compiled, "tf32": tf32 if cuda else None}
         step = None
@@ -133,7 +137,7 @@ def train_workloads(device: torch.device, presets: list[str], *, quick: bool) ->
             flops.setdefault(preset, forward_flops(step.net, 1))
             step.info.update(info, gflop_per_img=round(3 * flops[preset] / 1e9, 3))
             info = step.info
-        calib, ceiling = compute_refs(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        calib, ceiling = references(device, "FLOP", torch.bfloat16 if precision == "bf16" else torch.float32)
         out.append(Workload(wid, step, calib=calib, ceiling=ceiling, work=3 * flops.get(preset, 0.0) * batch,
                             unit="FLOP", images=batch, info=info))
     return out

@@ -1,7 +1,7 @@
 """Timing harness shared by the benchmarks: calibrated, interleaved, median-based.
 
-CUDA: every workload is timed by `triton.testing.do_bench` (median over many launches, L2 flushed
-between them), one after the other.
+CUDA: one workload after the other; `triton.testing.do_bench` (median over many launches, L2
+flushed between them) for short ones, call by call for long ones (training steps).
 
 CPU: a repeated-median loop built for a shared, loaded machine. Each *round* times every workload
 once, the calibration workloads included, in a rotating order; a workload's figure is the median
@@ -11,6 +11,8 @@ time, which time-slicing by other processes does not inflate (wall time is recor
 """
 from __future__ import annotations
 
+import ctypes
+import importlib.metadata
 import math
 import os
 import platform
@@ -93,11 +95,26 @@ def peak_memory_mb(device: torch.device) -> float | None:
     return None
 
 
+def _cuda_samples(fn: Callable[[], object], once: float, rounds: int, device: torch.device) -> list[float]:
+    """Seconds per call on CUDA: do_bench for short workloads (L2 flushed between launches), else `rounds` calls."""
+    if once >= LONG_CALL_S:
+        return [_sample(fn, 1, device)[0] for _ in range(rounds)]
+    import triton.testing
+    return [triton.testing.do_bench(fn, warmup=max(25, 3e3 * once), rep=max(100, 2e4 * once), return_mode="median")
+            / 1e3]
+
+
+LONG_CALL_S = 0.05   # on CUDA, workloads at least this long (training steps) are timed call by call
+
+
 def measure(workloads: list[Workload], device: torch.device, *, rounds: int, min_sample_s: float = 0.02,
-            warmup: int = 2, deadline: float | None = None, log: Callable[[str], None] = print) -> dict[str, Timing]:
+            warmup: int = 2, deadline: float | None = None,
+            progress: Callable[[dict[str, Timing]], None] | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Timing]:
     """Time every workload (see the module docstring); a workload that raises gets `error` set.
 
-    `deadline` (time.monotonic()) skips workloads not yet started when it has passed.
+    `deadline` (time.monotonic()) skips workloads not yet started when it has passed. On CUDA
+    each workload is finished before the next starts, and `progress` sees the timings after each.
     """
     timings = {w.id: Timing() for w in workloads}
     repeat: dict[str, int] = {}
@@ -113,17 +130,17 @@ def measure(workloads: list[Workload], device: torch.device, *, rounds: int, min
         try:
             for _ in range(warmup):
                 once = _sample(w.fn, 1, device)[0]
-            if device.type == "cuda":
-                import triton.testing
-                t.wall = [triton.testing.do_bench(w.fn, warmup=max(25, 3e3 * once), rep=max(100, 2e4 * once),
-                                                  return_mode="median") / 1e3]
             repeat[w.id] = max(1, math.ceil(min_sample_s / once))
+            if device.type == "cuda":
+                t.wall = _cuda_samples(w.fn, once, rounds, device)
         except Exception as exc:  # noqa: BLE001 - a failing workload is recorded, the others still run
             t.error = f"{type(exc).__name__}: {exc}"[:300]
             log(f"  FAILED {w.id}: {t.error}")
         t.peak_mem_mb = peak_memory_mb(device)
+        if device.type == "cuda" and progress is not None:
+            progress(timings)
     live = [w for w in workloads if w.id in repeat and timings[w.id].error is None]
-    if device.type == "cuda":
+    if device.type == "cuda" or not live:
         return timings
     for r in range(rounds):
         for w in live[r % len(live):] + live[:r % len(live)]:     # rotate: no workload always runs first
@@ -147,37 +164,40 @@ def _median(values: list[float]) -> float:
 def summarise(w: Workload, timings: dict[str, Timing], clock: str, work: dict[str, float]) -> dict[str, Any]:
     """The result row of one workload: medians, rate, fraction of ceiling, normalised figure.
 
-    `norm` = median over rounds of (calibration time / workload time), the figure the regression
-    check compares (higher is faster). `work` maps workload ids to their work per call (for ceilings).
+    `norm` (higher is faster) is the figure the regression check compares: the median over rounds
+    of (calibration time / workload time) when both ran in the same rounds (CPU), else the ratio of
+    their medians (CUDA). `work` maps workload ids to their work per call (for the ceilings).
     """
-    t = timings[w.id]
     row: dict[str, Any] = {"id": w.id, **w.info}
+    t = timings.get(w.id)
     if w.fn is None:
         return row
+    if t is None or (t.error is None and not getattr(t, clock)):
+        return {**row, "status": "pending"}
     if t.error is not None:
-        row["status"] = "error" if not t.error.startswith("skipped") else "skipped"
-        row["reason"] = t.error
-        return row
+        return {**row, "status": "skipped" if t.error.startswith("skipped") else "error", "reason": t.error}
     mine, calib = getattr(t, clock), getattr(timings[w.calib], clock)
-    ceiling_w = timings.get(w.ceiling or w.calib)
+    if not calib:
+        return {**row, "status": "error", "reason": f"calibration {w.calib} failed"}
     median_s = _median(mine)
-    ratios = [c / m for c, m in zip(calib, mine)]
+    ratios = [c / m for c, m in zip(calib, mine)] if len(calib) == len(mine) else [_median(calib) / median_s]
     row.update(status="ok", median_ms=round(median_s * 1e3, 4), clock=clock, calib=w.calib,
                norm=round(_median(ratios), 5), rounds=len(mine))
     if len(ratios) >= 4:
         q = statistics.quantiles(ratios, n=4)
         row["norm_iqr_rel"] = round((q[2] - q[0]) / _median(ratios), 4)
-    if clock == "cpu" and t.wall:
+    if clock == "cpu":
         row["wall_ms"] = round(_median(t.wall) * 1e3, 4)
     if w.work:
         rate = w.work / median_s
         row["GB/s" if w.unit == "B" else "TFLOP/s"] = round(rate / (1e9 if w.unit == "B" else 1e12), 4)
-        if ceiling_w is not None and ceiling_w.error is None:
-            ceiling_rate = work[w.ceiling or w.calib] / _median(getattr(ceiling_w, clock))
-            row.update(of_ceiling=round(rate / ceiling_rate, 4), ceiling=w.ceiling or w.calib)
+        ceiling = w.ceiling or w.calib
+        if getattr(timings[ceiling], clock):
+            ceiling_rate = work[ceiling] / _median(getattr(timings[ceiling], clock))
+            row.update(of_ceiling=round(rate / ceiling_rate, 4), ceiling=ceiling)
     if w.images:
         row["img_per_s"] = round(w.images / median_s, 2)
-        if clock == "cpu" and t.wall:
+        if clock == "cpu":
             row["img_per_s_wall"] = round(w.images / _median(t.wall), 2)
     if t.peak_mem_mb is not None:
         row["peak_mem_mb"] = round(t.peak_mem_mb, 1)
@@ -206,13 +226,35 @@ def calibrations(device: torch.device) -> list[Workload]:
     return out
 
 
-def compute_refs(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
-    """(calibration, ceiling) for a compute-bound workload in `dtype`.
+def references(device: torch.device, unit: str, dtype: torch.dtype = torch.float32) -> tuple[str, str]:
+    """(calibration, ceiling) workload ids for a row counting `unit` ("B" or "FLOP") in `dtype`.
 
-    The calibration is one fixed matmul per device (fp32 on CPU, bf16 on CUDA); the ceiling matches dtype.
+    The ceiling is the copy for bytes and the matmul in the row's precision for FLOPs. The
+    calibration on a CPU is the fp32 matmul for every row: repeated runs under load showed it
+    tracks single-thread speed (cache-resident kernels included) better than the DRAM copy,
+    whose time swings with other processes' memory traffic. On CUDA it is the ceiling's kind.
     """
-    calib = "calib/matmul_bf16" if device.type == "cuda" else "calib/matmul_fp32"
-    return calib, "calib/matmul_bf16" if dtype in (torch.bfloat16, torch.float16) else "calib/matmul_fp32"
+    bf16 = dtype in (torch.bfloat16, torch.float16)
+    ceiling = "calib/copy" if unit == "B" else "calib/matmul_bf16" if bf16 else "calib/matmul_fp32"
+    if device.type == "cpu":
+        return "calib/matmul_fp32", ceiling
+    return ("calib/copy" if unit == "B" else "calib/matmul_bf16"), ceiling
+
+
+def pin_allocator() -> bool:
+    """Fix glibc malloc's mmap (32 MiB) and trim (1 GiB) thresholds for this process; False if not glibc.
+
+    By default glibc returns freed large blocks to the OS and the next step faults them in again:
+    a memory-bound CPU op then swung 5-35 ms from call to call with the page faults. Pinned, large
+    temporaries are reused, as a caching allocator would (tcmalloc / jemalloc are the usual advice
+    for PyTorch on CPUs).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def cpu_model() -> str:
@@ -229,9 +271,8 @@ def cpu_model() -> str:
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on."""
     try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
         triton_version = None
     info: dict[str, Any] = {
         "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
