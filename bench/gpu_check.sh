@@ -26,7 +26,7 @@ section() {  # NAME LIMIT_S COMMAND...: run COMMAND under a time limit, log it, 
     printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >> "$STATUS"
 }
 
-nvidia-smi -L || echo "no nvidia-smi: the sections below need a CUDA GPU"
+nvidia-smi -L 2>&1 || echo "no nvidia-smi: the sections below need a CUDA GPU"
 section install 45 pip install --no-deps -e .
 section kernel_tests 120 env AMBIENT_NATIVE_TRITON=1 python -m pytest -q tests/test_kernels_*.py
 # --budget-s stops starting new workloads in time for the JSON to be written before the limit.

@@ -107,22 +107,24 @@ def _cuda_samples(fn: Callable[[], object], once: float, rounds: int, device: to
 LONG_CALL_S = 0.05   # on CUDA, workloads at least this long (training steps) are timed call by call
 
 
-def measure(workloads: list[Workload], device: torch.device, *, rounds: int, min_sample_s: float = 0.02,
-            warmup: int = 2, deadline: float | None = None,
+def measure(calibration: list[Workload], workloads: list[Workload], device: torch.device, *, rounds: int,
+            min_sample_s: float = 0.02, warmup: int = 2, deadline: float | None = None,
             progress: Callable[[dict[str, Timing]], None] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Timing]:
-    """Time every workload (see the module docstring); a workload that raises gets `error` set.
+    """Time the calibration and the workloads (see the module docstring); one that raises gets `error` set.
 
-    `deadline` (time.monotonic()) skips workloads not yet started when it has passed. On CUDA
-    each workload is finished before the next starts, and `progress` sees the timings after each.
+    `deadline` (time.monotonic()) skips workloads, never calibrations, not yet started when it has
+    passed. On CUDA each is finished before the next starts, and `progress` sees the timings after each.
     """
+    required = {w.id for w in calibration}
+    workloads = calibration + workloads
     timings = {w.id: Timing() for w in workloads}
     repeat: dict[str, int] = {}
     for w in workloads:
         t = timings[w.id]
         if w.fn is None:
             continue
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline and w.id not in required:
             t.error = "skipped: time budget spent"
             continue
         log(f"  warm-up {w.id}")

@@ -136,7 +136,7 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
 
         rounds = args.rounds or ROUNDS[section][0 if args.quick or args.smoke else 1]
         log(f"[{section}] {sum(w.fn is not None for w in workloads)} workloads, {rounds} rounds, clock {clock}")
-        record(measure(calib + workloads, device, rounds=rounds, deadline=deadline, progress=record, log=log)
+        record(measure(calib, workloads, device, rounds=rounds, deadline=deadline, progress=record, log=log)
                if calib else {})
     result["machine"]["load_avg_end"] = list(os.getloadavg())
     result["elapsed_s"] = round(time.monotonic() - start, 1)
