@@ -95,15 +95,14 @@ def test_update_replaces_the_baseline_on_purpose(baseline: dict, tmp_path: Path)
 
 
 def test_a_real_slowdown_measured_by_the_harness_fails_the_check(tmp_path: Path) -> None:
-    def bench(out: Path, *extra: str) -> dict:
-        done = run_script("run.py", "--quick", "--sections", "kernels", "--presets", "tiny", "--only", ROW,
-                          "--rounds", "7", "--out", out, *extra, timeout=150)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return next(r for r in json.loads(out.read_text())["rows"] if r["id"] == ROW)
-
     base, slow = tmp_path / "base.json", tmp_path / "slow.json"
-    base_row = bench(base)
-    slow_row = bench(slow, "--inject-slowdown", f"{ROW}:4")
+    args = ["--quick", "--sections", "kernels", "--presets", "tiny", "--only", ROW, "--rounds", "5"]
+    # Both runs in one fresh process (one torch import), as bench/run.py's main would make them.
+    code = (f"from bench.run import run; run({args + ['--out', str(base)]!r}); "
+            f"run({args + ['--out', str(slow), '--inject-slowdown', ROW + ':4']!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=150, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    base_row, slow_row = (next(r for r in json.loads(p.read_text())["rows"] if r["id"] == ROW) for p in (base, slow))
     assert base_row["status"] == slow_row["status"] == "ok" and slow_row["injected_slowdown"] == 4
     assert slow_row["norm"] < 0.5 * base_row["norm"]          # four times the work, measured as such
 
