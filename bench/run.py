@@ -60,7 +60,7 @@ def _inject(workloads: list[Workload], slowdown: dict[str, int]) -> None:
 
 
 def _save(result: dict[str, Any], path: str | None) -> None:
-    """Write atomically, so a run cut short by a timeout leaves the sections finished so far."""
+    """Write atomically, so a run cut short by a timeout leaves what it had measured."""
     if not path:
         return
     tmp = f"{path}.tmp"
@@ -78,7 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", default="kernels,train", help="comma-separated: kernels, train")
     parser.add_argument("--presets", default="ddpmpp,tiny", help="comma-separated: ddpmpp, tiny")
     parser.add_argument("--only", action="append", help="keep only rows whose id contains this (repeatable)")
-    parser.add_argument("--rounds", type=int, help="CPU rounds per section (default: by section and --quick)")
+    parser.add_argument("--rounds", type=int, help="rounds per section (CPU) or timed calls per training "
+                                                             "step (CUDA); default by section and --quick")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: thread CPU clock, robust to load)")
     parser.add_argument("--budget-s", type=float, help="skip workloads not started after this many seconds")
     parser.add_argument("--inject-slowdown", action="append", default=[], metavar="SUBSTR:K",
@@ -91,8 +92,7 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     """Measure the requested sections; the result as written to --out."""
     args = parse_args(argv)
     start = time.monotonic()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          args.device if args.device != "auto" else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     allocator_pinned = device.type == "cpu" and pin_allocator()
