@@ -540,7 +540,11 @@ class AmbientDataset(Dataset):
                 raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
                                  "counts), not both")
             # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
-            kept = order[:max(1, math.floor(round(self.keep_fraction * n, 9)))]
+            n_kept = math.floor(round(self.keep_fraction * n, 9))
+            if n_kept < 1:
+                raise ValueError(f"keep_fraction {self.keep_fraction:g} of {n} images keeps none; "
+                                 f"use at least {1 / n:.3g}")
+            kept = order[:n_kept]
             # Draw i of one Philox stream is a pure function of (seed, i): the coin of base image i.
             coin_is_clean = _philox(self.seed, _STREAM_BERNOULLI).random(n) < self.p_clean
             clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]

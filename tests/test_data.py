@@ -342,7 +342,6 @@ def test_bernoulli_mode(digits):
     more = AmbientDataset(digits, p_clean=0.6, seed=9)
     assert set(ds.indices[ds.is_clean]) <= set(more.indices[more.is_clean])
     assert len(AmbientDataset(digits, p_clean=p, keep_fraction=0.5)) == n // 2
-    assert len(AmbientDataset(digits, p_clean=p, keep_fraction=0.0)) == 1
     assert AmbientDataset(digits, p_clean=1.0).n_noisy == 0
     assert AmbientDataset(digits, p_clean=0.0).n_clean == 0
     assert "bernoulli" in ds.describe()
@@ -425,3 +424,10 @@ def test_parse_float_list():
     for bad in ("0.1,,0.2", "abc", ""):
         with pytest.raises(ValueError, match="cannot parse"):
             parse_float_list(bad)
+
+
+def test_keep_fraction_that_keeps_no_image_is_refused():
+    base = load_dataset("digits")
+    with pytest.raises(ValueError, match="keeps none"):
+        AmbientDataset(base, p_clean=0.5, keep_fraction=0.0)
+    assert len(AmbientDataset(base, p_clean=0.5, keep_fraction=1 / len(base))) == 1
