@@ -45,7 +45,7 @@ class Timing:
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
-    peak_mem_mb: float | None = None
+    peak: dict[str, float] = field(default_factory=dict)   # {"peak_mem_mb" (CUDA) or "peak_rss_mb" (CPU): MiB}
     error: str | None = None
 
 
@@ -81,18 +81,22 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def peak_memory_mb(device: torch.device) -> float | None:
-    """Peak since `reset_peak_memory`: CUDA tensors allocated, or the process RSS (VmHWM) on CPU."""
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak since `reset_peak_memory` in MiB, named for what it is.
+
+    CUDA: `peak_mem_mb`, the tensors allocated. CPU: `peak_rss_mb`, the whole process's resident
+    set (VmHWM), everything else resident included: an upper bound, not the workload's own footprint.
+    """
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return {"peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                    return {"peak_rss_mb": round(int(line.split()[1]) / 1024, 1)}
     except OSError:
         pass
-    return None
+    return {}
 
 
 def _cuda_samples(fn: Callable[[], object], once: float, rounds: int, device: torch.device) -> list[float]:
@@ -138,7 +142,7 @@ def measure(calibration: list[Workload], workloads: list[Workload], device: torc
         except Exception as exc:  # noqa: BLE001 - a failing workload is recorded, the others still run
             t.error = f"{type(exc).__name__}: {exc}"[:300]
             log(f"  FAILED {w.id}: {t.error}")
-        t.peak_mem_mb = peak_memory_mb(device)
+        t.peak = peak_memory(device)
         if device.type == "cuda" and progress is not None:
             progress(timings)
     live = [w for w in workloads if w.id in repeat and timings[w.id].error is None]
@@ -201,8 +205,7 @@ def summarise(w: Workload, timings: dict[str, Timing], clock: str, work: dict[st
         row["img_per_s"] = round(w.images / median_s, 2)
         if clock == "cpu":
             row["img_per_s_wall"] = round(w.images / _median(t.wall), 2)
-    if t.peak_mem_mb is not None:
-        row["peak_mem_mb"] = round(t.peak_mem_mb, 1)
+    row.update(t.peak)
     return row
 
 

@@ -57,9 +57,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
             speedup = r.get("vs_torch", r.get("vs_fp32_eager_torch"))
             mfu = r.get("mfu_vs_datasheet")
             lines.append([r["id"], r.get("status"), r.get("median_ms"), rate, r.get("of_ceiling"),
-                          r.get("img_per_s"), r.get("peak_mem_mb"), r.get("norm"),
+                          r.get("img_per_s"), r.get("peak_mem_mb", r.get("peak_rss_mb")), r.get("norm"),
                           None if speedup is None else f"{speedup:.2f}x", mfu, target(r, by_id) if cuda else None])
-    header = ["row", "status", "ms", "rate", "of ceiling", "img/s", "peak MB", "norm", "speed-up", "MFU", "target"]
+    header = ["row", "status", "ms", "rate", "of ceiling", "img/s", "peak MiB", "norm", "speed-up", "MFU", "target"]
     keep = [i for i in range(len(header)) if i < 2 or any(line[i] is not None for line in lines)]
     return format_table([header[i] for i in keep], [[line[i] for i in keep] for line in lines])
 
