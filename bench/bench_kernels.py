@@ -91,8 +91,10 @@ def _backends(op: Callable[..., torch.Tensor], ref: Callable[..., torch.Tensor],
             "compile": _compiled(ref)}
 
 
-def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch: int, has_triton: bool
-                  ) -> list[tuple[str, tuple[int, ...], torch.dtype, dict[str, Callable[[], object] | None], float, str]]:
+Case = tuple[str, tuple[int, ...], torch.dtype, dict[str, Callable[[], object] | None], float, str]
+
+
+def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch: int, has_triton: bool) -> list[Case]:
     """(op, shape, dtype, {backend: timed callable}, work per call, unit) for one preset's shapes."""
     channels, res = PRESET_DATA[preset]
     gen = torch.Generator(device).manual_seed(0)

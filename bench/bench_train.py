@@ -104,8 +104,9 @@ def _configs(device: torch.device) -> list[tuple[str, int, str, str, bool, bool]
         edm = ("ddpmpp", 512, "fp32", "torch", False, False)     # EDM-style: fp32, TF32 off, eager
         tiny = [("tiny", 64, "bf16", "triton", False, True), ("tiny", 64, "fp32", "torch", False, False)]
         return fast[:2] + [edm] + fast[2:] + tiny
-    return ([("tiny", 32, prec, k, c, True) for c in (False, True) for prec in ("fp32", "bf16") for k in ("torch", "triton")]
-            + [("ddpmpp", 2, prec, k, False, True) for prec in ("fp32", "bf16") for k in ("torch", "triton")])
+    backends, precisions = ("torch", "triton"), ("fp32", "bf16")
+    tiny = [("tiny", 32, prec, k, c, True) for c in (False, True) for prec in precisions for k in backends]
+    return tiny + [("ddpmpp", 2, prec, k, False, True) for prec in precisions for k in backends]
 
 
 def train_workloads(device: torch.device, presets: list[str], *, quick: bool,

@@ -280,7 +280,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
         triton_version = None
     info: dict[str, Any] = {
-        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
         "triton": triton_version, "device": device.type, "gpu": None, "load_avg_start": list(os.getloadavg()),
     }

@@ -72,15 +72,16 @@ def _save(result: dict[str, Any], path: str | None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the CI variant (CPU: tiny-preset steps, fewer rounds)")
-    parser.add_argument("--smoke", action="store_true", help="tiny kernel shapes; checks the script (Triton interpreted "
-                                                              "when TRITON_INTERPRET=1)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny kernel shapes; checks the script (Triton interpreted when TRITON_INTERPRET=1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--sections", default="kernels,train", help="comma-separated: kernels, train")
     parser.add_argument("--presets", default="ddpmpp,tiny", help="comma-separated: ddpmpp, tiny")
     parser.add_argument("--only", action="append", help="keep only rows whose id contains this (repeatable)")
     parser.add_argument("--rounds", type=int, help="rounds per section (CPU) or timed calls per training "
                                                              "step (CUDA); default by section and --quick")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: thread CPU clock, robust to load)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: thread CPU clock, robust to load)")
     parser.add_argument("--budget-s", type=float, help="skip workloads not started after this many seconds")
     parser.add_argument("--inject-slowdown", action="append", default=[], metavar="SUBSTR:K",
                         help="test hook: rows whose id contains SUBSTR do their work K times per call")
@@ -104,7 +105,8 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
         "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(device),
         "settings": {"quick": args.quick, "smoke": args.smoke, "sections": args.sections, "presets": presets,
-                     "only": args.only, "clock": clock, "allocator_pinned": allocator_pinned, "out": args.out, "argv": sys.argv[1:] if argv is None else argv},
+                     "only": args.only, "clock": clock, "allocator_pinned": allocator_pinned, "out": args.out,
+                     "argv": sys.argv[1:] if argv is None else argv},
         "tolerance": TOLERANCE, "calibration": {}, "rows": [],
     }
     deadline = start + args.budget_s if args.budget_s else None
