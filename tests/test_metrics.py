@@ -154,6 +154,19 @@ def test_fd_mnist_grows_with_gaussian_noise(cache_dir, mnist):
     assert clean["class_histogram"].sum() == 1000 and clean["class_histogram"].min() > 50
 
 
+def test_fd_mnist_bootstrap_sd_shrinks_with_the_sample_size(cache_dir, mnist):
+    images, _ = mnist
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    noisy = images[torch.randperm(len(images), generator=gen)[:2000]]
+    noisy = noisy + 0.3 * torch.randn(noisy.shape, generator=gen)
+    small, large = (metrics.fd_mnist(noisy[:n], cache_dir=cache_dir, kid_subsets=1, n_boot=20)["fd_mnist_sd"]
+                    for n in (200, 2000))
+    assert 0 < large < small / 1.5, (small, large)            # ~ 1 / sqrt(n): a ratio of about 3
+    assert "fd_mnist_sd" not in metrics.fd_mnist(noisy[:50], cache_dir=cache_dir, kid_subsets=1, n_boot=0)
+    with pytest.raises(ValueError, match="n_boot"):
+        metrics.fd_mnist(noisy[:50], cache_dir=cache_dir, kid_subsets=1, n_boot=1)
+
+
 def test_fd_mnist_floor_is_capped_and_reference_tensor_works(cache_dir, mnist):
     images, labels = mnist
     r = metrics.fd_mnist(images[:2700], cache_dir=cache_dir, kid_subsets=1)
