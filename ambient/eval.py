@@ -40,7 +40,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
              device: str = "cpu", progress: bool = True) -> dict:
     """Metrics of the images a checkpoint generates from seeds 0..n-1 with `steps` Heun steps.
 
-    fd_mnist: {"fd_mnist", "fd_mnist_floor", "floor_n", "kid", "class_histogram", ...};
+    fd_mnist: {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid", "class_histogram", ...};
     fid: {"fid", "ref"}; both also carry "n", "steps", "ckpt", "kimg", "seconds".
     """
     if metric not in METRICS:
@@ -100,7 +100,8 @@ def summary(m: dict) -> str:
     """One line for the terminal."""
     if m["metric"] == "fid":
         return f"FID {m['fid']:.3f} (n = {m['n']}, {m['steps']} steps) against {m['ref']}"
-    return (f"FD-MNIST {m['fd_mnist']:.3f} (floor {m['fd_mnist_floor']:.3f} at n = {m['floor_n']}), "
+    return (f"FD-MNIST {m['fd_mnist']:.3f} (bootstrap sd {m['fd_mnist_sd']:.3f}; floor {m['fd_mnist_floor']:.3f} "
+            f"at n = {m['floor_n']}), "
             f"KID {m['kid']:.5f}, n = {m['n']}, {m['steps']} steps; classes {m['class_histogram']}")
 
 

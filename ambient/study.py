@@ -8,7 +8,8 @@ Every point trains through train.py (`python train.py`, or torchrun with --nproc
 DIR/points/NAME/run with --resume auto, then is evaluated by `python -m ambient.eval` into
 DIR/points/NAME/metrics.json. A point whose metrics file exists is skipped; an interrupted point
 continues from its last checkpoint. Results: results.csv, results.json, a figure of the metric
-against n_clean per n_noisy, the paper's Table 1 layout (table.md) and the worth fit per sigma_n.
+against n_clean per n_noisy, the paper's Table 1 layout (table.md), the worth fit per sigma_n and
+each point's last sample grid (samples/NAME.png).
 """
 import argparse
 import csv
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,7 +35,7 @@ from .eval import METRICS, write_json
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
-CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "floor", "kid", "n", "kimg",
+CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "n", "kimg",
               "train_seconds", "eval_seconds")
 _print_lock = threading.Lock()
 
@@ -210,7 +212,8 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]
         m = json.loads((folder / "metrics.json").read_text())
         rec = json.loads((folder / "point.json").read_text()) if (folder / "point.json").exists() else {}
         rows.append({"name": p.name, "n_clean": p.n_clean, "n_noisy": p.n_noisy, "sigma_n": p.sigma_n,
-                     "seed": p.seed, "metric": metric, "value": m[metric], "floor": m.get(f"{metric}_floor"),
+                     "seed": p.seed, "metric": metric, "value": m[metric], "sd": m.get(f"{metric}_sd"),
+                     "floor": m.get(f"{metric}_floor"),
                      "kid": m.get("kid"), "n": m["n"], "kimg": m.get("kimg"),
                      "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds")})
     return rows
@@ -223,23 +226,27 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, bool | None] | None:
-    """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run), and whether
+    """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run: mean ± sd over
+    seeds, and the mean bootstrap sd of a single evaluation), and whether
     metric(100% clean) <= metric(90% noisy + 10% clean) < min(metric(10% clean only), metric(100% noisy))
     holds for the means over seeds (None when a setting is missing)."""
     size = max(r["n_clean"] + r["n_noisy"] for r in rows)
     means: dict[str, float] = {}
-    lines = [f"| {data}, sigma_n = {sigma_n:g} | n_clean | n_noisy | {metric} | seeds |", "|---|---|---|---|---|"]
+    lines = [f"| {data}, sigma_n = {sigma_n:g} | n_clean | n_noisy | {metric} | bootstrap sd | seeds |",
+             "|---|---|---|---|---|---|"]
     for label, (c, m) in table1_pairs(size).items():
-        sel = [r["value"] for r in rows if r["n_clean"] == c and r["n_noisy"] == m
+        sel = [r for r in rows if r["n_clean"] == c and r["n_noisy"] == m
                and (m == 0 or math.isclose(r["sigma_n"], sigma_n))]
         if sel:
-            means[label] = float(np.mean(sel))
-            lines.append(f"| {label} | {c} | {m} | {_mean_sd(sel)} | {len(sel)} |")
+            means[label] = float(np.mean([r["value"] for r in sel]))
+            sds = [r["sd"] for r in sel if r["sd"] is not None]
+            sd = f"{np.mean(sds):.2f}" if sds else ""
+            lines.append(f"| {label} | {c} | {m} | {_mean_sd([r['value'] for r in sel])} | {sd} | {len(sel)} |")
     if not means:
         return None
     floors = sorted({(r["n"], r["floor"]) for r in rows if r["floor"] is not None})
     for n, floor in floors:
-        lines.append(f"| real vs real (floor) | | | {floor:.2f} | n = {n} |")
+        lines.append(f"| real vs real (floor) | | | {floor:.2f} | | n = {n} |")
     holds = None
     if len(means) == len(TABLE1):
         holds = bool(means[TABLE1[0]] <= means[TABLE1[3]] < min(means[TABLE1[1]], means[TABLE1[2]]))
@@ -295,6 +302,15 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def copy_sample_grids(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
+    """The last sample grid of every point's run, as out/samples/NAME.png."""
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        grids = sorted((study_dir / "points" / r["name"] / "run").glob("samples-*.png"))
+        if grids:
+            shutil.copyfile(grids[-1], out / "samples" / f"{r['name']}.png")
 
 
 def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, config: dict) -> str:
@@ -426,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = collect(points, study_dir, a.metric)
     if rows:
         print(write_results(rows, Path(a.results or study_dir), a.metric, a.data, config))
+        copy_sample_grids(rows, study_dir, Path(a.results or study_dir))
         say(f"results in {Path(a.results or study_dir)} ({len(rows)} of {len(points)} points, "
             f"{time.perf_counter() - start:.0f} s)")
     if errors:

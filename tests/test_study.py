@@ -55,6 +55,7 @@ def test_micro_study_writes_well_formed_results(micro_study):
     assert set(rows[0]) == set(study.CSV_FIELDS)
     for r in rows:
         assert math.isfinite(float(r["value"])) and float(r["value"]) > 0 and float(r["floor"]) > 0
+        assert float(r["sd"]) > 0
         assert r["metric"] == "fd_mnist" and r["n"] == "8" and float(r["kimg"]) == pytest.approx(0.032)
     res = json.loads((micro_study / "results.json").read_text())
     assert [r["name"] for r in res["rows"]] == [r["name"] for r in rows]
@@ -63,6 +64,7 @@ def test_micro_study_writes_well_formed_results(micro_study):
     png = (micro_study / "fd_mnist_vs_n_clean.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert (micro_study / "table.md").exists()
+    assert sorted(p.name for p in (micro_study / "samples").iterdir()) == ["c16_n0_seed0.png", "c8_n8_s0.2_seed0.png"]
     point = json.loads((micro_study / "points" / "c8_n8_s0.2_seed0" / "point.json").read_text())
     assert point["train_args"][point["train_args"].index("--n-noisy") + 1] == "8" and point["train_seconds"] > 0
 
@@ -145,7 +147,8 @@ def test_grid_points_share_clean_runs_and_table1_pairs():
 
 def _rows(values):
     pairs = study.table1_pairs(5000).values()
-    return [{"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "value": v, "floor": 1.0, "n": 1000}
+    return [{"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "value": v, "sd": 0.5, "floor": 1.0,
+             "n": 1000}
             for (c, m), v in zip(pairs, values)]
 
 
@@ -154,7 +157,8 @@ def _rows(values):
 def test_table1_ordering(values, holds):
     text, got = study.table1(_rows(values), 0.2, "fd_mnist", "mnist")
     assert got is holds
-    assert "| 90% noisy + 10% clean | 500 | 4500 | " in text and "real vs real (floor)" in text
+    assert f"| 90% noisy + 10% clean | 500 | 4500 | {values[3]:.2f} | 0.50 | 1 |" in text
+    assert "| real vs real (floor) | | | 1.00 | | n = 1000 |" in text
     assert study.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
 
 
