@@ -127,7 +127,8 @@ def test_killed_rank_restarts_from_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "train.py"] + args
     log = tmp_path / "torchrun.log"              # a file, not a pipe: nobody reads a pipe while we wait
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)   # its own process group, so cleanup reaches the workers too
     try:
         deadline = time.time() + 240
         while not list_checkpoints(run_dir) and time.time() < deadline:     # wait for the first snapshot
@@ -138,7 +139,10 @@ def test_killed_rank_restarts_from_checkpoint(tmp_path):
         os.kill(pids[1], signal.SIGKILL)
         proc.wait(timeout=300)
     finally:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert proc.returncode == 0, log.read_text()[-3000:]
     final = latest_checkpoint(run_dir)
     assert final.name == "checkpoint-000000020"
