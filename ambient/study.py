@@ -219,10 +219,31 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]
     return rows
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+def _group_cells(group: Sequence[dict]) -> str:
+    """'value | bootstrap sd | seeds' cells of a group of rows: mean ± sd over seeds, mean bootstrap sd."""
+    values = [r["value"] for r in group]
+    value = f"{values[0]:.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+    sds = [r["sd"] for r in group if r["sd"] is not None]
+    return f"{value} | {f'{np.mean(sds):.2f}' if sds else ''} | {len(group)}"
+
+
+def _floor_lines(rows: Sequence[dict]) -> list[str]:
+    return [f"| real vs real (floor) | | | {floor:.2f} | | n = {n} |"
+            for n, floor in sorted({(r["n"], r["floor"]) for r in rows if r["floor"] is not None})]
+
+
+def _header(first: str, metric: str) -> list[str]:
+    return [f"| {first} | n_clean | n_noisy | {metric} | bootstrap sd | seeds |", "|---|---|---|---|---|---|"]
+
+
+def summary_table(rows: Sequence[dict], metric: str, data: str) -> str:
+    """Markdown: one line per (n_clean, n_noisy, sigma_n) with the metric over seeds, and the floor."""
+    keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
+    lines = _header(f"{data}: sigma_n", metric)
+    for c, m, s in keys:
+        group = [r for r in rows if (r["n_clean"], r["n_noisy"], r["sigma_n"]) == (c, m, s)]
+        lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(group)} |")
+    return "\n".join(lines + _floor_lines(rows))
 
 
 def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, bool | None] | None:
@@ -232,25 +253,19 @@ def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tupl
     holds for the means over seeds (None when a setting is missing)."""
     size = max(r["n_clean"] + r["n_noisy"] for r in rows)
     means: dict[str, float] = {}
-    lines = [f"| {data}, sigma_n = {sigma_n:g} | n_clean | n_noisy | {metric} | bootstrap sd | seeds |",
-             "|---|---|---|---|---|---|"]
+    lines = _header(f"{data}, sigma_n = {sigma_n:g}", metric)
     for label, (c, m) in table1_pairs(size).items():
-        sel = [r for r in rows if r["n_clean"] == c and r["n_noisy"] == m
-               and (m == 0 or math.isclose(r["sigma_n"], sigma_n))]
-        if sel:
-            means[label] = float(np.mean([r["value"] for r in sel]))
-            sds = [r["sd"] for r in sel if r["sd"] is not None]
-            sd = f"{np.mean(sds):.2f}" if sds else ""
-            lines.append(f"| {label} | {c} | {m} | {_mean_sd([r['value'] for r in sel])} | {sd} | {len(sel)} |")
+        group = [r for r in rows if r["n_clean"] == c and r["n_noisy"] == m
+                 and (m == 0 or math.isclose(r["sigma_n"], sigma_n))]
+        if group:
+            means[label] = float(np.mean([r["value"] for r in group]))
+            lines.append(f"| {label} | {c} | {m} | {_group_cells(group)} |")
     if not means:
         return None
-    floors = sorted({(r["n"], r["floor"]) for r in rows if r["floor"] is not None})
-    for n, floor in floors:
-        lines.append(f"| real vs real (floor) | | | {floor:.2f} | | n = {n} |")
     holds = None
     if len(means) == len(TABLE1):
         holds = bool(means[TABLE1[0]] <= means[TABLE1[3]] < min(means[TABLE1[1]], means[TABLE1[2]]))
-    return "\n".join(lines), holds
+    return "\n".join(lines + _floor_lines(rows)), holds
 
 
 def ordering_sentence(holds: bool | None, metric: str) -> str:
@@ -273,9 +288,16 @@ def worth_fits(rows: Sequence[dict]) -> tuple[dict[float, dict], list[str]]:
     return fits, sentences
 
 
+def _spread(group: Sequence[dict]) -> float:
+    """Error bar of one point: sd over seeds, or with one seed the bootstrap sd of its evaluation."""
+    if len(group) > 1:
+        return float(np.std([r["value"] for r in group], ddof=1))
+    return group[0]["sd"] or 0.0
+
+
 def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
-    """PNG: the metric against n_clean, one line per n_noisy (mean over seeds, bars: sd), one panel per
-    sigma_n; the real-vs-real floor dashed."""
+    """PNG: the metric against n_clean, one line per n_noisy (mean over seeds; bars: sd over seeds, or the
+    bootstrap sd with one seed), one panel per sigma_n; the real-vs-real floor dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -286,9 +308,9 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
         sel = [r for r in rows if r["n_noisy"] == 0 or math.isclose(r["sigma_n"], s)]
         for i, m in enumerate(sorted({r["n_noisy"] for r in sel})):
             ncs = sorted({r["n_clean"] for r in sel if r["n_noisy"] == m})
-            vals = [[r["value"] for r in sel if r["n_noisy"] == m and r["n_clean"] == c] for c in ncs]
-            ax.errorbar(ncs, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], fmt="o-", color=f"C{i}",
-                        capsize=3, label=f"n_noisy = {m}")
+            groups = [[r for r in sel if r["n_noisy"] == m and r["n_clean"] == c] for c in ncs]
+            ax.errorbar(ncs, [np.mean([r["value"] for r in g]) for g in groups], yerr=[_spread(g) for g in groups],
+                        fmt="o-", color=f"C{i}", capsize=3, label=f"n_noisy = {m}")
         for n, floor in sorted({(r["n"], r["floor"]) for r in sel if r["floor"] is not None}):
             ax.axhline(floor, color="gray", ls="--", label=f"floor (real vs real, n = {n})")
         positive = [r["n_clean"] for r in sel if r["n_clean"] > 0]
@@ -296,7 +318,7 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
         ax.set_yscale("log")
         ax.set(xlabel="n_clean", title=f"sigma_n = {s:g}" if s else "clean only")
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(metric)
+    axes[0][0].set_ylabel(f"{metric} (bars: sd over seeds, or bootstrap sd)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -320,11 +342,11 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    parts, orderings = [], {}
+    parts, orderings = ["All points:", "", summary_table(rows, metric, data), ""], {}
     for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
         result = table1(rows, s, metric, data)
         if result is not None:
-            parts += [result[0], "", ordering_sentence(result[1], metric), ""]
+            parts += ["Table 1 layout:", "", result[0], "", ordering_sentence(result[1], metric), ""]
             orderings[f"{s:g}"] = result[1]
     fits, sentences = worth_fits(rows)
     parts += sentences
@@ -371,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default="mnist", help="mnist, digits, or an EDM data set folder / zip")
     g.add_argument("--n-clean", type=_listed(cli.nonneg_int), default=[], help="e.g. 500,1000,5000")
     g.add_argument("--n-noisy", type=_listed(cli.nonneg_int), default=[], help="e.g. 0,4500")
-    g.add_argument("--points", type=_listed(_pair), default=[], help="explicit n_clean:n_noisy pairs, e.g. 500:4500,5000:0")
+    g.add_argument("--points", type=_listed(_pair), default=[],
+                   help="explicit n_clean:n_noisy pairs, e.g. 500:4500,5000:0")
     g.add_argument("--table1", type=cli.positive_int, nargs="?", const=0, default=None, metavar="N",
                    help="the paper's Table 1 points for N images (default N: the data set size)")
     g.add_argument("--sigma-n", type=_listed(cli.positive_float), default=[0.2], help="noise levels, e.g. 0.2,0.4")

@@ -63,7 +63,9 @@ def test_micro_study_writes_well_formed_results(micro_study):
     assert "cannot be fitted" in res["worth_sentences"][0]
     png = (micro_study / "fd_mnist_vs_n_clean.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert (micro_study / "table.md").exists()
+    table = (micro_study / "table.md").read_text()
+    assert f"| 0.2 | 8 | 8 | {float(rows[0]['value']):.2f} | {float(rows[0]['sd']):.2f} | 1 |" in table
+    assert f"| - | 16 | 0 | {float(rows[1]['value']):.2f} |" in table
     assert sorted(p.name for p in (micro_study / "samples").iterdir()) == ["c16_n0_seed0.png", "c8_n8_s0.2_seed0.png"]
     point = json.loads((micro_study / "points" / "c8_n8_s0.2_seed0" / "point.json").read_text())
     assert point["train_args"][point["train_args"].index("--n-noisy") + 1] == "8" and point["train_seconds"] > 0
@@ -160,6 +162,14 @@ def test_table1_ordering(values, holds):
     assert f"| 90% noisy + 10% clean | 500 | 4500 | {values[3]:.2f} | 0.50 | 1 |" in text
     assert "| real vs real (floor) | | | 1.00 | | n = 1000 |" in text
     assert study.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
+
+
+def test_summary_table_groups_seeds():
+    rows = [{"n_clean": 500, "n_noisy": 0, "sigma_n": 0.0, "value": v, "sd": 1.0, "floor": 2.0, "n": 100}
+            for v in (10, 14)]
+    text = study.summary_table(rows, "fd_mnist", "mnist")
+    assert "| - | 500 | 0 | 12.00 ± 2.83 | 1.00 | 2 |" in text
+    assert "| real vs real (floor) | | | 2.00 | | n = 100 |" in text
 
 
 def test_worth_fit_sentence_per_sigma():
