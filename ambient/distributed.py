@@ -52,14 +52,9 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of `t` over ranks (in place; identity without a process group). NCCL reduces on the GPU."""
+    """Sum of `t` over ranks (in place; identity without a process group); `t` lives on this rank's device."""
     if dist.is_initialized():
-        if dist.get_backend() == "nccl":
-            on_gpu = t.cuda()
-            dist.all_reduce(on_gpu)
-            t.copy_(on_gpu)
-        else:
-            dist.all_reduce(t)
+        dist.all_reduce(t)
     return t
 
 

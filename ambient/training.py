@@ -264,8 +264,9 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
     log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
     tick_start, tick_step, bad_run = time.perf_counter(), step, 0
-    tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64)     # loss sums, counts per sigma bin
-    bins = torch.tensor(SIGMA_BINS)
+    # Loss sums and counts per sigma bin, kept on the device: no host sync per micro-batch.
+    tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
+    bins = torch.tensor(SIGMA_BINS, device=device)
 
     try:
         while step < total_steps:
@@ -291,8 +292,8 @@ def train(cfg: TrainConfig) -> Path:
                                               offset=first * numel,
                                               eps=eps_all[first:first + batch_gpu] if eps_all is not None else None)
                     (loss.sum() * (dist_info.world_size / cfg.batch)).backward()   # mean over the global batch
-                which = torch.bucketize(sigma.detach().cpu(), bins, right=True) - 1
-                tick_stats[0].index_add_(0, which, loss.detach().cpu().double())
+                which = torch.bucketize(sigma.detach(), bins, right=True) - 1
+                tick_stats[0].index_add_(0, which, loss.detach().double())
                 tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
 
             # Learning-rate ramp-up, non-finite guard, update, EMA.
