@@ -19,6 +19,8 @@ setup(
         "scikit-learn", # ships the 8x8 digits (tiny test data set)
         "scipy",        # sqrtm for Frechet distances, truncated normal for sigma sampling
         "matplotlib",   # study figures and sample grids
+        "scikit-image", # estimate_sigma (noise level of a noisy image); tifffile for 16-bit TIFF
+        "PyWavelets",   # the wavelet transform estimate_sigma needs (an optional dependency of scikit-image)
     ],
     extras_require={
         "triton": ["triton>=3.0"],
