@@ -2,6 +2,7 @@
 
     python train.py                                   # tiny UNet on the embedded MNIST-5k, 10% clean + 90% noisy
     python train.py --data DATA.zip --preset ddpmpp --n-clean 5000 --sigma-n 0.2 --batch 512
+    python train.py --data noisy.zip                  # a noisy data set: its stored images and sigma_n as they are
     torchrun --nproc_per_node=8 train.py ...          # DDP, one process per GPU
 """
 import argparse
@@ -11,6 +12,7 @@ import torch
 
 from ambient import cli
 from ambient.checkpoint import CheckpointError
+from ambient.data import DEFAULT_SIGMA_N, is_noisy_dataset
 from ambient.training import TrainConfig, TrainingDiverged, train
 
 
@@ -18,10 +20,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="mnist (embedded, default), digits, or an EDM data set folder/zip")
-    g.add_argument("--n-clean", type=cli.nonneg_int, help="number of clean images (default: --clean-fraction 0.1)")
+    g.add_argument("--data", default=d.data, help="mnist (embedded, default), digits, or an EDM data set folder/zip; "
+                                                  "a noisy data set (sigma_n in its dataset.json) is used as stored")
+    g.add_argument("--n-clean", type=cli.nonneg_int, help="number of clean images (default: --clean-fraction 0.1; "
+                                                          "a noisy data set: all of its clean images)")
     g.add_argument("--n-noisy", type=cli.nonneg_int, help="number of noisy images (default: the rest)")
-    g.add_argument("--sigma-n", type=cli.float_list, default=d.sigma_n, help="noise level(s) of the noisy images, e.g. 0.2 or 0.1,0.4")
+    g.add_argument("--sigma-n", type=cli.float_list, help=f"noise level(s) of the noisy images, e.g. 0.2 or 0.1,0.4 "
+                                                           f"(default {DEFAULT_SIGMA_N})")
     g.add_argument("--sigma-share", type=cli.float_list, help="share of noisy images at each level, e.g. 0.5,0.5")
     g.add_argument("--clean-fraction", type=cli.fraction, help="fraction of the data set that is clean, the rest noisy")
     g.add_argument("--p-clean", type=cli.fraction, help="paper's mode: each image clean with this probability")
@@ -71,7 +76,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                              ("--all-clean", a.all_clean)) if on]
     if len(modes) > 1:
         p.error(f"choose one way to say which images are clean, not {' and '.join(modes)}")
-    clean_fraction = a.clean_fraction if modes else 0.1        # default: the paper's 10% clean + 90% noisy
+    noisy_data = is_noisy_dataset(a.data)
+    synthetic = [flag for flag, given in (
+        ("--n-noisy", a.n_noisy is not None), ("--sigma-n", a.sigma_n is not None),
+        ("--sigma-share", a.sigma_share is not None), ("--clean-fraction", a.clean_fraction is not None),
+        ("--p-clean", a.p_clean is not None), ("--keep-fraction", a.keep_fraction != d.keep_fraction),
+        ("--all-clean", a.all_clean)) if given]
+    if noisy_data and synthetic:
+        p.error(f"{', '.join(synthetic)} choose(s) which clean images to corrupt and how, but {a.data} is a noisy "
+                f"data set: its images carry their own noise and sigma_n (dataset.json) and are trained on as "
+                f"stored; only --n-clean applies (it keeps that many of the set's clean images)")
+    # Default: the paper's 10% clean + 90% noisy; a noisy data set has its own split.
+    clean_fraction = a.clean_fraction if modes or noisy_data else 0.1
     if a.device is not None:
         try:
             dev = torch.device(a.device)
@@ -79,8 +95,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             p.error(f"argument --device: {a.device!r} is not a device (cpu, cuda, cuda:1, ...)")
         if dev.type == "cuda" and not torch.cuda.is_available():
             p.error(f"argument --device: {a.device!r} asked for, but no CUDA device is available")
-    if a.sigma_share is not None and len(a.sigma_share) != len(a.sigma_n):
-        p.error(f"--sigma-share has {len(a.sigma_share)} entries but --sigma-n has {len(a.sigma_n)}")
+    n_levels = len(a.sigma_n) if a.sigma_n is not None else 1
+    if a.sigma_share is not None and len(a.sigma_share) != n_levels:
+        p.error(f"--sigma-share has {len(a.sigma_share)} entries but --sigma-n has {n_levels}")
     cfg = TrainConfig(
         data=a.data, n_clean=a.n_clean, n_noisy=0 if a.all_clean else a.n_noisy, clean_fraction=clean_fraction, sigma_n=a.sigma_n, sigma_share=a.sigma_share,
         p_clean=a.p_clean, keep_fraction=a.keep_fraction, data_seed=a.data_seed, cond=a.cond, xflip=a.xflip,

@@ -34,11 +34,11 @@ SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-lev
 @dataclass
 class TrainConfig:
     # data
-    data: str = "mnist"                 # "mnist" (embedded), "digits", or an EDM folder/zip
+    data: str = "mnist"                 # "mnist" (embedded), "digits", or an EDM folder/zip (clean or noisy)
     n_clean: int | None = None          # exact number of clean images (None: the rest)
     n_noisy: int | None = None          # exact number of noisy images (None: the rest)
     clean_fraction: float | None = None  # instead of counts: this fraction clean, the rest noisy
-    sigma_n: tuple[float, ...] = (0.2,)         # noise level(s) of the noisy images
+    sigma_n: tuple[float, ...] | None = None    # noise level(s) of the noisy images (None: 0.2; a noisy data set's own)
     sigma_share: tuple[float, ...] | None = None  # share of the noisy images at each level
     p_clean: float | None = None        # paper's mode: each image clean with probability p ...
     keep_fraction: float = 1.0          # ... out of this fraction of the data set
@@ -102,11 +102,16 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def make_dataset(cfg: TrainConfig) -> AmbientDataset:
+    """The training data of `cfg`: a clean data set corrupted synthetically, or a noisy data set as stored."""
     base = load_dataset(cfg.data)
     if cfg.cond and not base.has_labels:
         raise ValueError(f"--cond needs labels, but data set {cfg.data!r} has none (add a dataset.json)")
+    if cfg.clean_fraction is not None and base.sigma_n is not None:
+        raise ValueError(f"clean_fraction chooses which images to corrupt, but {cfg.data} is a noisy data set whose "
+                         f"images carry their own noise and sigma_n; choose its clean images with n_clean")
     n_clean = round(cfg.clean_fraction * len(base)) if cfg.clean_fraction is not None else cfg.n_clean
-    return AmbientDataset(base, n_clean=n_clean, n_noisy=cfg.n_noisy, sigma_n=list(cfg.sigma_n),
+    return AmbientDataset(base, n_clean=n_clean, n_noisy=cfg.n_noisy,
+                          sigma_n=list(cfg.sigma_n) if cfg.sigma_n is not None else None,
                           sigma_share=list(cfg.sigma_share) if cfg.sigma_share else None, seed=cfg.data_seed,
                           p_clean=cfg.p_clean, keep_fraction=cfg.keep_fraction, xflip=cfg.xflip,
                           max_shift=cfg.max_shift)
