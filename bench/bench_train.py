@@ -27,6 +27,7 @@ from bench.bench_kernels import PRESET_DATA
 from bench.harness import Workload, references
 
 TRITON_NA = "--kernels triton needs CUDA (on a CPU Triton runs only under its interpreter)"
+NO_BF16 = "no native bf16 on this CPU (emulated: 8-18x slower than fp32, minutes per run, not meaningful)"
 # Dense bf16 peak from the vendor's datasheet, for MFU against the nominal figure.
 NOMINAL_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4}
 
@@ -109,12 +110,13 @@ def _configs(device: torch.device) -> list[tuple[str, int, str, str, bool, bool]
     return tiny + [("ddpmpp", 2, prec, k, False, True) for prec in precisions for k in backends]
 
 
-def train_workloads(device: torch.device, presets: list[str], *, quick: bool,
+def train_workloads(device: torch.device, presets: list[str], *, quick: bool, bf16: bool = True,
                     keep: Callable[[str], bool] = lambda wid: True) -> list[Workload]:
     """One workload per configuration; those that cannot or need not run here stay as "n/a" / "skipped" rows.
 
     --quick on a CPU times the tiny preset eagerly only (torch.compile of a U-Net step and DDPM++ take
-    minutes there). Only ids passing `keep` are built.
+    minutes there). A CPU without native bf16 (`bf16` False, harness.native_bf16) skips the bf16 rows.
+    Only ids passing `keep` are built.
     """
     out = []
     flops: dict[str, float] = {}
@@ -131,6 +133,8 @@ def train_workloads(device: torch.device, presets: list[str], *, quick: bool,
         step = None
         if backend == "triton" and not cuda:
             info.update(status="n/a", reason=TRITON_NA)
+        elif not cuda and precision == "bf16" and not bf16:
+            info.update(status="skipped", reason=NO_BF16)
         elif not cuda and quick and (compiled or preset == "ddpmpp"):
             info.update(status="skipped", reason="not in --quick on a CPU (minutes of torch.compile, or DDPM++)")
         else:

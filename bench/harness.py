@@ -209,11 +209,12 @@ def summarise(w: Workload, timings: dict[str, Timing], clock: str, work: dict[st
     return row
 
 
-def calibrations(device: torch.device) -> list[Workload]:
+def calibrations(device: torch.device, bf16: bool = True) -> list[Workload]:
     """The machine's ceilings, measured in the same run: a large copy and large fp32 / bf16 matmuls.
 
     They double as the calibration workloads: fixed work whose time tracks the machine's speed.
-    On CPU the copy (64 MiB each way) is larger than the last-level cache.
+    On CPU the copy (64 MiB each way) is larger than the last-level cache. Without native bf16
+    (`bf16` False) the bf16 matmul is left out: no row needs it as a ceiling, and emulated it is slow.
     """
     cuda = device.type == "cuda"
     numel = (1 << 28) if cuda else (1 << 24)
@@ -222,7 +223,7 @@ def calibrations(device: torch.device) -> list[Workload]:
     dst = torch.empty_like(src)
     out = [Workload("calib/copy", lambda: dst.copy_(src), work=2 * src.nbytes, unit="B",
                     info={"what": f"copy of {src.nbytes >> 20} MiB float32"})]
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16) if bf16 else (torch.float32,):
         a = torch.randn(side, side, device=device).to(dtype)
         b = torch.randn(side, side, device=device).to(dtype)
         name = f"calib/matmul_{'fp32' if dtype == torch.float32 else 'bf16'}"
@@ -273,15 +274,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo; an empty set where there is none (then no bf16 is native)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def host_kind(capability: str, flags: set[str]) -> str:
+    """The kind of CPU host a baseline holds for: "cpu-avx2", "cpu-avx512", "cpu-avx512-bf16", "cpu-avx512-amx", ...
+
+    Normalised figures transfer only between hosts of one kind. `capability` is
+    torch.backends.cpu.get_cpu_capability(), which says "AVX512" with or without native bf16, so the
+    CPU flags add it: AMX (`amx_bf16`) and AVX512_BF16 differ several-fold in bf16 speed, and without
+    either bf16 is emulated, 8-18x slower than fp32. bf16 counts as native only with AVX-512 kernels.
+    """
+    kind = "cpu-" + capability.lower().replace(" ", "-")
+    if capability == "AVX512" and "amx_bf16" in flags:
+        return kind + "-amx"
+    if capability == "AVX512" and "avx512_bf16" in flags:
+        return kind + "-bf16"
+    return kind
+
+
+def native_bf16(kind: str) -> bool:
+    """Whether bf16 runs natively on a host of this kind (bf16 rows are measured only there)."""
+    return kind == "cuda" or kind.endswith(("-amx", "-bf16"))
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on; `host_kind` picks the baseline they are compared with."""
     try:
         triton_version = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
         triton_version = None
+    capability = torch.backends.cpu.get_cpu_capability()
+    kind = "cuda" if device.type == "cuda" else host_kind(capability, cpu_flags())
     info: dict[str, Any] = {
-        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "cpu_capability": capability,
+        "host_kind": kind, "native_bf16": native_bf16(kind),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
         "triton": triton_version, "device": device.type, "gpu": None, "load_avg_start": list(os.getloadavg()),
     }
