@@ -1,8 +1,15 @@
 """Compare a benchmark result with a stored baseline; exit 1 when something regressed.
 
-    python bench/check.py RESULT.json bench/baselines/cpu.json                # compare
-    python bench/check.py R1.json R2.json R3.json bench/baselines/cpu.json    # compare the runs' median
+    python bench/check.py RESULT.json                                 # with bench/baselines/<its host kind>.json
+    python bench/check.py RESULT.json BASELINE.json                   # with this baseline
+    python bench/check.py R1.json R2.json R3.json BASELINE.json       # the runs' median with this baseline
     python bench/check.py R1.json R2.json R3.json BASELINE.json --update      # then store it as the baseline
+
+Baselines are kept per host kind (`machine.host_kind`, bench/harness.host_kind: "cpu-avx2",
+"cpu-avx512-amx", ..., "cuda"): normalised figures transfer only between hosts of one kind, so a
+baseline of another kind is refused (exit 2). Given one path, the baseline is the one of the
+result's kind; when there is none yet, the check warns, writes the result as the baseline it
+would store (RESULT's name + ".baseline-<kind>.json") and passes.
 
 Only normalised figures are compared: each row's `norm`, the median over rounds of (calibration
 time / row time) measured side by side in one run (bench/harness.py), so the machine's load and
@@ -13,7 +20,7 @@ that the result lacks, or that failed in the result, also fails the check. The c
 themselves (machine figures) are not compared. Several results are combined row by row into the
 run with the median norm (`combine`): a baseline made so sits in the middle of the run-to-run
 spread rather than at whichever edge one run landed on.
-Exit codes: 0 pass, 1 regression, 2 the files cannot be compared.
+Exit codes: 0 pass (or no baseline of this kind yet), 1 regression, 2 the files cannot be compared.
 
 Pure standard library (no torch import), so it runs in well under a second.
 """
@@ -31,12 +38,32 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
 
 from bench.report import SCHEMA, format_table
 
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = REPO / "bench" / "baselines"
+
+
+def host_kind_of(doc: dict[str, Any]) -> str:
+    """The host kind a result or baseline was measured on; ValueError for one made before kinds existed."""
+    kind = doc["machine"].get("host_kind")
+    if not kind:
+        raise ValueError("no machine.host_kind in it (measured before baselines were kept per host kind): "
+                         "measure it again with bench/run.py")
+    return kind
+
+
+def baseline_path(kind: str) -> Path:
+    """Where the baseline of a host kind is kept: bench/baselines/<kind>.json."""
+    return BASELINES / f"{kind}.json"
+
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several runs of the same benchmark: each row from the run with its median norm.
 
     The row keeps that run's figures (all consistent with each other) and lists every run's norm.
     """
+    kinds = sorted({host_kind_of(res) for res in results})
+    if len(kinds) > 1:
+        raise ValueError(f"runs of different host kinds ({', '.join(kinds)}) cannot be combined")
     if len(results) == 1:
         return results[0]
     out = copy.deepcopy(results[0])
@@ -55,9 +82,10 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tolerance: float |
     for name, doc in (("result", result), ("baseline", baseline)):
         if doc.get("schema") != SCHEMA:
             raise ValueError(f"{name} is not a benchmark result of schema {SCHEMA!r} (got {doc.get('schema')!r})")
-    devices = result["machine"]["device"], baseline["machine"]["device"]
-    if devices[0] != devices[1]:
-        raise ValueError(f"result measured on {devices[0]}, baseline on {devices[1]}: pick the {devices[0]} baseline")
+    kinds = host_kind_of(result), host_kind_of(baseline)
+    if kinds[0] != kinds[1]:
+        raise ValueError(f"result measured on a {kinds[0]} host, baseline on a {kinds[1]} host: compare it with "
+                         f"{baseline_path(kinds[0]).relative_to(REPO)}")
     by_section = baseline["tolerance"]["max_slowdown"]
     got = {r["id"]: r for r in result["rows"]}
     table, failed = [], []
@@ -81,26 +109,62 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tolerance: float |
     return table, failed
 
 
-def _load(path: str) -> dict[str, Any]:
+def _load(path: str | Path) -> dict[str, Any]:
     with open(path) as f:
         return json.load(f)
 
 
+def _write(doc: dict[str, Any], path: str | Path) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+def _no_baseline(result: dict[str, Any], kind: str, first_result: str) -> int:
+    """No baseline of this host kind yet: warn, write the baseline this run would make beside it, and pass.
+
+    Failing instead would stop every session on a new kind of host, though nothing regressed.
+    """
+    first = Path(first_result)
+    candidate = first.with_name(f"{first.stem}.baseline-{kind}.json")
+    _write(result, candidate)
+    stored = baseline_path(kind).relative_to(REPO)
+    print(f"WARNING: no baseline for host kind {kind} ({stored} does not exist): nothing was compared.\n"
+          f"  This run as that baseline: {candidate}\n"
+          f"  To record one (median of three quick runs), on an idle {kind} host:\n"
+          f"    for i in 1 2 3; do python bench/run.py --quick --out /tmp/bench$i.json; done\n"
+          f"    python bench/check.py /tmp/bench1.json /tmp/bench2.json /tmp/bench3.json {stored} --update\n"
+          f"  then commit {stored}.\n"
+          f"PASS (no baseline for {kind})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", metavar="RESULT", help="one or more runs (combined by median)")
-    parser.add_argument("baseline")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="RESULT [RESULT ...] BASELINE: runs (combined by median), then the baseline; "
+                             "a single RESULT: the baseline of its host kind, bench/baselines/<kind>.json")
     parser.add_argument("--tolerance", type=float, help="allowed slowdown as a fraction (default: the baseline's)")
     parser.add_argument("--update", action="store_true",
-                        help="after comparing, write the (combined) result over BASELINE and exit 0")
+                        help="after comparing, write the (combined) result over the baseline (or create it) "
+                             "and exit 0")
     args = parser.parse_args(argv)
+    results = args.paths[:-1] or args.paths
     try:
-        result = combine([_load(path) for path in args.results])
-        baseline = _load(args.baseline)
+        result = combine([_load(path) for path in results])
+        kind = host_kind_of(result)
+        target = Path(args.paths[-1]) if len(args.paths) > 1 else baseline_path(kind)
+        if not target.exists() and args.update:
+            _write(result, target)
+            print(f"baseline {target} created from {' + '.join(results)}")
+            return 0
+        if not target.exists() and len(args.paths) == 1:
+            return _no_baseline(result, kind, results[0])
+        baseline = _load(target)
         table, failed = compare(result, baseline, args.tolerance)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"bench/check.py: cannot compare {' '.join(args.results)} with {args.baseline}: {exc}", file=sys.stderr)
+        print(f"bench/check.py: cannot compare ({' '.join(args.paths)}): {exc}", file=sys.stderr)
         return 2
+    print(f"host kind {kind}, baseline {target}")
     print(format_table(["row", "baseline norm", "result norm", "change", "allowed", "status"], table))
     machines = result["machine"].get("cpu_model"), baseline["machine"].get("cpu_model")
     if machines[0] != machines[1] or result["machine"].get("gpu") != baseline["machine"].get("gpu"):
@@ -109,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     why = baseline["tolerance"].get("why", "") if args.tolerance is None else "given with --tolerance"
     print(f"tolerance: a row fails when its norm falls by more than 'allowed'. Why: {why}")
     if args.update:
-        with open(args.baseline, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"baseline {args.baseline} replaced by {' + '.join(args.results)}")
+        _write(result, target)
+        print(f"baseline {target} replaced by {' + '.join(results)}")
         return 0
     if failed:
         print(f"FAIL: {len(failed)} of {len(table)} rows regressed or are missing: {', '.join(failed)}")
