@@ -367,10 +367,10 @@ def _signal(raw: np.ndarray) -> np.ndarray:
 def estimate_sigma_n(signal: np.ndarray) -> float:
     """Noise level of one (H, W, C) image on the [-1, 1] scale: scikit-image's wavelet estimator (the
     median absolute deviation of the finest diagonal wavelet coefficients / 0.6745), averaged over
-    channels."""
+    channels, rounded to 1e-6 so that the round-off of a noiseless image (~1e-33) reads as 0, clean."""
     from skimage.restoration import estimate_sigma
 
-    return float(estimate_sigma(signal.astype(np.float64), channel_axis=-1, average_sigmas=True))
+    return round(float(estimate_sigma(signal.astype(np.float64), channel_axis=-1, average_sigmas=True)), 6)
 
 
 def noisy_from_images(source: str, dest: str | None, *, sigma_n: float | None = None,

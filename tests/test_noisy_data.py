@@ -247,6 +247,11 @@ def test_estimate_sigma_report_and_written_set(mnist_levels, tmp_path, capsys):
     np.testing.assert_allclose(written.sigma_n, [estimate_sigma_n(source[i][0].numpy().transpose(1, 2, 0))
                                                  for i in range(37)])
     assert torch.equal(written[5][0], source[5][0]) and written[5][1] == source[5][1]
+    # Noiseless 8-bit digits estimate to exactly 0: clean, kept as PNGs.
+    assert dataset_tool(["--source", "mnist", "--dest", str(tmp_path / "clean"), "--max-images", "23"]) == 0
+    assert dataset_tool(["--source", str(tmp_path / "clean"), "--dest", str(tmp_path / "est"), "--estimate-sigma"]) == 0
+    clean = load_dataset(str(tmp_path / "est"))
+    assert clean.sigma_n.tolist() == [0.0] * 23 and all(n.endswith(".png") for n in clean.image_names)
 
 
 # ------------------------------------------------------------------------------------------------
