@@ -591,10 +591,10 @@ class AmbientDataset(Dataset):
       next n_noisy noisy (None = all the remaining images; both None = every image noisy);
     * Bernoulli (p_clean given, the paper's code): keep the first floor(keep_fraction * N) images of the
       permutation (at least 1); each is clean with probability p_clean by a coin keyed by (seed, index).
-    Noisy images get the levels of `sigma_n` (default DEFAULT_SIGMA_N) in exact counts per `sigma_share` (largest
-    remainder), assigned by a seeded permutation. Image i's noise z_i is drawn from Philox keyed by
-    (seed, i): the same in every epoch, worker, rank and process. Noisy images are float32
-    x0 + sigma_n * z, never clipped or quantised.
+    Noisy images get the levels of `sigma_n` (default DEFAULT_SIGMA_N) in exact counts per
+    `sigma_share` (largest remainder), assigned by a seeded permutation. Image i's noise z_i is drawn
+    from Philox keyed by (seed, i): the same in every epoch, worker, rank and process. Noisy images are
+    float32 x0 + sigma_n * z, never clipped or quantised.
 
     A noisy data set (`base.sigma_n` not None) is used as stored: every noisy image with its own
     sigma_n, no noise added; the synthetic options are refused, and n_clean keeps that many of its

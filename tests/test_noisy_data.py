@@ -410,3 +410,32 @@ def test_tool_refuses_noisy_sources_where_they_do_not_belong(tmp_path, capsys):
     assert dataset_tool(["--source", "mnist", "--dest", str(tmp_path / "c"), "--sigma-n", "0.1"]) == 1
     assert "--add-noise" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["set"]
+
+
+def _png_16_bit_rgb(path, values):
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one): IHDR, one zlib IDAT, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("name, message", [("a.png", "16-bit colour PNG, which Pillow reads as 8-bit"),
+                                           ("a.jpg", "lossy-compressed")])
+def test_sources_that_lose_noise_are_refused(tmp_path, capsys, name, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    values = np.random.default_rng().integers(0, 65536, (6, 6, 3))
+    if name.endswith(".png"):
+        _png_16_bit_rgb(src / name, values)
+        assert Image.open(src / name).mode == "RGB"     # what Pillow would silently make of it
+    else:
+        Image.fromarray((values >> 8).astype(np.uint8)).save(src / name)
+    assert dataset_tool(["--source", str(src), "--dest", str(tmp_path / "out"), "--sigma-n", "0.1"]) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
