@@ -4,9 +4,13 @@
     python -m ambient.eval --ckpt RUN --n 10000 --out metrics.json
     python -m ambient.eval --ckpt RUN --metric fid --ref cifar10.zip --inception-path inception.pt
 
-FD-MNIST (1x32x32 models) is printed with its real-vs-real floor at the same n; FID is clean-fid's
-"clean" FID against a reference folder or EDM zip. Images are generated batch by batch and never
-written to disk. The metrics JSON is written atomically (temp file + rename).
+    python -m ambient.eval --ckpt RUN16 --ref data/mnist16.zip --samples-out samples.npz   # a 16x16 model
+
+Images are clamped to [-1, 1] and quantised to 8 bits before any metric, as a saved PNG would be.
+FD-MNIST (1-channel models of any resolution, resized to the classifier's 32x32 input together with
+the reference) is printed with its real-vs-real floor at the same n, and with the share of samples
+that copy a training image (memorisation); FID is clean-fid's "clean" FID against a reference folder
+or EDM zip. The metrics JSON and the samples .npz are written atomically (temp file + rename).
 """
 import argparse
 import json
@@ -17,11 +21,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from . import cli, metrics
 from .checkpoint import CheckpointError
-from .images import generate
+from .data import NAMED_DATASETS, load_dataset
+from .images import from_uint8, generate, to_uint8
 from .loading import load_network
 
 METRICS = ("fd_mnist", "fid")
@@ -34,14 +40,47 @@ def _labels(label_dim: int):
     return lambda seeds: torch.nn.functional.one_hot(torch.tensor(list(seeds)) % label_dim, label_dim).float()
 
 
+def reference_images(ref: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The real images of data set `ref` (embedded name, EDM folder or zip) in [-1, 1]; they must have `shape`."""
+    base = load_dataset(ref)
+    if base.image_shape != tuple(shape):
+        raise ValueError(f"reference {ref} holds {'x'.join(map(str, base.image_shape))} images, the model makes "
+                         f"{'x'.join(map(str, shape))}: use the data set it was trained on (or its source)")
+    return torch.stack([base[i][0] for i in range(len(base))]).to(torch.float32) / 127.5 - 1
+
+
+def training_images(meta: dict) -> torch.Tensor | None:
+    """The clean versions of the images a checkpoint was trained on (clean and noisy), in [-1, 1], rebuilt
+    from its recorded training configuration; None when the checkpoint records none or its data is gone."""
+    from .training import TrainConfig, make_dataset
+    try:
+        ds = make_dataset(TrainConfig(**meta["config"]))
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    return torch.stack([ds.base[int(i)][0] for i in ds.indices]).to(torch.float32) / 127.5 - 1
+
+
+def _save_samples(pixels: np.ndarray, path: str | os.PathLike) -> None:
+    """The generated images as uint8 (N, H, W, C) in an .npz (key "images"; image i is seed i), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, images=pixels)
+    os.replace(tmp, path)
+
+
 def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric: str = "fd_mnist",
              ref: str | os.PathLike | None = None, inception_path: str | os.PathLike | None = None,
              batch: int = 100, weights: str = "ema", cache_dir: str | os.PathLike | None = None,
-             device: str = "cpu", progress: bool = True) -> dict:
+             device: str = "cpu", progress: bool = True, samples_out: str | os.PathLike | None = None) -> dict:
     """Metrics of the images a checkpoint generates from seeds 0..n-1 with `steps` Heun steps.
 
-    fd_mnist: {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid", "class_histogram", ...};
-    fid: {"fid", "ref"}; both also carry "n", "steps", "ckpt", "kimg", "seconds".
+    Every image is first clamped to [-1, 1] and quantised to 8 bits, as a saved PNG would be (EDM's
+    generate.py), so no metric sees values that no saved image could hold.
+    fd_mnist (1-channel models of any resolution; `ref`: the real images at the model's resolution, default
+    the embedded MNIST-5k for 32x32): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
+    "class_histogram", "memorised", "nn_ratio", ...}; fid: {"fid", "ref"}; both also carry "n", "steps",
+    "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -49,16 +88,20 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
         raise ValueError(f"need n >= 2 and steps >= 2, got n={n}, steps={steps}")
     if metric == "fid" and ref is None:
         raise ValueError("--metric fid needs --ref (a folder of images or an EDM data set zip)")
-    if metric == "fd_mnist" and ref is not None:
-        raise ValueError("--ref applies to --metric fid; FD-MNIST always compares with the embedded MNIST-5k")
-    if ref is not None and not Path(ref).exists():
+    if ref is not None and not Path(ref).exists() and str(ref) not in NAMED_DATASETS:
         raise FileNotFoundError(f"reference images not found: {ref}")
     start = time.perf_counter()
     net, meta = load_network(ckpt, which=weights, device=device)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    if metric == "fd_mnist" and shape != (1, 32, 32):
-        raise ValueError(f"FD-MNIST needs a model of 1x32x32 images, this one makes {'x'.join(map(str, shape))}: "
-                         f"use --metric fid --ref REFERENCE_IMAGES")
+    if metric == "fd_mnist":
+        if shape[0] != 1:
+            raise ValueError(f"FD-MNIST needs a 1-channel model, this one makes {'x'.join(map(str, shape))}: "
+                             f"use --metric fid --ref REFERENCE_IMAGES")
+        if ref is None and shape != (1, 32, 32):
+            raise ValueError(f"FD-MNIST of a {'x'.join(map(str, shape))} model needs --ref: the real images at its "
+                             f"resolution (e.g. the data set it was trained on, or the set that was drawn from)")
+        reference = "mnist" if ref is None else reference_images(ref, shape)
+    pixels: list[np.ndarray] = []
 
     def batches() -> Iterator[torch.Tensor]:
         from tqdm import tqdm
@@ -67,15 +110,23 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
         with tqdm(total=n, unit="img", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
             for _, images in stream:
                 bar.update(len(images))
-                yield images
+                pixels.append(to_uint8(images))
+                yield from_uint8(pixels[-1])
 
     if metric == "fd_mnist":
-        out = metrics.fd_mnist(torch.cat(list(batches())), cache_dir=cache_dir, device=device)
+        images = torch.cat(list(batches()))
+        out = metrics.fd_mnist(images, reference=reference, cache_dir=cache_dir, device=device)
         out["class_histogram"] = out["class_histogram"].tolist()
+        train = training_images(meta)
+        if train is not None and train.shape[1:] == images.shape[1:]:
+            out.update(metrics.memorisation(images, train))
     else:
         out = {"fid": metrics.fid_cleanfid(batches(), ref, inception_path=inception_path, device=device),
                "ref": str(ref)}
+    if samples_out is not None:
+        _save_samples(np.concatenate(pixels), samples_out)
     out.update(metric=metric, n=n, steps=steps, weights=weights, ckpt=str(ckpt), kimg=meta.get("kimg"),
+               resolution=shape[1], ref=None if ref is None else str(ref),
                seconds=round(time.perf_counter() - start, 1))
     return out
 
@@ -101,9 +152,10 @@ def summary(m: dict) -> str:
     """One line for the terminal."""
     if m["metric"] == "fid":
         return f"FID {m['fid']:.3f} (n = {m['n']}, {m['steps']} steps) against {m['ref']}"
+    copies = f"; {m['memorised']:.1%} copies of training images" if "memorised" in m else ""
     return (f"FD-MNIST {m['fd_mnist']:.3f} (bootstrap sd {m['fd_mnist_sd']:.3f}; floor {m['fd_mnist_floor']:.3f} "
             f"at n = {m['floor_n']}), "
-            f"KID {m['kid']:.5f}, n = {m['n']}, {m['steps']} steps; classes {m['class_histogram']}")
+            f"KID {m['kid']:.5f}, n = {m['n']}, {m['steps']} steps; classes {m['class_histogram']}{copies}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=cli.positive_int, default=18, help="Heun sampler steps")
     p.add_argument("--out", default="metrics.json", help="metrics JSON file")
     p.add_argument("--metric", choices=METRICS, default="fd_mnist")
-    p.add_argument("--ref", help="--metric fid: reference folder of images or EDM data set zip")
+    p.add_argument("--ref", help="reference images: a folder or EDM data set zip (--metric fid: required; "
+                                 "fd_mnist: the real images at the model's resolution, default MNIST-5k 32x32)")
+    p.add_argument("--samples-out", help="also write the quantised images as uint8 (N, H, W, C) to this .npz")
     p.add_argument("--inception-path", help="--metric fid: Inception weights file or folder (never downloaded)")
     p.add_argument("--batch", type=cli.positive_int, default=100)
     p.add_argument("--weights", choices=("ema", "net"), default="ema")
@@ -125,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         m = evaluate(a.ckpt, n=a.n, steps=a.steps, metric=a.metric, ref=a.ref, inception_path=a.inception_path,
                      batch=a.batch, weights=a.weights, cache_dir=a.cache_dir, device=a.device,
-                     progress=not a.no_progress)
+                     progress=not a.no_progress, samples_out=a.samples_out)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -38,8 +38,19 @@ def generate(net: Callable, seeds: Sequence[int], shape: Sequence[int], *, batch
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as EDM's generate.py saves images: x * 127.5 + 128,
+    clipped to [0, 255] and truncated."""
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1] by u / 127.5 - 1, as training data is read."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
+
+
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """The images a saved PNG would hold: clamped to [-1, 1] and quantised to 8 bits (to_uint8, from_uint8)."""
+    return from_uint8(to_uint8(images))
 
 
 def _pil(img: np.ndarray) -> Image.Image:

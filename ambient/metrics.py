@@ -1,8 +1,10 @@
 """Sample-quality metrics: FD-MNIST (Frechet distance in the features of a small classifier trained
-here on the embedded MNIST-5k), KID, mode coverage, and Inception FID through clean-fid.
+here on the embedded MNIST-5k), KID, mode coverage, memorisation, and Inception FID through clean-fid.
 
 FD-MNIST is always reported with its real-vs-real floor at the same sample size: a Frechet distance
 estimated from n samples is biased upwards, so a number means little without the floor beside it.
+1-channel images of any resolution are scored: generated images, the reference and the floor's two
+halves all pass through the same resize to the classifier's 32x32 input (`classifier_input`).
 """
 import os
 import tempfile
@@ -25,6 +27,8 @@ _EPOCHS = 15
 _BATCH = 128
 _MAX_SHIFT = 2                     # augmentation: random integer shifts in [-2, 2] pixels
 _FEATURE_DIM = 128
+CLASSIFIER_RESOLUTION = 32          # the classifier's input is 1 x 32 x 32
+COPY_RATIO = 1 / 3                  # memorisation: nearest training image 3x closer than the second nearest
 INCEPTION_FILE = "inception-2015-12-05.pt"
 _CLEANFID_CACHE = Path("/tmp")     # where clean-fid itself keeps the Inception weights on Linux
 
@@ -172,13 +176,26 @@ def get_feature_extractor(cache_dir: str | os.PathLike | None = None, device: st
     return net
 
 
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) in [-1, 1] -> (N, 1, 32, 32) float32, the classifier's input.
+
+    Images of another resolution are resized bilinearly (antialiased when shrinking); every image that is
+    scored, generated or real, goes through this one function, so the floor and the distance stay comparable.
+    """
+    images = images.to(torch.float32)
+    size = (CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 @torch.no_grad()
 def _embed(net: FeatureNet, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float64) and predicted classes of `images`, computed in batches."""
+    """Features (float64) and predicted classes of `images` (any resolution), computed in batches."""
     device = next(net.parameters()).device
     feats, preds = [], []
     for i in range(0, len(images), batch_size):
-        f = net.features(images[i:i + batch_size].to(device, torch.float32))
+        f = net.features(classifier_input(images[i:i + batch_size]).to(device))
         feats.append(f.double().cpu())
         preds.append(net.classify(f).argmax(1).cpu())
     return torch.cat(feats).numpy(), torch.cat(preds).numpy()
@@ -258,9 +275,9 @@ _REFERENCE: dict[tuple[str, str], np.ndarray] = {}   # in-process cache of MNIST
 
 
 def _check_images(images: torch.Tensor, name: str) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1 or min(images.shape[2:]) < 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a tensor of shape (N, 1, 32, 32) in [-1, 1], got {shape}")
+        raise ValueError(f"{name} must be a tensor of shape (N, 1, H, W) in [-1, 1] with H, W >= 4, got {shape}")
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains non-finite values")
 
@@ -294,6 +311,9 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
              n_boot: int = 50, device: str | torch.device = "cpu") -> dict:
     """FD-MNIST of the first `n` images (all by default) against the reference set, with its floor.
 
+    `reference` is "mnist" (the embedded MNIST-5k, 1x32x32) or a tensor of real images at the resolution of
+    `images` (e.g. MNIST-5k resized as the training data was); both pass through `classifier_input`.
+
     Returns {"fd_mnist", "fd_mnist_floor", "floor_n", "fd_mnist_sd", "kid", "class_histogram", "n"}: the floor
     is the FD between two disjoint random subsets (drawn with `seed`) of the reference set of n images each,
     capped at half the reference size (2500 for MNIST-5k); when capped, "floor_note" says so. "fd_mnist_sd"
@@ -307,11 +327,17 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
     net = get_feature_extractor(cache_dir, device)
     feats, preds = _embed(net, images[:n])
     if isinstance(reference, str):
+        if reference == "mnist" and tuple(images.shape[2:]) != (32, 32):
+            raise ValueError(f"the embedded MNIST-5k reference is 32x32, the images are "
+                             f"{tuple(images.shape[2:])}: pass reference images of their resolution")
         if reference != "mnist":
             raise ValueError(f"reference must be 'mnist' or a tensor of images, got {reference!r}")
         ref = _mnist_features(net, cache_dir)
     else:
         _check_images(reference, "reference")
+        if reference.shape[2:] != images.shape[2:]:
+            raise ValueError(f"reference images are {tuple(reference.shape[2:])}, the scored images "
+                             f"{tuple(images.shape[2:])}: compare images of the same resolution")
         ref = _embed(net, reference)[0]
     if len(ref) < 4:
         raise ValueError(f"reference needs at least 4 images, got {len(ref)}")
@@ -334,6 +360,30 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
     if n_floor < n:
         out["floor_note"] = f"floor computed at n = {n_floor} (half the {len(ref)} reference images), not {n}"
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Memorisation
+
+def memorisation(samples: torch.Tensor, train: torch.Tensor, ratio: float = COPY_RATIO) -> dict:
+    """How many samples copy a training image, by nearest neighbours in pixel space (L2 over all pixels).
+
+    A sample counts as a copy when d1 < ratio * d2, d1 and d2 being its distances to its nearest and
+    second-nearest training image (the criterion of Carlini et al. 2023 with ratio 1/3): a copy sits on
+    one training image, a new image sits between several. Also returned, scale-free: the median d1 over
+    the median distance of a training image to its nearest other training image ("nn_ratio"; about 1
+    or more for new images, near 0 for copies).
+    Returns {"memorised": fraction of copies, "nn_ratio", "copy_ratio": ratio, "n_train"}.
+    """
+    s, t = samples.flatten(1).double(), train.flatten(1).double()
+    if len(t) < 2 or len(s) < 1 or s.shape[1] != t.shape[1]:
+        raise ValueError(f"need >= 1 sample and >= 2 training images of the same size, got {tuple(samples.shape)} "
+                         f"and {tuple(train.shape)}")
+    d1, d2 = torch.cdist(s, t).topk(2, dim=1, largest=False).values.unbind(1)
+    between = torch.cdist(t, t).fill_diagonal_(float("inf")).min(1).values
+    return {"memorised": float((d1 < ratio * d2).double().mean()),
+            "nn_ratio": float(d1.median() / between.median().clamp_min(1e-12)),
+            "copy_ratio": ratio, "n_train": len(t)}
 
 
 # ----------------------------------------------------------------------------------------------

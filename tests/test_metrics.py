@@ -180,7 +180,7 @@ def test_fd_mnist_floor_is_capped_and_reference_tensor_works(cache_dir, mnist):
 
 
 def test_fd_mnist_rejects_bad_input(cache_dir):
-    with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         metrics.fd_mnist(torch.zeros(10, 3, 32, 32), cache_dir=cache_dir)
     with pytest.raises(ValueError, match="n must be"):
         metrics.fd_mnist(torch.zeros(10, 1, 32, 32), n=11, cache_dir=cache_dir)
@@ -259,3 +259,51 @@ def test_fid_cleanfid_missing_weights_and_bad_sources(tmp_path, monkeypatch, no_
     _write_pngs(torch.zeros(3, 1, 32, 32), tmp_path / "ref")
     with pytest.raises(ValueError, match="generated batches"):
         metrics.fid_cleanfid(iter([torch.zeros(2, 32, 32)]), tmp_path / "ref", feature_extractor=fx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any resolution, quantisation, memorisation
+
+def test_fd_mnist_at_16x16_resizes_samples_reference_and_floor_alike(cache_dir, mnist):
+    images, _ = mnist
+    small = torch.nn.functional.avg_pool2d(images, 2)                    # MNIST-5k at 16 x 16
+    assert metrics.classifier_input(small).shape == (5000, 1, 32, 32)
+    assert torch.equal(metrics.classifier_input(images), images)
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    perm = torch.randperm(5000, generator=gen)
+    real, ref = small[perm[:700]], small[perm[700:]]
+    clean, noisy = (metrics.fd_mnist(real + s * torch.randn(real.shape, generator=gen), reference=ref,
+                                     cache_dir=cache_dir, kid_subsets=1, n_boot=0) for s in (0.0, 0.6))
+    assert clean["floor_n"] == 700 and clean["fd_mnist"] < 1.5 * clean["fd_mnist_floor"] < noisy["fd_mnist"] / 5
+    with pytest.raises(ValueError, match="same resolution"):
+        metrics.fd_mnist(real, reference=images[:100], cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="pass reference images of their resolution"):
+        metrics.fd_mnist(real, cache_dir=cache_dir)
+
+
+def test_quantise_is_what_a_saved_png_holds():
+    from ambient.images import from_uint8, quantise, to_uint8
+    x = torch.randn(7, 1, 5, 3) * 1.5
+    q = quantise(x)
+    assert q.min() >= -1 and q.max() <= 1.0 + 1e-6
+    assert torch.equal(quantise(q), q)                                   # idempotent: already on the 8-bit grid
+    u = to_uint8(x)
+    assert np.array_equal(u, np.clip(np.floor(x.permute(0, 2, 3, 1).numpy() * 127.5 + 128), 0, 255))
+    assert torch.equal(from_uint8(u), torch.from_numpy(u).permute(0, 3, 1, 2).float() / 127.5 - 1)
+
+
+def test_memorisation_counts_copies_and_not_new_images(mnist):
+    images, _ = mnist
+    small = torch.nn.functional.avg_pool2d(images, 2)
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    perm = torch.randperm(5000, generator=gen)
+    train, held = small[perm[:97]], small[perm[97:397]]
+    copies = train[torch.randint(97, (150,), generator=gen)] + 0.02 * torch.randn(150, 1, 16, 16, generator=gen)
+    m_copy, m_new = metrics.memorisation(copies, train), metrics.memorisation(held, train)
+    # A copy of one of two near-identical training digits sits near both: not every copy is flagged.
+    assert m_copy["memorised"] > 0.85 and m_copy["nn_ratio"] < 0.3 and m_copy["n_train"] == 97
+    assert m_new["memorised"] < 0.05 and m_new["nn_ratio"] > 0.8
+    half = metrics.memorisation(torch.cat([copies[:75], held[:75]]), train)["memorised"]
+    assert 0.4 < half <= 0.5 + 0.05
+    with pytest.raises(ValueError, match="training images"):
+        metrics.memorisation(held, train[:1])
