@@ -1,9 +1,16 @@
-"""How much is a noisy image worth: fit metric(n_clean, n_noisy) = a * (n_clean + w * n_noisy)^(-b) + c.
+"""How much is a noisy image worth, measured two ways.
 
-n_clean + w * n_noisy is the effective sample size; w is the worth of one noisy image in clean images.
-The fit is a least-squares fit of log(metric) (relative errors, so the large metrics of small data sets
-do not dominate), with c >= 0 an optional floor (e.g. the metric's estimation floor) and w in [0, w_max].
-The confidence interval of w comes from a bootstrap over seeds: resample whole seeds, refit.
+1. Equivalent clean count (`equivalent_clean`, model-free): for a mixed point (n_clean, n_noisy), the
+   number n' of clean images whose clean-only model reaches the same metric, read off the clean-only
+   curve (metric against log n, mean over seeds, made non-increasing, linear in between);
+   worth = (n' - n_clean) / n_noisy. Outside the curve's range only a bound is reported. Each mixed
+   point gets its own worth, so complementary data (few clean images teaching the low noise levels,
+   many noisy ones the high levels) shows as a worth that depends on n_clean.
+2. The paper-style effective-sample model (`fit_worth`): metric(n_clean, n_noisy) =
+   a * (n_clean + w * n_noisy)^(-b) + c with one w for all points. n_clean + w * n_noisy is the
+   effective sample size. The fit is a least-squares fit of log(metric) (relative errors, so the large
+   metrics of small data sets do not dominate), with c >= 0 an optional floor and w in [0, w_max]. Its
+   confidence interval comes from a bootstrap over seeds: resample whole seeds, refit.
 """
 import math
 from collections.abc import Sequence
@@ -135,3 +142,80 @@ def worth_sentence(fit: dict, sigma_n: float | None = None) -> str:
     else:
         ci = f"{round(100 * fit['level'])}% CI {fit['ci_low']:.2f}-{fit['ci_high']:.2f}, {seeds}"
     return f"At sigma_n = {sigma_n:g} one noisy image is worth {fit['w']:.2f} clean images ({ci})."
+
+
+def _non_increasing(y: np.ndarray) -> np.ndarray:
+    """Least-squares non-increasing fit of y (pool adjacent violators, equal weights)."""
+    blocks: list[list[float]] = []                  # [mean, count]
+    for v in y:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return np.concatenate([np.full(int(c), m) for m, c in blocks])
+
+
+def clean_count_for(sizes: Sequence[int], curve: Sequence[float], value: float) -> tuple[float, str]:
+    """n' at which the clean-only curve reaches `value`, and "=" (inside its range), ">" (better than the
+    largest size: n' > max size, which is returned) or "<" (worse than the smallest: n' < min size).
+
+    The curve (metric at each size, lower is better) is made non-increasing (pool adjacent violators),
+    then interpolated linearly in log n; on a flat stretch the smallest n that reaches `value` is taken.
+    """
+    n = np.asarray(sizes, dtype=float)
+    if len(n) < 2 or np.any(np.diff(n) <= 0) or n[0] <= 0:
+        raise ValueError(f"clean-only sizes must be >= 2 increasing positive counts, got {list(sizes)}")
+    y = _non_increasing(np.asarray(curve, dtype=float))
+    if value >= y[0]:
+        return float(n[0]), "=" if value == y[0] else "<"
+    if value < y[-1]:
+        return float(n[-1]), ">"
+    k = int(np.flatnonzero(y <= value)[0])          # first size at or below value; y[k - 1] > value
+    t = (y[k - 1] - value) / (y[k - 1] - y[k])
+    return float(np.exp(np.log(n[k - 1]) + t * (np.log(n[k]) - np.log(n[k - 1])))), "="
+
+
+def equivalent_clean(clean: dict[int, Sequence[float]], values: Sequence[float], n_clean: int, n_noisy: int, *,
+                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Equivalent clean count and worth of one mixed point.
+
+    clean: {size: metric of each seed} of the clean-only models (>= 2 sizes); values: the mixed point's metric
+    of each seed. n' comes from the seed means (`clean_count_for`), worth = (n' - n_clean) / n_noisy.
+    The CI resamples seeds with replacement, independently for every size and for the mixed point
+    (percentile bootstrap; None with one seed everywhere). "bound" is "=" for an interpolated value, ">" when
+    the point beats the largest clean size (n' and worth are lower bounds), "<" when it is worse than the
+    smallest (upper bounds); "boot_inside" is the share of resamples that landed inside the curve's range.
+    """
+    if n_noisy <= 0:
+        raise ValueError(f"a worth needs noisy images, got n_noisy = {n_noisy}")
+    sizes = sorted(clean)
+    means = [float(np.mean(clean[s])) for s in sizes]
+    n_eq, bound = clean_count_for(sizes, means, float(np.mean(values)))
+    out = {"n_clean": n_clean, "n_noisy": n_noisy, "n_equiv": n_eq, "bound": bound,
+           "worth": (n_eq - n_clean) / n_noisy, "ci_low": None, "ci_high": None, "level": level,
+           "boot_inside": None, "n_seeds": len(values)}
+    if max(len(values), *(len(clean[s]) for s in sizes)) < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    boot, inside = [], 0
+    for _ in range(n_boot):
+        curve = [float(np.mean(rng.choice(clean[s], len(clean[s])))) for s in sizes]
+        n_b, b = clean_count_for(sizes, curve, float(np.mean(rng.choice(values, len(values)))))
+        boot.append((n_b - n_clean) / n_noisy)
+        inside += b == "="
+    out["ci_low"], out["ci_high"] = (float(q) for q in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
+    out["boot_inside"] = inside / n_boot
+    return out
+
+
+def equivalent_sentence(e: dict, sigma_n: float) -> str:
+    """E.g. 'At sigma_n = 0.2, 100 clean + 900 noisy images match 640 clean ones: a noisy image is worth 0.60
+    clean images (95% CI 0.41-0.77, 3 seeds).'"""
+    rel = {"=": "match", ">": "beat the largest clean-only set,", "<": "do worse than the smallest clean-only set,"}
+    n_eq = {"=": f"{e['n_equiv']:.0f}", ">": f"more than {e['n_equiv']:.0f}", "<": f"fewer than {e['n_equiv']:.0f}"}
+    worth = {"=": f"{e['worth']:.2f}", ">": f"more than {e['worth']:.2f}", "<": f"less than {e['worth']:.2f}"}
+    b = e["bound"]
+    ci = "" if e["ci_low"] is None or b != "=" else \
+        f" ({round(100 * e['level'])}% CI {e['ci_low']:.2f}-{e['ci_high']:.2f}, {e['n_seeds']} seeds)"
+    return (f"At sigma_n = {sigma_n:g}, {e['n_clean']} clean + {e['n_noisy']} noisy images {rel[b]} "
+            f"{n_eq[b]} clean ones: a noisy image is worth {worth[b]} clean images{ci}.")

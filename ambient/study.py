@@ -1,15 +1,21 @@
 """Data-scaling studies: train and evaluate one model per (n_clean, n_noisy, sigma_n, seed), then tabulate.
 
+    python -m ambient.study --config docs/study/cpu.toml          # the committed CPU study
     python -m ambient.study --dir runs/study --n-clean 500,1000,5000 --n-noisy 0,4500 --sigma-n 0.2 --kimg 40
     python -m ambient.study --dir runs/t1 --table1 5000 --sigma-n 0.2 --seeds 0-2 --jobs 2
-    python -m ambient.study --dir runs/study --config study.toml        # the same keys as the options
 
 Every point trains through train.py (`python train.py`, or torchrun with --nproc > 1) in
 DIR/points/NAME/run with --resume auto, then is evaluated by `python -m ambient.eval` into
-DIR/points/NAME/metrics.json. A point whose metrics file exists is skipped; an interrupted point
-continues from its last checkpoint. Results: results.csv, results.json, a figure of the metric
-against n_clean per n_noisy, the paper's Table 1 layout (table.md), the worth fit per sigma_n and
-each point's last sample grid (samples/NAME.png).
+DIR/points/NAME/metrics.json (the newest checkpoint; with --eval-snapshots K also the K - 1 before it,
+as metrics-STEP.json, to show whether the metric still moves). `--seeds` are training seeds; which
+images are clean or noisy and their noise are fixed by `--data-seed` for every point, so the spread
+over seeds is training noise alone. A point whose metrics file exists is skipped; an interrupted point
+continues from its last checkpoint. Subprocesses run the code of the study's own checkout (PYTHONPATH),
+so a study can run from a `git worktree` at a fixed commit. Results: results.csv, results.json, a
+figure of the metric against n_clean per n_noisy, Table 1 per sigma_n with 2-sigma verdicts, the
+equivalent clean count and worth of every mixed point (table and figure), the effective-sample fit,
+the metric at the last snapshots, each point's last sample grid (samples/NAME.png) and its evaluation
+images (samples/NAME.npz, uint8).
 """
 import argparse
 import csv
@@ -31,12 +37,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import cli, scaling
+from .checkpoint import list_checkpoints
 from .eval import METRICS, write_json
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
+CODE_ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SCRIPT = CODE_ROOT / "train.py"
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
-CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "n", "kimg",
-              "train_seconds", "eval_seconds")
+CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
+              "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds")
+SIGNIFICANCE = 2.0                 # a difference counts when it exceeds 2 x the combined sd over seeds
 _print_lock = threading.Lock()
 
 
@@ -94,6 +103,7 @@ def table1_pairs(n: int) -> dict[str, tuple[int, int]]:
 class Settings:
     """What every point shares: training arguments, evaluation, launcher."""
     data: str = "mnist"
+    data_seed: int = 0
     kimg: float = 40.0
     preset: str = "tiny"
     model_channels: int | None = None
@@ -104,6 +114,7 @@ class Settings:
     metric: str = "fd_mnist"
     ref: str | None = None
     inception_path: str | None = None
+    eval_snapshots: int = 1
     nproc: int = 1
     threads: int | None = None
 
@@ -112,7 +123,7 @@ class Settings:
         args = ["--data", self.data, "--n-clean", str(p.n_clean), "--n-noisy", str(p.n_noisy)]
         if p.n_noisy:
             args += ["--sigma-n", f"{p.sigma_n:g}"]
-        args += ["--seed", str(p.seed), "--data-seed", str(p.seed), "--preset", self.preset]
+        args += ["--seed", str(p.seed), "--data-seed", str(self.data_seed), "--preset", self.preset]
         if self.model_channels is not None:
             args += ["--model-channels", str(self.model_channels)]
         args += ["--batch", str(self.batch), "--kimg", f"{self.kimg:g}", *self.train_args, "--no-progress",
@@ -125,9 +136,11 @@ class Settings:
                     str(TRAIN_SCRIPT)]
         return [sys.executable, str(TRAIN_SCRIPT)]
 
-    def eval_args(self, run_dir: Path, out: Path) -> list[str]:
-        args = [sys.executable, "-m", "ambient.eval", "--ckpt", str(run_dir), "--n", str(self.eval_n),
+    def eval_args(self, ckpt: Path, out: Path, samples: Path | None = None) -> list[str]:
+        args = [sys.executable, "-m", "ambient.eval", "--ckpt", str(ckpt), "--n", str(self.eval_n),
                 "--steps", str(self.eval_steps), "--metric", self.metric, "--out", str(out), "--no-progress"]
+        if samples is not None:
+            args += ["--samples-out", str(samples)]
         if self.ref:
             args += ["--ref", self.ref]
         if self.inception_path:
@@ -168,24 +181,32 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
                          f"not {shlex.join(args)}; use a new --dir for new settings")
     record["train_args"] = args
     write_json(record, record_file)
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CODE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if s.threads is not None:
         env["OMP_NUM_THREADS"] = str(s.threads)
     say(f"train {p.name} ({'continuing' if run_dir.exists() else 'new'})")
     record["train_seconds"] += _run_logged(s.launcher() + args, folder / "train.log", env, f"training {p.name}")
     write_json(record, record_file)
     say(f"eval {p.name}")
-    record["eval_seconds"] = _run_logged(s.eval_args(run_dir, metrics_file), folder / "eval.log", env,
-                                         f"evaluating {p.name}")
+    *earlier, newest = list_checkpoints(run_dir)[-s.eval_snapshots:]
+    record.setdefault("eval_seconds", 0.0)
+    for ckpt_dir in earlier:                      # older snapshots first: metrics.json marks the point done
+        out = folder / f"metrics-{ckpt_dir.name.rpartition('-')[2]}.json"
+        if not out.exists():
+            record["eval_seconds"] += _run_logged(s.eval_args(ckpt_dir, out), folder / "eval.log", env,
+                                                  f"evaluating {p.name} at {ckpt_dir.name}")
+    record["eval_seconds"] += _run_logged(s.eval_args(newest, metrics_file, folder / "samples.npz"),
+                                          folder / "eval.log", env, f"evaluating {p.name}")
     write_json(record, record_file)
     say(f"done {p.name}: {json.loads(metrics_file.read_text())[s.metric]:.3f}")
     return folder
 
 
 def run_points(points: Sequence[Point], study_dir: Path, s: Settings, jobs: int = 1) -> list[str]:
-    """Run every point, `jobs` at a time, started ones first; the error messages of the points that failed."""
+    """Run every point, `jobs` at a time, started ones first, then seed by seed (so a study cut short has every
+    setting at its first seeds); the error messages of the points that failed."""
     errors: list[str] = []
-    points = sorted(points, key=lambda p: not (study_dir / "points" / p.name / "run").exists())
+    points = sorted(points, key=lambda p: (not (study_dir / "points" / p.name / "run").exists(), p.seed))
 
     def one(p: Point) -> None:
         try:
@@ -202,6 +223,15 @@ def run_points(points: Sequence[Point], study_dir: Path, s: Settings, jobs: int 
 # ----------------------------------------------------------------------------------------------
 # Results
 
+def _snapshots(folder: Path, metric: str) -> dict[str, float]:
+    """{kimg: metric} of every evaluated snapshot of a point (metrics-STEP.json and metrics.json)."""
+    found = {}
+    for f in sorted(folder.glob("metrics*.json")):
+        m = json.loads(f.read_text())
+        found[f"{m.get('kimg', 0):g}"] = m[metric]
+    return dict(sorted(found.items(), key=lambda kv: float(kv[0])))
+
+
 def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]:
     """One row per point with a metrics file."""
     rows = []
@@ -213,10 +243,18 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]
         rec = json.loads((folder / "point.json").read_text()) if (folder / "point.json").exists() else {}
         rows.append({"name": p.name, "n_clean": p.n_clean, "n_noisy": p.n_noisy, "sigma_n": p.sigma_n,
                      "seed": p.seed, "metric": metric, "value": m[metric], "sd": m.get(f"{metric}_sd"),
-                     "floor": m.get(f"{metric}_floor"),
-                     "kid": m.get("kid"), "n": m["n"], "kimg": m.get("kimg"),
+                     "floor": m.get(f"{metric}_floor"), "kid": m.get("kid"), "memorised": m.get("memorised"),
+                     "nn_ratio": m.get("nn_ratio"), "n": m["n"], "kimg": m.get("kimg"),
+                     "snapshots": json.dumps(_snapshots(folder, metric)),
                      "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds")})
     return rows
+
+
+def _spread(group: Sequence[dict]) -> float:
+    """Error bar of one setting: sd over seeds, or with one seed the bootstrap sd of its evaluation."""
+    if len(group) > 1:
+        return float(np.std([r["value"] for r in group], ddof=1))
+    return group[0]["sd"] or 0.0
 
 
 def _group_cells(group: Sequence[dict]) -> str:
@@ -236,79 +274,144 @@ def _header(first: str, metric: str) -> list[str]:
     return [f"| {first} | n_clean | n_noisy | {metric} | bootstrap sd | seeds |", "|---|---|---|---|---|---|"]
 
 
+def _setting(rows: Sequence[dict], n_clean: int, n_noisy: int, sigma_n: float) -> list[dict]:
+    """The rows (one per seed) of one setting; clean-only settings ignore sigma_n."""
+    return [r for r in rows if r["n_clean"] == n_clean and r["n_noisy"] == n_noisy
+            and (n_noisy == 0 or math.isclose(r["sigma_n"], sigma_n))]
+
+
 def summary_table(rows: Sequence[dict], metric: str, data: str) -> str:
     """Markdown: one line per (n_clean, n_noisy, sigma_n) with the metric over seeds, and the floor."""
     keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
     lines = _header(f"{data}: sigma_n", metric)
     for c, m, s in keys:
-        group = [r for r in rows if (r["n_clean"], r["n_noisy"], r["sigma_n"]) == (c, m, s)]
-        lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(group)} |")
+        lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(_setting(rows, c, m, s))} |")
     return "\n".join(lines + _floor_lines(rows))
 
 
-def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, bool | None] | None:
+def compare(better: Sequence[dict], worse: Sequence[dict]) -> str:
+    """Whether setting `better` has the lower metric than `worse`, counted only beyond SIGNIFICANCE x the
+    combined spread sqrt(sd1^2 + sd2^2) (sd over seeds; bootstrap sd for a single seed):
+    "yes", "no" (significantly the other way) or "tie" (within the noise)."""
+    diff = float(np.mean([r["value"] for r in worse]) - np.mean([r["value"] for r in better]))
+    margin = SIGNIFICANCE * math.hypot(_spread(better), _spread(worse))
+    return "yes" if diff > margin else "no" if diff < -margin else "tie"
+
+
+def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, str | None] | None:
     """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run: mean ± sd over
-    seeds, and the mean bootstrap sd of a single evaluation), and whether
-    metric(100% clean) <= metric(90% noisy + 10% clean) < min(metric(10% clean only), metric(100% noisy))
-    holds for the means over seeds (None when a setting is missing)."""
+    seeds, and the mean bootstrap sd of a single evaluation) and the verdict on the paper's ordering
+    metric(100% clean) <= metric(90% noisy + 10% clean) < min(metric(10% clean only), metric(100% noisy)),
+    each relation judged by `compare`: "holds" (both strict relations significant, the first not reversed),
+    "does NOT hold" (a relation significantly reversed), "unresolved" (otherwise), None (a setting missing)."""
     size = max(r["n_clean"] + r["n_noisy"] for r in rows)
-    means: dict[str, float] = {}
+    groups: dict[str, list[dict]] = {}
     lines = _header(f"{data}, sigma_n = {sigma_n:g}", metric)
     for label, (c, m) in table1_pairs(size).items():
-        group = [r for r in rows if r["n_clean"] == c and r["n_noisy"] == m
-                 and (m == 0 or math.isclose(r["sigma_n"], sigma_n))]
+        group = _setting(rows, c, m, sigma_n)
         if group:
-            means[label] = float(np.mean([r["value"] for r in group]))
+            groups[label] = group
             lines.append(f"| {label} | {c} | {m} | {_group_cells(group)} |")
-    if not means:
+    if not groups:
         return None
-    holds = None
-    if len(means) == len(TABLE1):
-        holds = bool(means[TABLE1[0]] <= means[TABLE1[3]] < min(means[TABLE1[1]], means[TABLE1[2]]))
-    return "\n".join(lines + _floor_lines(rows)), holds
+    verdict = None
+    if len(groups) == len(TABLE1):
+        clean, noisy, tenth, mixed = (groups[k] for k in TABLE1)
+        first = compare(mixed, clean)                       # "yes" would be mixed significantly better
+        strict = [compare(mixed, tenth), compare(mixed, noisy)]
+        verdict = ("does NOT hold" if first == "yes" or "no" in strict else
+                   "holds" if strict == ["yes", "yes"] else "unresolved")
+    return "\n".join(lines + _floor_lines(rows)), verdict
 
 
-def ordering_sentence(holds: bool | None, metric: str) -> str:
+def ordering_sentence(verdict: str | None, metric: str) -> str:
     """States the paper's ordering and whether it holds."""
     rule = (f"{metric}(100% clean) <= {metric}(90% noisy + 10% clean) < "
             f"min({metric}(10% clean only), {metric}(100% noisy))")
-    verdict = {True: "holds", False: "does NOT hold", None: "cannot be checked (a setting is missing)"}[holds]
-    return f"The paper's ordering {rule} {verdict}."
+    said = {"holds": "holds", "does NOT hold": "does NOT hold", "unresolved": "is unresolved (a difference within",
+            None: "cannot be checked (a setting is missing)"}[verdict]
+    noise = f" {SIGNIFICANCE:g} x the combined seed sd)" if verdict == "unresolved" else ""
+    return f"The paper's ordering {rule} {said}{noise}, each difference counted beyond {SIGNIFICANCE:g} sd."
 
 
 def worth_fits(rows: Sequence[dict]) -> tuple[dict[float, dict], list[str]]:
-    """scaling.fit_worth per sigma_n where there are enough points, and one sentence per sigma_n."""
+    """The paper-style effective-sample fit (scaling.fit_worth) per sigma_n, on the points with n_clean > 0
+    only (a 100% noisy point cannot share one w with them, see equivalent_counts), and one sentence each."""
     fits, sentences = {}, []
+    with_clean = [r for r in rows if r["n_clean"] > 0]
     for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
         try:
-            fits[s] = scaling.fit_worth(rows, "value", sigma_n=s)
-            sentences.append(scaling.worth_sentence(fits[s], s))
+            fits[s] = scaling.fit_worth(with_clean, "value", sigma_n=s)
+            sentences.append("Effective-sample model (points with n_clean > 0): "
+                             + scaling.worth_sentence(fits[s], s))
         except ValueError as e:
-            sentences.append(f"At sigma_n = {s:g} the worth of a noisy image cannot be fitted: {e}.")
+            sentences.append(f"At sigma_n = {s:g} the effective-sample model cannot be fitted: {e}.")
     return fits, sentences
 
 
-def _spread(group: Sequence[dict]) -> float:
-    """Error bar of one point: sd over seeds, or with one seed the bootstrap sd of its evaluation."""
-    if len(group) > 1:
-        return float(np.std([r["value"] for r in group], ddof=1))
-    return group[0]["sd"] or 0.0
+def equivalent_counts(rows: Sequence[dict]) -> list[dict]:
+    """scaling.equivalent_clean of every mixed setting (n_noisy > 0), against the clean-only settings."""
+    clean: dict[int, list[float]] = {}
+    for r in rows:
+        if r["n_noisy"] == 0:
+            clean.setdefault(r["n_clean"], []).append(r["value"])
+    if len(clean) < 2:
+        return []
+    out = []
+    for c, m, s in sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows if r["n_noisy"]}):
+        values = [r["value"] for r in _setting(rows, c, m, s)]
+        out.append({"sigma_n": s, **scaling.equivalent_clean(clean, values, c, m)})
+    return out
+
+
+def equivalent_table(eqs: Sequence[dict]) -> str:
+    """Markdown: the equivalent clean count and worth of each mixed setting; bounds marked > or <."""
+    lines = ["| sigma_n | n_clean | n_noisy | equivalent clean count | worth of a noisy image | 95% CI | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for e in eqs:
+        b = "" if e["bound"] == "=" else e["bound"] + " "
+        ci = f"{e['ci_low']:.2f} - {e['ci_high']:.2f}" if e["ci_low"] is not None and e["bound"] == "=" else ""
+        lines.append(f"| {e['sigma_n']:g} | {e['n_clean']} | {e['n_noisy']} | {b}{e['n_equiv']:.0f} | "
+                     f"{b}{e['worth']:.3f} | {ci} | {e['n_seeds']} |")
+    return "\n".join(lines)
+
+
+def snapshot_table(rows: Sequence[dict], metric: str) -> str:
+    """Markdown: the metric (mean ± sd over seeds) at each evaluated snapshot, and the share of copies."""
+    keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
+    kimgs = sorted({k for r in rows for k in json.loads(r["snapshots"])}, key=float)
+    lines = [f"| n_clean | n_noisy | sigma_n | {' | '.join(f'{metric} @ {k} kimg' for k in kimgs)} | copies |",
+             "|---" * (len(kimgs) + 4) + "|"]
+    for c, m, s in keys:
+        group = _setting(rows, c, m, s)
+        cells = []
+        for k in kimgs:
+            v = [json.loads(r["snapshots"])[k] for r in group if k in json.loads(r["snapshots"])]
+            cells.append("" if not v else f"{v[0]:.2f}" if len(v) == 1 else f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}")
+        copies = [r["memorised"] for r in group if r["memorised"] is not None]
+        lines.append(f"| {c} | {m} | {f'{s:g}' if m else '-'} | {' | '.join(cells)} | "
+                     f"{f'{np.mean(copies):.1%}' if copies else ''} |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
     """PNG: the metric against n_clean, one line per n_noisy (mean over seeds; bars: sd over seeds, or the
     bootstrap sd with one seed), one panel per sigma_n; the real-vs-real floor dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sigmas = sorted({r["sigma_n"] for r in rows if r["n_noisy"]}) or [0.0]
     fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 4), squeeze=False, sharey=True)
     for ax, s in zip(axes[0], sigmas):
         sel = [r for r in rows if r["n_noisy"] == 0 or math.isclose(r["sigma_n"], s)]
         for i, m in enumerate(sorted({r["n_noisy"] for r in sel})):
             ncs = sorted({r["n_clean"] for r in sel if r["n_noisy"] == m})
-            groups = [[r for r in sel if r["n_noisy"] == m and r["n_clean"] == c] for c in ncs]
+            groups = [_setting(sel, c, m, s) for c in ncs]
             ax.errorbar(ncs, [np.mean([r["value"] for r in g]) for g in groups], yerr=[_spread(g) for g in groups],
                         fmt="o-", color=f"C{i}", capsize=3, label=f"n_noisy = {m}")
         for n, floor in sorted({(r["n"], r["floor"]) for r in sel if r["floor"] is not None}):
@@ -326,17 +429,49 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
     return path
 
 
-def copy_sample_grids(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
-    """The last sample grid of every point's run, as out/samples/NAME.png."""
+def plot_worth(eqs: Sequence[dict], path: Path) -> Path:
+    """PNG: the worth of a noisy image (equivalent clean count) against n_clean, one line per sigma_n, with
+    the seed-bootstrap CI; bounds drawn as open triangles pointing the way the true value lies."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, s in enumerate(sorted({e["sigma_n"] for e in eqs})):
+        sel = sorted((e for e in eqs if e["sigma_n"] == s), key=lambda e: e["n_clean"])
+        x = [e["n_clean"] for e in sel]
+        ax.plot(x, [e["worth"] for e in sel], "-", color=f"C{i}", alpha=0.5)
+        for e in sel:
+            if e["bound"] == "=":
+                err = None if e["ci_low"] is None else [[e["worth"] - e["ci_low"]], [e["ci_high"] - e["worth"]]]
+                ax.errorbar([e["n_clean"]], [e["worth"]], yerr=err, fmt="o", color=f"C{i}", capsize=3)
+            else:
+                ax.plot([e["n_clean"]], [e["worth"]], "^" if e["bound"] == ">" else "v", mfc="none", ms=9,
+                        color=f"C{i}")
+        ax.plot([], [], "o-", color=f"C{i}", label=f"sigma_n = {s:g}")
+    ax.plot([], [], "v", mfc="none", color="gray", label="bound (outside the clean-only range)")
+    ax.axhline(1, color="gray", ls=":", lw=1)
+    ax.set_xscale("symlog", linthresh=max(1, min((e["n_clean"] for e in eqs if e["n_clean"]), default=1)))
+    ax.set(xlabel="n_clean of the mixed point", ylabel="worth of a noisy image (clean images)",
+           title="equivalent clean count: (n' - n_clean) / n_noisy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
+    """Every point's last sample grid (out/samples/NAME.png) and evaluation images (out/samples/NAME.npz)."""
     (out / "samples").mkdir(parents=True, exist_ok=True)
     for r in rows:
-        grids = sorted((study_dir / "points" / r["name"] / "run").glob("samples-*.png"))
+        folder = study_dir / "points" / r["name"]
+        grids = sorted((folder / "run").glob("samples-*.png"))
         if grids:
             shutil.copyfile(grids[-1], out / "samples" / f"{r['name']}.png")
+        if (folder / "samples.npz").exists():
+            shutil.copyfile(folder / "samples.npz", out / "samples" / f"{r['name']}.npz")
 
 
 def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, config: dict) -> str:
-    """results.csv, results.json, the figure and table.md under `out`; returns the text summary."""
+    """results.csv, results.json, the figures and table.md under `out`; returns the text summary."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -348,12 +483,18 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
         if result is not None:
             parts += ["Table 1 layout:", "", result[0], "", ordering_sentence(result[1], metric), ""]
             orderings[f"{s:g}"] = result[1]
+    eqs = equivalent_counts(rows)
+    if eqs:
+        parts += ["Worth of a noisy image, equivalent clean count:", "", equivalent_table(eqs), "",
+                  *(scaling.equivalent_sentence(e, e["sigma_n"]) for e in eqs), ""]
+        plot_worth(eqs, out / "worth.png")
     fits, sentences = worth_fits(rows)
-    parts += sentences
+    parts += [*sentences, "", "Metric at the last snapshots (convergence) and share of copied training images:", "",
+              snapshot_table(rows, metric)]
     text = "\n".join(parts)
     (out / "table.md").write_text(text + "\n")
-    write_json({"config": config, "rows": list(rows), "table1_ordering_holds": orderings,
-                "worth": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
+    write_json({"config": config, "rows": list(rows), "table1_ordering": orderings, "equivalent_clean": eqs,
+                "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
                out / "results.json")
     plot(rows, out / f"{metric}_vs_n_clean.png", metric)
     return text
@@ -382,10 +523,15 @@ def _seeds(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else cli.int_range(str(value))
 
 
+def _absolute(data: str) -> str:
+    """An existing data set path made absolute (the runs and their evaluations may start elsewhere)."""
+    return str(Path(data).resolve()) if Path(data).exists() else data
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ambient.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", required=True, help="study directory (points/ and the results)")
+    p.add_argument("--dir", help="study directory (points/ and the results); required here or in --config")
     p.add_argument("--config", help="JSON or TOML file whose keys are these options (e.g. n_clean = [500, 5000]); "
                                     "options given on the command line win")
     p.add_argument("--results", help="folder for results.csv/json, table.md and the figure (default: --dir)")
@@ -398,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--table1", type=cli.positive_int, nargs="?", const=0, default=None, metavar="N",
                    help="the paper's Table 1 points for N images (default N: the data set size)")
     g.add_argument("--sigma-n", type=_listed(cli.positive_float), default=[0.2], help="noise levels, e.g. 0.2,0.4")
-    g.add_argument("--seeds", type=_seeds, default=[0], help="e.g. 0-2 (training and data seed of each point)")
+    g.add_argument("--seeds", type=_seeds, default=[0], help="training seeds, e.g. 0-2 (one model per seed and point)")
+    g.add_argument("--data-seed", type=cli.nonneg_int, default=Settings.data_seed,
+                   help="fixes which images are clean or noisy, and their noise, for every point and seed")
     g = p.add_argument_group("training (passed to train.py)")
     g.add_argument("--kimg", type=cli.positive_float, default=Settings.kimg)
     g.add_argument("--preset", choices=("tiny", "ddpmpp", "ncsnpp"), default=Settings.preset)
@@ -409,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-n", type=cli.positive_int, default=Settings.eval_n, help="images per evaluation")
     g.add_argument("--eval-steps", type=cli.positive_int, default=Settings.eval_steps)
     g.add_argument("--metric", choices=METRICS, default=Settings.metric)
-    g.add_argument("--ref", help="--metric fid: reference images")
+    g.add_argument("--ref", help="reference images (fid: required; fd_mnist: the real images at the model's "
+                                 "resolution, default the embedded MNIST-5k)")
+    g.add_argument("--eval-snapshots", type=cli.positive_int, default=Settings.eval_snapshots,
+                   help="evaluate this many of the newest checkpoints of each point (convergence check)")
     g.add_argument("--inception-path")
     g.add_argument("--nproc", type=cli.positive_int, default=1, help="processes per training run (torchrun)")
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
@@ -427,7 +578,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             config = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
         except (OSError, ValueError) as e:
             parser.error(f"cannot read config {path}: {e}")
-        known = {a.dest for a in parser._actions} - {"help", "config", "dir"}
+        known = {a.dest for a in parser._actions} - {"help", "config"}
         unknown = sorted(set(config) - known)
         if unknown:
             parser.error(f"unknown key(s) in {path}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -438,7 +589,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         except (argparse.ArgumentTypeError, ValueError) as e:
             parser.error(f"bad value in {path}: {e}")
         parser.set_defaults(**config)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.dir:
+        parser.error("the study directory is missing: give --dir or dir = ... in --config")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -454,9 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s = Settings(data=a.data, kimg=a.kimg, preset=a.preset, model_channels=a.model_channels, batch=a.batch,
-                 train_args=tuple(shlex.split(a.train_args)), eval_n=a.eval_n, eval_steps=a.eval_steps,
-                 metric=a.metric, ref=a.ref, inception_path=a.inception_path, nproc=a.nproc, threads=a.threads)
+    s = Settings(data=_absolute(a.data), data_seed=a.data_seed, kimg=a.kimg, preset=a.preset,
+                 model_channels=a.model_channels, batch=a.batch, train_args=tuple(shlex.split(a.train_args)),
+                 eval_n=a.eval_n, eval_steps=a.eval_steps, metric=a.metric, ref=a.ref and _absolute(a.ref),
+                 inception_path=a.inception_path, eval_snapshots=a.eval_snapshots, nproc=a.nproc, threads=a.threads)
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
     say(f"study {study_dir}: {len(points)} point(s), {a.jobs} at a time")
@@ -465,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = collect(points, study_dir, a.metric)
     if rows:
         print(write_results(rows, Path(a.results or study_dir), a.metric, a.data, config))
-        copy_sample_grids(rows, study_dir, Path(a.results or study_dir))
+        copy_samples(rows, study_dir, Path(a.results or study_dir))
         say(f"results in {Path(a.results or study_dir)} ({len(rows)} of {len(points)} points, "
             f"{time.perf_counter() - start:.0f} s)")
     if errors:

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from ambient import scaling
 from ambient.scaling import fit_worth, fit_worth_by_sigma, worth_sentence
 
 N_CLEAN = (37, 100, 300, 1000, 3000)
@@ -83,3 +84,33 @@ def test_bad_rows_get_one_clear_error():
         fit_worth([], "fd")
     with pytest.raises(ValueError, match="sigma_n = 0.7"):
         fit_worth(rows, "fd", sigma_n=0.7)
+
+
+def test_equivalent_clean_count_recovers_a_known_worth_and_reports_bounds():
+    sizes = [100, 200, 500, 1000, 2000]
+    rng = np.random.default_rng()
+    a, b, w = rng.uniform(100, 400), rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.8)
+    curve = {n: [a * n ** -b * (1 + 0.01 * e) for e in (-1, 0, 1)] for n in sizes}
+    n_clean, n_noisy = 150, 1350
+    values = [a * (n_clean + w * n_noisy) ** -b * (1 + 0.01 * e) for e in (-1, 0, 1)]
+    e = scaling.equivalent_clean(curve, values, n_clean, n_noisy, n_boot=300)
+    # Linear interpolation in log n of a power law is within a few percent of the truth on this grid.
+    assert e["bound"] == "=" and e["n_equiv"] == pytest.approx(n_clean + w * n_noisy, rel=0.04)
+    assert e["worth"] == pytest.approx(w, rel=0.1) and e["ci_low"] < e["worth"] < e["ci_high"]
+    better = scaling.equivalent_clean(curve, [0.5 * a * 2000 ** -b] * 3, 100, 900)
+    worse = scaling.equivalent_clean(curve, [2 * a * 100 ** -b] * 3, 0, 1000)
+    assert (better["bound"], better["n_equiv"], better["worth"]) == (">", 2000, pytest.approx(1900 / 900))
+    assert (worse["bound"], worse["n_equiv"], worse["worth"]) == ("<", 100, pytest.approx(0.1))
+    assert "more than 2000 clean ones" in scaling.equivalent_sentence(better, 0.2)
+    with pytest.raises(ValueError, match="noisy images"):
+        scaling.equivalent_clean(curve, values, 100, 0)
+
+
+def test_clean_count_reads_a_non_monotone_curve_as_its_non_increasing_fit():
+    # Seed noise makes 500 look worse than 200; the non-increasing fit pools them at 21.
+    assert scaling._non_increasing(np.array([40.0, 20.0, 22.0, 10.0])).tolist() == [40, 21, 21, 10]
+    n, bound = scaling.clean_count_for([100, 200, 500, 1000], [40, 20, 22, 10], 30)
+    assert bound == "=" and n == pytest.approx(100 * 2 ** (10 / 19))          # (40 - 30) / (40 - 21) of the way
+    assert scaling.clean_count_for([100, 200, 500, 1000], [40, 20, 22, 10], 21) == (pytest.approx(200), "=")
+    with pytest.raises(ValueError, match="increasing"):
+        scaling.clean_count_for([200, 100], [1, 2], 1.5)

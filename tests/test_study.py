@@ -8,6 +8,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,8 +18,8 @@ from ambient.networks import build_network
 
 POINTS = ["--points", "16:0,8:8"]
 MICRO = ["--data", "mnist", *POINTS, "--sigma-n", "0.2", "--model-channels", "8", "--batch", "16",
-         "--kimg", "0.032", "--eval-n", "8", "--eval-steps", "2", "--threads", "1",
-         "--train-args", "--grid-size 4 --tick-kimg 1 --snap-kimg 1 --lr-rampup-kimg 0.01"]
+         "--kimg", "0.032", "--eval-n", "8", "--eval-steps", "2", "--threads", "1", "--eval-snapshots", "2",
+         "--train-args", "--grid-size 4 --tick-kimg 1 --snap-kimg 0.016 --lr-rampup-kimg 0.01"]
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +60,25 @@ def test_micro_study_writes_well_formed_results(micro_study):
         assert r["metric"] == "fd_mnist" and r["n"] == "8" and float(r["kimg"]) == pytest.approx(0.032)
     res = json.loads((micro_study / "results.json").read_text())
     assert [r["name"] for r in res["rows"]] == [r["name"] for r in rows]
-    assert res["config"]["kimg"] == 0.032 and res["table1_ordering_holds"] == {"0.2": None}
-    assert "cannot be fitted" in res["worth_sentences"][0]
+    assert res["config"]["kimg"] == 0.032 and res["table1_ordering"] == {"0.2": None}
+    assert "cannot be fitted" in res["worth_sentences"][0] and res["equivalent_clean"] == []
+    for r in rows:   # both snapshots evaluated (step 1 at 0.016 kimg, step 2 at 0.032), the newest is the value
+        snaps = json.loads(r["snapshots"])
+        assert list(snaps) == ["0.016", "0.032"] and snaps["0.032"] == pytest.approx(float(r["value"]))
+        assert 0 <= float(r["memorised"]) <= 1 and float(r["nn_ratio"]) > 0
     png = (micro_study / "fd_mnist_vs_n_clean.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     table = (micro_study / "table.md").read_text()
     assert f"| 0.2 | 8 | 8 | {float(rows[0]['value']):.2f} | {float(rows[0]['sd']):.2f} | 1 |" in table
     assert f"| - | 16 | 0 | {float(rows[1]['value']):.2f} |" in table
-    assert sorted(p.name for p in (micro_study / "samples").iterdir()) == ["c16_n0_seed0.png", "c8_n8_s0.2_seed0.png"]
+    assert sorted(p.name for p in (micro_study / "samples").iterdir()) == [
+        "c16_n0_seed0.npz", "c16_n0_seed0.png", "c8_n8_s0.2_seed0.npz", "c8_n8_s0.2_seed0.png"]
+    samples = np.load(micro_study / "samples" / "c8_n8_s0.2_seed0.npz")["images"]
+    assert samples.dtype == np.uint8 and samples.shape == (8, 32, 32, 1)
     point = json.loads((micro_study / "points" / "c8_n8_s0.2_seed0" / "point.json").read_text())
-    assert point["train_args"][point["train_args"].index("--n-noisy") + 1] == "8" and point["train_seconds"] > 0
+    args = point["train_args"]
+    assert args[args.index("--n-noisy") + 1] == "8" and point["train_seconds"] > 0
+    assert args[args.index("--data-seed") + 1] == "0" and args[args.index("--seed") + 1] == "0"
 
 
 def test_rerun_skips_finished_points(micro_study, capsys):
@@ -121,10 +131,10 @@ def _save_digits_model(run_dir):
 
 @pytest.mark.parametrize("extra, message", [
     (["--ckpt", "{tmp}/missing"], "no such checkpoint"),
-    (["--ckpt", "{tmp}/digits"], "use --metric fid"),
+    (["--ckpt", "{tmp}/digits"], "needs --ref: the real images at its resolution"),
     (["--ckpt", "{tmp}/digits", "--metric", "fid"], "needs --ref"),
     (["--ckpt", "{tmp}/digits", "--metric", "fid", "--ref", "{tmp}/nowhere"], "not found"),
-    (["--ckpt", "{tmp}/digits", "--ref", "{tmp}"], "--ref applies to --metric fid"),
+    (["--ckpt", "{tmp}/digits", "--ref", "mnist"], "holds 1x32x32 images, the model makes 1x8x8"),
 ])
 def test_eval_cli_bad_input_gets_one_clear_error(tmp_path, capsys, extra, message):
     _save_digits_model(tmp_path / "digits")
@@ -132,6 +142,22 @@ def test_eval_cli_bad_input_gets_one_clear_error(tmp_path, capsys, extra, messag
     assert ev.main([a.format(tmp=tmp_path) for a in extra] + ["--n", "4", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and not out.exists()
+
+
+def test_eval_scores_an_8x8_model_against_its_own_resolution_and_keeps_quantised_samples(classifier_cache, tmp_path):
+    _save_digits_model(tmp_path / "digits")
+    out, npz = tmp_path / "m.json", tmp_path / "s.npz"
+    assert ev.main(["--ckpt", str(tmp_path / "digits"), "--ref", "digits", "--n", "6", "--steps", "2", "--batch", "4",
+                    "--out", str(out), "--samples-out", str(npz), "--no-progress"]) == 0
+    m = json.loads(out.read_text())
+    assert m["resolution"] == 8 and m["ref"] == "digits" and m["fd_mnist"] > 0 and m["fd_mnist_floor"] > 0
+    assert "memorised" not in m                      # the checkpoint records no training configuration
+    images = np.load(npz)["images"]
+    assert images.dtype == np.uint8 and images.shape == (6, 8, 8, 1)
+    # The score is that of the saved 8-bit images: scoring them again gives the same FD.
+    again = metrics.fd_mnist(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                             reference=ev.reference_images("digits", (1, 8, 8)), cache_dir=classifier_cache)
+    assert again["fd_mnist"] == pytest.approx(m["fd_mnist"], rel=1e-6)
 
 
 def test_grid_points_share_clean_runs_and_table1_pairs():
@@ -145,6 +171,9 @@ def test_grid_points_share_clean_runs_and_table1_pairs():
         study.make_points([], [], [0.2], [0])
     s = study.Settings(nproc=2)
     assert s.launcher()[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    # Training seeds vary the training only: the clean/noisy split and the noise come from the data seed.
+    args = study.Settings(data_seed=3).train_args_for(study.Point(100, 900, 0.2, 5), study.Path("r"))
+    assert args[args.index("--seed") + 1] == "5" and args[args.index("--data-seed") + 1] == "3"
 
 
 def _rows(values):
@@ -154,14 +183,43 @@ def _rows(values):
             for (c, m), v in zip(pairs, values)]
 
 
-@pytest.mark.parametrize("values, holds", [((5, 30, 20, 7), True), ((5, 30, 20, 25), False),
-                                           ((8, 30, 20, 7), False), ((5, 6, 20, 7), False)])
-def test_table1_ordering(values, holds):
+# One seed per setting, bootstrap sd 0.5 each: a difference counts beyond 2 x sqrt(0.5^2 + 0.5^2) = 1.41.
+@pytest.mark.parametrize("values, verdict", [((5, 30, 20, 7), "holds"), ((8, 30, 20, 7), "holds"),
+                                             ((5, 30, 20, 25), "does NOT hold"), ((9, 30, 20, 7), "does NOT hold"),
+                                             ((5, 8, 20, 7), "unresolved"), ((5, 30, 7.5, 7), "unresolved")])
+def test_table1_ordering(values, verdict):
     text, got = study.table1(_rows(values), 0.2, "fd_mnist", "mnist")
-    assert got is holds
+    assert got == verdict and verdict in study.ordering_sentence(got, "fd_mnist")
     assert f"| 90% noisy + 10% clean | 500 | 4500 | {values[3]:.2f} | 0.50 | 1 |" in text
     assert "| real vs real (floor) | | | 1.00 | | n = 1000 |" in text
     assert study.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
+
+
+def test_compare_uses_the_spread_over_seeds():
+    def setting(values):
+        return [{"value": v, "sd": 0.01} for v in values]
+    # sds over seeds 1 and 1: a difference counts beyond 2 x sqrt(2) = 2.83, whatever the bootstrap sd says.
+    assert study.compare(setting([10, 11, 12]), setting([13, 14, 15])) == "yes"          # 3 apart
+    assert study.compare(setting([10, 11, 12]), setting([12, 13, 14])) == "tie"          # 2 apart
+    assert study.compare(setting([13, 14, 15]), setting([10, 11, 12])) == "no"
+
+
+def test_equivalent_counts_and_worth_table_from_synthetic_curves():
+    def metric(n_eff):
+        return 300 * n_eff ** -0.6 + 2
+    rows = [{"n_clean": c, "n_noisy": 0, "sigma_n": 0.0, "value": metric(c) * f}
+            for c in (100, 200, 500, 1000) for f in (0.98, 1.0, 1.02)]
+    rows += [{"n_clean": 100, "n_noisy": 900, "sigma_n": 0.2, "value": metric(100 + 0.4 * 900) * f}
+             for f in (0.98, 1.0, 1.02)]
+    rows += [{"n_clean": 0, "n_noisy": 1000, "sigma_n": 0.2, "value": metric(50) * f} for f in (0.98, 1.0, 1.02)]
+    noisy, mixed = study.equivalent_counts(rows)                       # sorted by n_clean
+    assert (noisy["n_clean"], noisy["bound"], noisy["n_equiv"]) == (0, "<", 100)
+    assert noisy["worth"] == pytest.approx(0.1)                         # an upper bound: 100 / 1000
+    assert mixed["bound"] == "=" and mixed["worth"] == pytest.approx(0.4, abs=0.03)
+    assert mixed["ci_low"] < mixed["worth"] < mixed["ci_high"]
+    table = study.equivalent_table([mixed, noisy])
+    assert "| 0.2 | 0 | 1000 | < 100 | < 0.100 |  | 3 |" in table
+    assert f"| 0.2 | 100 | 900 | {mixed['n_equiv']:.0f} | {mixed['worth']:.3f} | {mixed['ci_low']:.2f} - " in table
 
 
 def test_summary_table_groups_seeds():
@@ -184,10 +242,13 @@ def test_worth_fit_sentence_per_sigma():
 def test_config_file_with_command_line_override(tmp_path):
     cfg = tmp_path / "study.toml"
     cfg.write_text('n_clean = [500, 5000]\nn_noisy = [0, 4500]\nsigma_n = [0.2, 0.4]\nseeds = [0, 1]\n'
-                   'kimg = 5\npoints = [[100, 900]]\n')
+                   'kimg = 5\npoints = [[100, 900]]\ndir = "runs/x"\ndata_seed = 4\neval_snapshots = 3\n')
     a = study.parse_args(["--dir", "d", "--config", str(cfg), "--kimg", "7"])
     assert a.n_clean == [500, 5000] and a.sigma_n == [0.2, 0.4] and a.seeds == [0, 1]
-    assert a.points == [(100, 900)] and a.kimg == 7.0
+    assert a.points == [(100, 900)] and a.kimg == 7.0 and a.dir == "d" and a.data_seed == 4
+    assert study.parse_args(["--config", str(cfg)]).dir == "runs/x" and a.eval_snapshots == 3
+    with pytest.raises(SystemExit):
+        study.parse_args(["--n-clean", "5"])                            # no study directory anywhere
     (tmp_path / "bad.json").write_text('{"n_clen": [1]}')
     with pytest.raises(SystemExit):
         study.parse_args(["--dir", "d", "--config", str(tmp_path / "bad.json")])
