@@ -523,11 +523,6 @@ def _seeds(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else cli.int_range(str(value))
 
 
-def _absolute(data: str) -> str:
-    """An existing data set path made absolute (the runs and their evaluations may start elsewhere)."""
-    return str(Path(data).resolve()) if Path(data).exists() else data
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ambient.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -608,9 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s = Settings(data=_absolute(a.data), data_seed=a.data_seed, kimg=a.kimg, preset=a.preset,
+    s = Settings(data=a.data, data_seed=a.data_seed, kimg=a.kimg, preset=a.preset,
                  model_channels=a.model_channels, batch=a.batch, train_args=tuple(shlex.split(a.train_args)),
-                 eval_n=a.eval_n, eval_steps=a.eval_steps, metric=a.metric, ref=a.ref and _absolute(a.ref),
+                 eval_n=a.eval_n, eval_steps=a.eval_steps, metric=a.metric, ref=a.ref,
                  inception_path=a.inception_path, eval_snapshots=a.eval_snapshots, nproc=a.nproc, threads=a.threads)
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
