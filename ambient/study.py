@@ -203,10 +203,12 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
 
 
 def run_points(points: Sequence[Point], study_dir: Path, s: Settings, jobs: int = 1) -> list[str]:
-    """Run every point, `jobs` at a time, started ones first, then seed by seed (so a study cut short has every
-    setting at its first seeds); the error messages of the points that failed."""
+    """Run every point, `jobs` at a time: started ones first, then seed by seed, each seed's clean-only curve
+    (largest first) before the noisy points by noise level, so a study cut short has every setting at its
+    first seeds; the error messages of the points that failed."""
     errors: list[str] = []
-    points = sorted(points, key=lambda p: (not (study_dir / "points" / p.name / "run").exists(), p.seed))
+    points = sorted(points, key=lambda p: (not (study_dir / "points" / p.name / "run").exists(), p.seed, p.sigma_n,
+                                           -p.n_clean))
 
     def one(p: Point) -> None:
         try:

@@ -234,9 +234,12 @@ def test_worth_fit_sentence_per_sigma():
     rows = [{"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "seed": 0,
              "value": 50 * (c + 0.3 * m) ** -0.5 + 0.1}
             for c in (100, 300, 1000, 3000) for m in (0, 1000, 4000)]
+    # 100% noisy points follow another law (no clean images for the low noise levels): left out of the fit.
+    rows += [{"n_clean": 0, "n_noisy": m, "sigma_n": 0.2, "seed": 0, "value": 1e3} for m in (1000, 4000)]
     fits, sentences = study.worth_fits(rows)
-    assert fits[0.2]["w"] == pytest.approx(0.3, rel=0.05)
-    assert sentences[0].startswith("At sigma_n = 0.2 one noisy image is worth 0.3")
+    assert fits[0.2]["w"] == pytest.approx(0.3, rel=0.05) and fits[0.2]["n_points"] == 12
+    assert sentences[0].startswith("Effective-sample model (points with n_clean > 0): At sigma_n = 0.2 one noisy "
+                                   "image is worth 0.3")
 
 
 def test_config_file_with_command_line_override(tmp_path):
