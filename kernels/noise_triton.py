@@ -5,6 +5,9 @@ eps is drawn in the kernel from Philox with counter = offset + flat element inde
 the interpreter alike. Optionally the same pass also writes the network input c_in * x_t,
 c_in = 1 / sqrt(s^2 + sigma_data^2) (EDM preconditioning), saving a read and a write of x_t.
 
+seed and offset are not specialised on their values: the trainer's seed changes every step, and Triton
+would otherwise compile another variant for a seed divisible by 16 and one for a seed of 1, mid-run.
+
 The op is registered as `torch.ops.ambient.noise_injection` so torch.compile traces it;
 it is differentiable with respect to y and eps (not sigma, sigma_n).
 """
@@ -15,7 +18,7 @@ import triton.language as tl
 from ._triton_utils import check_launchable, elementwise_block, per_sample_vector
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _noise_kernel(y_ptr, eps_ptr, sigma_ptr, sigma_n_ptr, out_ptr, net_in_ptr, per_sample, seed, offset,
                   sigma_data_sq, HAS_EPS: tl.constexpr, NET_INPUT: tl.constexpr, BLOCK: tl.constexpr):
     """Program (chunk, sample): BLOCK elements of one sample."""
