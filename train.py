@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--seed", type=cli.nonneg_int, default=d.seed)
     g.add_argument("--precision", choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--no-tf32", action="store_true", help="disable TF32 matmuls on CUDA")
-    g.add_argument("--kernels", choices=("auto", "triton", "torch"), default=d.kernels, help="auto: Triton on CUDA")
+    g.add_argument("--kernels", choices=("auto", "triton", "torch", "xformers"), default=d.kernels,
+                   help="auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for the rest")
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g.add_argument("--max-bad-steps", type=cli.positive_int, default=d.max_bad_steps,
                    help="stop after this many consecutive non-finite steps")

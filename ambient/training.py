@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from kernels import attention_unavailable
 from kernels._backend import resolve_backend
 
 from . import checkpoint as ckpt
@@ -67,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     precision: str | None = None        # fp32 | bf16 (None: bf16 on CUDA, fp32 on CPU)
     tf32: bool = True
-    kernels: str = "auto"               # auto | triton | torch
+    kernels: str = "auto"               # auto | triton | torch | xformers (kernels._backend)
     compile: bool = False
     max_bad_steps: int = 20             # consecutive non-finite steps before giving up
     # I/O
@@ -199,6 +200,8 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     net = build_network(**net_kwargs).to(device).train()
     net.set_attn_backend(cfg.kernels)
+    if (why := attention_unavailable(cfg.kernels, device)) is not None:    # before the run directory is made
+        raise ValueError(f"--kernels {cfg.kernels}: {why}")
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                  fused=device.type == "cuda")

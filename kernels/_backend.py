@@ -1,16 +1,21 @@
-"""Backend choice shared by the ops: "auto" = Triton for CUDA tensors, plain PyTorch otherwise."""
+"""Backend choice shared by the ops: "auto" = Triton for CUDA tensors, plain PyTorch otherwise.
+
+"xformers" names a set of kernels, as `--kernels` does: attention through xformers' memory-efficient attention
+(kernels/attention_xformers.py), and the ops xformers has no kernel for (noise injection, ambient loss) as "auto".
+"""
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "xformers")
 
 
-def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """Return "triton" or "torch" for `backend` given where `tensor` lives."""
+def resolve_backend(backend: str, tensor: torch.Tensor, own: tuple[str, ...] = ("triton", "torch")) -> str:
+    """The backend an op runs on `tensor`: `backend` when it is one of the op's `own` backends, else as "auto"
+    ("triton" for CUDA tensors, "torch" otherwise)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if tensor.is_cuda else "torch"
-    return backend
+    if backend in own:
+        return backend
+    return "triton" if tensor.is_cuda else "torch"
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
