@@ -9,7 +9,8 @@ Ops (as the trainer calls them):
                       FLOPs: 4 B H N^2 D forward, twice that backward (no recomputation counted)
 Backends: triton (CUDA only: on CPU Triton runs only under its interpreter, far too slow to time, so
 those rows are "n/a"), torch (the reference ops), compile (torch.compile of the reference) and, for
-attention, sdpa (torch.nn.functional.scaled_dot_product_attention, PyTorch's fastest backend).
+attention, sdpa (torch.nn.functional.scaled_dot_product_attention, PyTorch's fastest backend) and xformers
+(xformers.ops.memory_efficient_attention through kernels.attention; "n/a" with the reason where it cannot run).
 
 Run through bench/run.py (`python bench/run.py --sections kernels`); `python bench/bench_kernels.py
 ARGS` is the same with `--sections kernels` implied.
@@ -20,6 +21,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +33,8 @@ import kernels
 from ambient.networks import UNetBlock, build_network
 from bench.harness import Workload, references
 
-# The data each preset trains on: (channels, resolution) — DDPM++ on CIFAR-10, tiny on MNIST-5k.
-PRESET_DATA = {"ddpmpp": (3, 32), "tiny": (1, 32)}
+# The data each preset trains on: (channels, resolution) — DDPM++ and NCSN++ on CIFAR-10, tiny on MNIST-5k.
+PRESET_DATA = {"ddpmpp": (3, 32), "ncsnpp": (3, 32), "tiny": (1, 32)}
 # Batch of the image ops and of attention: the presets' training batches, except attention on a CPU.
 BATCHES = {("cuda", "ddpmpp"): (512, 512), ("cuda", "tiny"): (64, 64),
            ("cpu", "ddpmpp"): (512, 8), ("cpu", "tiny"): (64, 64)}
@@ -40,20 +42,24 @@ SMOKE_BATCHES = (4, 2)
 TRITON_NA = "Triton runs on a CPU only under its interpreter (far too slow to benchmark)"
 
 
-def attention_shapes(preset: str, batch: int) -> list[tuple[int, int, int, int]]:
-    """Distinct (B, H, N, D) of the preset's self-attention layers, read off the network itself.
+def attention_layers(preset: str, **overrides: Any) -> list[tuple[int, UNetBlock]]:
+    """(resolution, block) of every self-attention layer of the preset's network on its data.
 
-    Built on the CPU: on the meta device the first build costs seconds more (decompositions load).
+    Built on the meta device: no memory, no weight init (a DDPM++ built on the CPU takes seconds). A block's
+    `_attend` needs no weights, so it runs on real tensors as in training. `overrides` go to build_network
+    (e.g. model_channels).
     """
     channels, resolution = PRESET_DATA[preset]
-    net = build_network(preset, resolution, channels)
-    shapes = set()
-    for part in (net.model.enc, net.model.dec):
-        for name, block in part.items():
-            if isinstance(block, UNetBlock) and block.num_heads:
-                res = int(name.split("x")[0])
-                shapes.add((batch, block.num_heads, res * res, block.out_channels // block.num_heads))
-    return sorted(shapes, reverse=True)
+    with torch.device("meta"):
+        net = build_network(preset, resolution, channels, **overrides)
+    return [(int(name.split("x")[0]), block) for part in (net.model.enc, net.model.dec)
+            for name, block in part.items() if isinstance(block, UNetBlock) and block.num_heads]
+
+
+def attention_shapes(preset: str, batch: int) -> list[tuple[int, int, int, int]]:
+    """Distinct (B, H, N, D) of the preset's self-attention layers, read off the network itself."""
+    return sorted({(batch, block.num_heads, res * res, block.out_channels // block.num_heads)
+                   for res, block in attention_layers(preset)}, reverse=True)
 
 
 def _tag(shape: tuple[int, ...]) -> str:
@@ -84,14 +90,20 @@ def _compiled(ref: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 
 
 def _backends(op: Callable[..., torch.Tensor], ref: Callable[..., torch.Tensor], has_triton: bool
-              ) -> dict[str, Callable[..., torch.Tensor] | None]:
-    """triton / torch / compile variants of a kernels op (None: cannot run here)."""
-    return {"triton": functools.partial(op, backend="triton") if has_triton else None,
+              ) -> dict[str, Callable[..., torch.Tensor] | str]:
+    """triton / torch / compile variants of a kernels op (a string: why it cannot run here)."""
+    return {"triton": functools.partial(op, backend="triton") if has_triton else TRITON_NA,
             "torch": functools.partial(op, backend="torch"),
             "compile": _compiled(ref)}
 
 
-Case = tuple[str, tuple[int, ...], torch.dtype, dict[str, Callable[[], object] | None], float, str]
+def _bind(fn: Callable[..., object] | str, bind: Callable[[Callable[..., object]], Callable[[], object]]
+          ) -> Callable[[], object] | str:
+    """`bind(fn)`, the timed call; a reason why the backend cannot run stays as it is."""
+    return fn if isinstance(fn, str) else bind(fn)
+
+
+Case = tuple[str, tuple[int, ...], torch.dtype, dict[str, Callable[[], object] | str], float, str]
 
 
 def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch: int, has_triton: bool) -> list[Case]:
@@ -103,7 +115,7 @@ def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch:
     sigma = torch.maximum(torch.exp(torch.randn(img_batch, device=device, generator=gen) * 1.2 - 1.2), sigma_n)
     noise = _backends(functools.partial(kernels.noise_injection, seed=1), _noise_ref_fresh_eps, has_triton)
     cases = [("noise_injection", tuple(y.shape), y.dtype,
-              {b: functools.partial(fn, y, sigma, sigma_n) if fn else None for b, fn in noise.items()},
+              {b: _bind(fn, lambda f: functools.partial(f, y, sigma, sigma_n)) for b, fn in noise.items()},
               2 * y.nbytes, "B")]
 
     x_t = kernels.noise_injection(y, sigma, sigma_n, seed=1, backend="torch")
@@ -111,17 +123,19 @@ def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch:
     per_sample_grad = torch.full((img_batch,), 1 / img_batch, device=device)
     loss = _backends(kernels.ambient_loss, kernels.ambient_loss_ref, has_triton)
     cases.append(("ambient_loss_fwd_bwd", tuple(y.shape), y.dtype,
-                  {b: _grad_of(fn, (denoised, x_t, y, sigma, sigma_n), per_sample_grad, (denoised,)) if fn else None
+                  {b: _bind(fn, lambda f: _grad_of(f, (denoised, x_t, y, sigma, sigma_n), per_sample_grad, (denoised,)))
                    for b, fn in loss.items()},
                   4 * y.nbytes, "B"))
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    attn = {**_backends(kernels.attention, kernels.attention_ref, has_triton), "sdpa": F.scaled_dot_product_attention}
+    xformers_na = kernels.attention_unavailable("xformers", device)
+    attn = {**_backends(kernels.attention, kernels.attention_ref, has_triton), "sdpa": F.scaled_dot_product_attention,
+            "xformers": functools.partial(kernels.attention, backend="xformers") if xformers_na is None else xformers_na}
     for b, h, n, d in attention_shapes(preset, attn_batch):
         q, k, v = (torch.randn(b, h, n, d, device=device, generator=gen).to(dtype).requires_grad_() for _ in range(3))
         grad_o = torch.randn(q.shape, device=device, generator=gen).to(dtype)
         cases.append(("attention_fwd_bwd", (b, h, n, d), dtype,
-                      {name: _grad_of(fn, (q, k, v), grad_o, (q, k, v)) if fn else None for name, fn in attn.items()},
+                      {name: _bind(fn, lambda f: _grad_of(f, (q, k, v), grad_o, (q, k, v))) for name, fn in attn.items()},
                       12 * b * h * n * n * d, "FLOP"))
     return cases
 
@@ -140,8 +154,9 @@ def kernel_workloads(device: torch.device, presets: list[str], *, smoke: bool = 
             for backend, fn in fns.items():
                 info = {"section": "kernels", "op": op, "preset": preset, "shape": list(shape),
                         "dtype": str(dtype)[6:], "backend": backend}
-                if fn is None:
-                    info.update(status="n/a", reason=TRITON_NA)
+                if isinstance(fn, str):
+                    info.update(status="n/a", reason=fn)
+                    fn = None
                 out.append(Workload(f"kernels/{op}/{preset}/{_tag(shape)}/{info['dtype']}/{backend}", fn,
                                     calib=calib, ceiling=ceiling, work=work, unit=unit, info=info))
     return out
