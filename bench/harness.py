@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ambient.hostcpu import cpu_flags, cpu_model, host_kind, native_bf16  # noqa: F401 - re-exported for bench/
+
 
 @dataclass
 class Workload:
@@ -261,50 +263,6 @@ def pin_allocator() -> bool:
         return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
     except (OSError, AttributeError):
         return False
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo; an empty set where there is none (then no bf16 is native)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def host_kind(capability: str, flags: set[str]) -> str:
-    """The kind of CPU host a baseline holds for: "cpu-avx2", "cpu-avx512", "cpu-avx512-bf16", "cpu-avx512-amx", ...
-
-    Normalised figures transfer only between hosts of one kind. `capability` is
-    torch.backends.cpu.get_cpu_capability(), which says "AVX512" with or without native bf16, so the
-    CPU flags add it: AMX (`amx_bf16`) and AVX512_BF16 differ several-fold in bf16 speed, and without
-    either bf16 is emulated, 8-18x slower than fp32. bf16 counts as native only with AVX-512 kernels.
-    """
-    kind = "cpu-" + capability.lower().replace(" ", "-")
-    if capability == "AVX512" and "amx_bf16" in flags:
-        return kind + "-amx"
-    if capability == "AVX512" and "avx512_bf16" in flags:
-        return kind + "-bf16"
-    return kind
-
-
-def native_bf16(kind: str) -> bool:
-    """Whether bf16 runs natively on a host of this kind (bf16 rows are measured only there)."""
-    return kind == "cuda" or kind.endswith(("-amx", "-bf16"))
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
