@@ -53,7 +53,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--ema-halflife-kimg", type=cli.nonneg_float, default=d.ema_halflife_kimg)
     g.add_argument("--kimg", type=cli.positive_float, default=d.kimg, help="training duration in thousands of images")
     g.add_argument("--seed", type=cli.nonneg_int, default=d.seed)
-    g.add_argument("--precision", choices=("fp32", "bf16"), help="default: bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
+                   help="auto: bf16 on CUDA; on a CPU bf16 where it is native and measured faster, else fp32")
+    g.add_argument("--threads", type=cli.positive_int, help="torch CPU threads (default: OMP_NUM_THREADS, else one "
+                                                            "per process under torchrun, else all available cores)")
     g.add_argument("--no-tf32", action="store_true", help="disable TF32 matmuls on CUDA")
     g.add_argument("--kernels", choices=("auto", "triton", "torch", "xformers"), default=d.kernels,
                    help="auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for the rest")
@@ -67,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--tick-kimg", type=cli.positive_float, default=d.tick_kimg, help="log interval")
     g.add_argument("--snap-kimg", type=cli.positive_float, default=d.snap_kimg, help="checkpoint + sample grid interval")
     g.add_argument("--keep-ckpts", type=cli.positive_int, default=d.keep_ckpts)
-    g.add_argument("--grid-size", type=cli.positive_int, default=d.grid_size)
+    g.add_argument("--grid-size", type=cli.positive_int, default=d.grid_size, help="images in the last sample grid")
+    g.add_argument("--snap-grid-size", type=cli.positive_int, default=d.snap_grid_size,
+                   help="images in the sample grids of earlier snapshots (seeds 0..N-1, as the last grid's first N)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     g.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -105,9 +110,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         max_shift=a.max_shift, workers=a.workers, preset=a.preset, model_channels=a.model_channels, dropout=a.dropout,
         sigma_sampling=a.sigma_sampling, weighting=a.weighting, P_mean=a.P_mean, P_std=a.P_std, batch=a.batch,
         batch_gpu=a.batch_gpu, lr=a.lr, lr_rampup_kimg=a.lr_rampup_kimg, ema_halflife_kimg=a.ema_halflife_kimg,
-        kimg=a.kimg, seed=a.seed, precision=a.precision, tf32=not a.no_tf32, kernels=a.kernels, compile=a.compile,
+        kimg=a.kimg, seed=a.seed, precision=a.precision, threads=a.threads, tf32=not a.no_tf32, kernels=a.kernels, compile=a.compile,
         max_bad_steps=a.max_bad_steps, run_dir=a.run_dir, outdir=a.outdir, resume=a.resume, tick_kimg=a.tick_kimg,
-        snap_kimg=a.snap_kimg, keep_ckpts=a.keep_ckpts, grid_size=a.grid_size, device=a.device,
+        snap_kimg=a.snap_kimg, keep_ckpts=a.keep_ckpts, grid_size=a.grid_size, snap_grid_size=a.snap_grid_size, device=a.device,
         progress=not a.no_progress)
     return cfg
 

@@ -23,9 +23,11 @@ from kernels import attention_unavailable
 from kernels._backend import resolve_backend
 
 from . import checkpoint as ckpt
+from . import hostcpu
 from .data import AmbientDataset, load_dataset
 from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .images import generate, save_grid
+from .loading import checkpoint_template
 from .loss import AmbientLoss
 from .networks import build_network
 
@@ -66,7 +68,8 @@ class TrainConfig:
     ema_rampup_ratio: float | None = 0.05
     kimg: float = 80.0                  # training duration, thousands of images (default: ~12 min on 2 CPU cores)
     seed: int = 0
-    precision: str | None = None        # fp32 | bf16 (None: bf16 on CUDA, fp32 on CPU)
+    precision: str = "auto"             # auto | fp32 | bf16 (auto: hostcpu.auto_precision, by device and CPU kind)
+    threads: int | None = None          # torch CPU threads (None: hostcpu.default_threads)
     tf32: bool = True
     kernels: str = "auto"               # auto | triton | torch | xformers (kernels._backend)
     compile: bool = False
@@ -78,7 +81,8 @@ class TrainConfig:
     tick_kimg: float = 5.0              # log interval
     snap_kimg: float = 20.0             # checkpoint + sample grid interval
     keep_ckpts: int = 3
-    grid_size: int = 64                 # images in each sample grid
+    grid_size: int = 64                 # images in the last snapshot's sample grid
+    snap_grid_size: int = 16            # images in the earlier snapshots' grids (the first of the last one's seeds)
     sample_steps: int = 18
     device: str | None = None
     progress: bool = True
@@ -93,6 +97,13 @@ class TrainConfig:
         return kw
 
 
+def make_optimizer(net: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused on CUDA; foreach on a CPU (multi-tensor ops, the same numbers as the per-tensor loop that
+    torch picks there by default; CPU fused Adam is faster still but not bit-identical)."""
+    cuda = device.type == "cuda"
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=cuda, foreach=not cuda)
+
+
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite steps."""
 
@@ -100,6 +111,22 @@ class TrainingDiverged(RuntimeError):
 def step_seed(seed: int, step: int) -> int:
     """Seed of everything random in training step `step`."""
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**31 - 1)
+
+
+def grads_finite(net: torch.nn.Module) -> bool:
+    """Whether every gradient of `net` is finite (one norm per tensor, one host sync for all)."""
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
+    """ema <- lerp(net, ema, beta) for the parameters, buffers copied. foreach ops: one call for all tensors
+    instead of one Python round trip per tensor (the same numbers as a per-tensor lerp)."""
+    ema_params = list(ema.parameters())
+    torch._foreach_copy_(ema_params, torch._foreach_lerp([p.detach() for p in net.parameters()], ema_params, beta))
+    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b_net)
 
 
 def make_dataset(cfg: TrainConfig) -> AmbientDataset:
@@ -140,12 +167,12 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
     """
     resume_from = None
     if cfg.resume not in (None, "auto"):
-        resume_from = ckpt.resolve_checkpoint(cfg.resume)
+        resume_from = ckpt.resolve_checkpoint(cfg.resume, checkpoint_template)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else resume_from.parent
     elif cfg.run_dir:
         run_dir = Path(cfg.run_dir)
         if cfg.resume == "auto":
-            resume_from = ckpt.latest_checkpoint(run_dir)   # None: start afresh (an elastic restart before the first snapshot)
+            resume_from = ckpt.latest_checkpoint(run_dir, checkpoint_template)   # None: start afresh (an elastic restart before the first snapshot)
         elif run_dir.is_dir() and any(run_dir.iterdir()):
             raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
                                   f"that run, or choose a new --run-dir")
@@ -185,7 +212,12 @@ def train(cfg: TrainConfig) -> Path:
     """Train until cfg.kimg thousand images; returns the run directory."""
     dist_info = init_distributed(cfg.device)
     device = dist_info.device
-    precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
+    # Precision and threads chosen for this host unless given; recorded in config.json and the first line.
+    precision, precision_why = (cfg.precision, "given") if cfg.precision not in (None, "auto") else \
+        hostcpu.auto_precision(device)
+    threads = cfg.threads or hostcpu.default_threads(dist_info.world_size)
+    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(cfg, precision=precision, threads=threads)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     batch_rank = cfg.batch // dist_info.world_size
     batch_gpu = min(cfg.batch_gpu or batch_rank, batch_rank)
@@ -203,8 +235,7 @@ def train(cfg: TrainConfig) -> Path:
     if (why := attention_unavailable(cfg.kernels, device)) is not None:    # before the run directory is made
         raise ValueError(f"--kernels {cfg.kernels}: {why}")
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                 fused=device.type == "cuda")
+    optimizer = make_optimizer(net, cfg.lr, device)
     loss_fn = AmbientLoss(P_mean=cfg.P_mean, P_std=cfg.P_std, sigma_sampling=cfg.sigma_sampling,
                           weighting=cfg.weighting, backend=cfg.kernels)
 
@@ -212,10 +243,13 @@ def train(cfg: TrainConfig) -> Path:
     run_dir, resume_from = prepare_run_dir(cfg, dist_info)
     step, bad_total = 0, 0
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, device)
+        state = ckpt.load_checkpoint(resume_from, device, checkpoint_template)   # content checked against its network
         if state["meta"].get("network") != net_kwargs:
             raise ckpt.CheckpointError(f"checkpoint {resume_from} was made for network {state['meta'].get('network')}, "
                                        f"not {net_kwargs}")
+        if not state["state"]["optimizer"]:
+            raise ckpt.CheckpointError(f"checkpoint {resume_from} holds weights only (a converted network?), no "
+                                       f"optimizer state to resume training from")
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["state"]["optimizer"])
@@ -229,7 +263,9 @@ def train(cfg: TrainConfig) -> Path:
         del state
     if dist_info.is_main:
         tmp = run_dir / ".config.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
+                "precision_reason": precision_why}
+        tmp.write_text(json.dumps({**dataclasses.asdict(cfg), **host}, indent=2))
         os.replace(tmp, run_dir / "config.json")
     barrier()
 
@@ -256,7 +292,8 @@ def train(cfg: TrainConfig) -> Path:
                     "dataset": dataset.describe()}
             state = {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total, "batch": cfg.batch}
             labels = (lambda s: torch.tensor(s) % dataset.label_dim) if cfg.cond else None
-            grid = torch.cat([img for _, img in generate(ema, range(cfg.grid_size), sample_shape, device=device,
+            n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)  # sampling-bound
+            grid = torch.cat([img for _, img in generate(ema, range(n_grid), sample_shape, device=device,
                                                          class_labels=labels, num_steps=cfg.sample_steps)])
             save_grid(grid, run_dir / f"samples-{step:09d}.png")      # before the checkpoint: a resume redoes both
             ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
@@ -265,7 +302,8 @@ def train(cfg: TrainConfig) -> Path:
     if dist_info.is_main:
         print(f"run {run_dir}: {dataset.describe()}; {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
               f"parameters; {dist_info.world_size} process(es) on {device.type}, batch {cfg.batch} = "
-              f"{dist_info.world_size} x {rounds} x {batch_gpu}, {precision}, kernels={cfg.kernels}", flush=True)
+              f"{dist_info.world_size} x {rounds} x {batch_gpu}, {precision} ({precision_why}), {threads} thread(s), "
+              f"kernels={cfg.kernels}", flush=True)
     bar = None
     if cfg.progress and dist_info.is_main:
         from tqdm import tqdm
@@ -308,19 +346,12 @@ def train(cfg: TrainConfig) -> Path:
             nimg = step * cfg.batch
             for g in optimizer.param_groups:
                 g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
-            grads = [p.grad for p in net.parameters() if p.grad is not None]
-            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
-            if finite:
+            if grads_finite(net):
                 optimizer.step()
                 halflife = cfg.ema_halflife_kimg * 1000
                 if cfg.ema_rampup_ratio is not None:
                     halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
-                beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
-                with torch.no_grad():
-                    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
-                    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
-                        b_ema.copy_(b_net)
+                update_ema(ema, net, 0.5 ** (cfg.batch / max(halflife, 1e-8)))
                 bad_run = 0
             else:
                 bad_total, bad_run = bad_total + 1, bad_run + 1

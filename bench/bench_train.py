@@ -1,9 +1,9 @@
 """Trainer throughput: img/s, peak memory and MFU of a full training step.
 
-The step is `ambient.training.train`'s inner step rebuilt from the same public pieces (nothing is
-factored out of training.py): build_network + set_attn_backend, AmbientLoss (noise levels, noise
-injection, preconditioned forward, ambient loss), loss.sum() / batch backward, the non-finite
-gradient check, torch.optim.Adam (fused on CUDA), the EMA update, torch.compile of the network
+The step is `ambient.training.train`'s inner step rebuilt from the same public pieces:
+build_network + set_attn_backend, AmbientLoss (noise levels, noise injection, preconditioned
+forward, ambient loss), loss.sum() / batch backward, the non-finite gradient check (grads_finite),
+make_optimizer's Adam (fused on CUDA, foreach on a CPU), update_ema, torch.compile of the network
 with --compile, micro-batches (gradient accumulation) when a batch does not fit. It leaves out
 what is not the step: data loading (the batch stays resident on the device), the per-noise-level
 loss bookkeeping, logging, checkpoints and sample grids.
@@ -22,7 +22,7 @@ import torch
 
 from ambient.loss import AmbientLoss
 from ambient.networks import build_network, forward_flops
-from ambient.training import step_seed
+from ambient.training import grads_finite, make_optimizer, step_seed, update_ema
 from bench.bench_kernels import PRESET_DATA
 from bench.harness import Workload, references
 
@@ -42,8 +42,7 @@ class TrainStep:
         self.net = build_network(preset, res, channels).to(device).train()
         self.net.set_attn_backend(backend)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                          fused=device.type == "cuda")
+        self.optimizer = make_optimizer(self.net, lr, device)
         self.loss_fn = AmbientLoss(backend=backend)
         self.model = torch.compile(self.net) if compile else self.net
         self.device, self.precision, self.backend, self.tf32 = device, precision, backend, tf32
@@ -70,14 +69,9 @@ class TrainStep:
                 loss, _ = self.loss_fn(self.model, self.y[part], self.sigma_n[part], normals[part], seed=seed,
                                        offset=first * numel, eps=eps_all[part] if eps_all is not None else None)
             (loss.sum() / self.batch).backward()
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if grads_finite(self.net):
             self.optimizer.step()
-            with torch.no_grad():
-                for p_ema, p_net in zip(self.ema.parameters(), self.net.parameters()):
-                    p_ema.copy_(p_net.detach().lerp(p_ema, self.beta))
-                for b_ema, b_net in zip(self.ema.buffers(), self.net.buffers()):
-                    b_ema.copy_(b_net)
+            update_ema(self.ema, self.net, self.beta)
         self.step += 1
 
     def __call__(self) -> None:
