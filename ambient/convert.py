@@ -26,12 +26,12 @@ import warnings
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import torch
 
 from .checkpoint import CheckpointError, save_checkpoint
-from .networks import PRESETS, EDMPrecond, SongUNet, build_network
+from .networks import PRESETS, EDMPrecond, SongUNet, build_network, network_template, state_mismatch
 
 EDM_DEFAULT_MODEL_TYPE = "DhariwalUNet"   # what EDM's EDMPrecond builds when model_type is not given
 
@@ -82,44 +82,31 @@ class _EasyDict(dict):
     """dnnlib's EasyDict (a dict with attribute access) read back as a plain dict."""
 
 
-def _storage_from_bytes(data: bytes) -> Any:
-    """Stand-in for `torch.storage._load_from_bytes` (which calls torch.load with weights_only=False)."""
-    try:
-        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafePickleError(f"a tensor storage in the pickle holds more than plain data ({e})") from None
-    except Exception as e:
-        raise ConversionError(f"a tensor storage in the pickle cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise ConversionError(f"a tensor storage in the pickle decodes to {type(storage).__name__}, not a storage")
-    return storage
+def _span(offset: int, size: tuple, stride: tuple) -> int:
+    """Elements of storage a strided view needs: one past the last element it reaches (0 when empty)."""
+    return offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1 if all(size) else 0
 
 
-def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *rest: Any) -> torch.Tensor:
-    """torch._utils._rebuild_tensor_v2, refusing views that reach outside their storage.
-
-    (torch would silently grow the storage, filling the weights with uninitialised memory.)
-    """
-    if not isinstance(storage, torch.TypedStorage):
-        raise ConversionError(f"a tensor in the pickle is built on a {type(storage).__name__}, not a storage")
-    ints = [offset, *size, *stride]
-    if not all(isinstance(v, int) and v >= 0 for v in ints) or len(size) != len(stride):
-        raise ConversionError(f"a tensor in the pickle has an invalid layout (offset {offset}, size {size}, "
-                              f"stride {stride})")
-    end = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1 if all(size) else 0
-    if end > storage.size():
-        raise ConversionError(f"a tensor in the pickle (offset {offset}, size {tuple(size)}, stride {tuple(stride)}) "
-                              f"reaches beyond its storage of {storage.size()} elements")
-    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
+def _no_state(what: str, *extras: Any) -> None:
+    """Refuse hooks, metadata or attribute state riding on a tensor: only our inert objects receive state."""
+    if any(extras):
+        raise UnsafePickleError(f"a {what} in the pickle carries hooks, metadata or state; refusing to apply them")
 
 
-# (module, name) -> what the unpickler hands out. Nothing outside this table is ever imported or called.
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> torch.Tensor:
+    """Stand-in for torch's _rebuild_parameter(_with_state): the (already checked) tensor itself, no state set."""
+    if not isinstance(data, torch.Tensor):
+        raise ConversionError(f"a parameter in the pickle wraps a {type(data).__name__}, not a tensor")
+    _no_state("parameter", backward_hooks, state)
+    return data
+
+
+# (module, name) -> what the unpickler hands out; RestrictedUnpickler adds its storage and tensor
+# rebuilders. Nothing outside these is ever imported or called.
 ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_object,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
@@ -128,15 +115,31 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     **{("torch.nn.modules.container", name): _plain_class(f"torch.nn.{name}")
        for name in ("ModuleDict", "ModuleList", "Sequential")},
 }
+MAX_DEPTH = 100              # nesting of containers and objects (EDM's networks: about 20)
+MAX_NODES = 1_000_000        # objects reached, counting each path to a shared one (EDM's: tens of thousands)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only ALLOWED_GLOBALS; anything else raises UnsafePickleError."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler that resolves only ALLOWED_GLOBALS (anything else: UnsafePickleError), lets only
+    PickledObjects receive state (pickle's BUILD), and records every storage it loads with its size,
+    so `check_loaded` can hold every tensor to the storage as it was loaded.
+
+    The pure-Python unpickler, because the C one cannot refuse BUILD (which reaches
+    `Tensor.__setstate__`, i.e. `set_`, growing a storage over uninitialised memory).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file)
+        self.storages: dict[int, int] = {}      # data_ptr -> bytes, of every storage as loaded
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocols 0-2 write Python 2 names (__builtin__.set); the result still has to pass the allow-list.
         module, name = NAME_MAPPING.get((module, name), (IMPORT_MAPPING.get(module, module), name))
-        found = ALLOWED_GLOBALS.get((module, name))
+        own = {("torch.storage", "_load_from_bytes"): self._storage_from_bytes,
+               ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor}
+        found = own.get((module, name)) or ALLOWED_GLOBALS.get((module, name))
         if found is None:
             raise UnsafePickleError(f"the pickle references the global {module}.{name}, which is not plain data "
                                     f"(tensors, containers, EDM persistent objects); refusing to load it because "
@@ -146,18 +149,118 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise ConversionError("the pickle uses persistent ids (a torch.save file?); expected an EDM network pickle")
 
+    def _load_build(self) -> None:
+        target = self.stack[-2]                      # BUILD: the state on top, the object below it
+        if not isinstance(target, PickledObject):
+            raise UnsafePickleError(f"the pickle sets the state of a {type(target).__name__}; only the "
+                                    f"state of plain module records may be set (a tensor's would bypass its checks)")
+        pickle._Unpickler.load_build(self)
 
-def safe_load_pickle(path: str | Path) -> Any:
-    """The content of a pickle file with persistent objects as PickledObject; runs no code from the file."""
+    dispatch[pickle.BUILD[0]] = _load_build
+
+    def _storage_from_bytes(self, data: Any) -> Any:
+        """Stand-in for `torch.storage._load_from_bytes` (which calls torch.load with weights_only=False)."""
+        if not isinstance(data, bytes):
+            raise ConversionError(f"a tensor storage in the pickle is a {type(data).__name__}, not bytes")
+        _check_storage_sizes(data)
+        try:
+            storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafePickleError(f"a tensor storage in the pickle holds more than plain data ({e})") from None
+        except Exception as e:
+            raise ConversionError(f"a tensor storage in the pickle cannot be read ({type(e).__name__}: {e})") from None
+        if not isinstance(storage, torch.TypedStorage):
+            raise ConversionError(f"a tensor storage in the pickle decodes to {type(storage).__name__}, not a storage")
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return storage
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                        backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+        """torch._utils._rebuild_tensor_v2 for a storage this unpickler loaded, refusing views outside it.
+
+        (torch would silently grow the storage, filling the weights with uninitialised memory.)
+        """
+        if not isinstance(storage, torch.TypedStorage) or self.storages.get(storage.data_ptr()) != storage.nbytes():
+            raise ConversionError(f"a tensor in the pickle is built on a {type(storage).__name__}, not on a "
+                                  f"storage of the pickle")
+        ints = [offset, *size, *stride] if isinstance(size, tuple) and isinstance(stride, tuple) else [None]
+        if not all(type(v) is int and v >= 0 for v in ints) or len(size) != len(stride):
+            raise ConversionError(f"a tensor in the pickle has an invalid layout (offset {offset}, size {size}, "
+                                  f"stride {stride})")
+        if _span(offset, size, stride) > storage.size():
+            raise ConversionError(f"a tensor in the pickle (offset {offset}, size {size}, stride {stride}) "
+                                  f"reaches beyond its storage of {storage.size()} elements")
+        _no_state("tensor", backward_hooks, metadata)
+        return torch._utils._rebuild_tensor(storage, offset, size, stride)
+
+    def check_loaded(self, root: Any) -> None:
+        """Bound the depth and size of what was loaded (self-references included) and hold every tensor in it
+        to the storage it was built on, as that storage was loaded."""
+        stack, seen = [(root, 0)], 0
+        while stack:
+            node, depth = stack.pop()
+            seen += 1
+            if depth > MAX_DEPTH or seen > MAX_NODES:
+                raise ConversionError(f"the pickle's objects are nested more than {MAX_DEPTH} deep or number more "
+                                      f"than {MAX_NODES} (or refer to themselves); not an EDM network pickle")
+            if isinstance(node, torch.Tensor):
+                self._check_tensor(node)
+            elif isinstance(node, PickledObject):
+                stack.append((node.state, depth + 1))
+            elif isinstance(node, dict):
+                stack.extend((x, depth + 1) for item in node.items() for x in item)
+            elif isinstance(node, (list, tuple, set, frozenset)):
+                stack.extend((x, depth + 1) for x in node)
+
+    def _check_tensor(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        loaded = self.storages.get(storage.data_ptr())
+        span = _span(t.storage_offset(), tuple(t.shape), t.stride()) * t.element_size()
+        if loaded is None or storage.nbytes() != loaded or span > loaded:
+            raise UnsafePickleError(f"a tensor in the pickle ({tuple(t.shape)} {t.dtype}) does not lie within a "
+                                    f"storage of the pickle as it was loaded; refusing it")
+
+
+def _check_storage_sizes(data: bytes) -> None:
+    """Refuse a torch.save'd storage whose recorded size is more than its bytes hold (before torch allocates it)."""
+    class Scan(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> str:
+            return f"{module}.{name}"               # names only: nothing is imported or called
+
+        def persistent_load(self, pid: Any) -> Any:
+            sizes.append(pid)
+            return None
+
+    sizes: list[Any] = []
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
+        scan = Scan(io.BytesIO(data))
+        for _ in range(4):                          # magic number, protocol, sys info, the object
+            scan.load()
+    except Exception:
+        return                                       # torch.load reports a malformed file itself
+    for pid in sizes:
+        numel = pid[4] if isinstance(pid, tuple) and len(pid) > 4 else None
+        if type(numel) is not int or not 0 <= numel <= len(data):
+            raise ConversionError(f"a tensor storage in the pickle records {numel!r} elements in {len(data)} bytes")
+
+
+def safe_load_pickle(path: str | Path, data: bytes | None = None) -> Any:
+    """The content of a pickle file (or of its bytes `data`) with persistent objects as PickledObject;
+    runs no code from the file, and every tensor in it lies within a storage of the file."""
+    try:
+        if data is None:
+            data = Path(path).read_bytes()
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")          # torch's TypedStorage deprecation notices
-            return RestrictedUnpickler(f).load()
+            unpickler = RestrictedUnpickler(io.BytesIO(data))   # in memory: no read beyond the file's bytes
+            root = unpickler.load()
+            unpickler.check_loaded(root)
+            return root
     except ConversionError:
         raise
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {e.strerror or e}") from None
-    except Exception as e:                            # truncated or otherwise malformed pickle
+    except Exception as e:                            # truncated or otherwise malformed pickle; too deep; too big
         raise ConversionError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from None
 
 
@@ -210,30 +313,20 @@ def _network_kwargs(args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"preset": preset, **_plain(explicit, "init_kwargs")}
 
 
-def _load_weights(net: EDMPrecond, tensors: dict[str, torch.Tensor]) -> None:
-    """load_state_dict(strict=True), with a short list of what does not match."""
-    expected = net.state_dict()
-    missing = sorted(expected.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected.keys())
-    shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in tensors and tensors[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"{what} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-                 for what, items in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape mismatch (pickle vs network)", shapes)) if items]
-        raise ConversionError("the pickled weights do not fit the network their own arguments describe: "
-                              + "; ".join(parts))
-    net.load_state_dict(tensors, strict=True)
-
-
 def convert_edm_pickle(path: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
     """Our EDMPrecond (eval mode, CPU) with the EMA weights of an EDM network pickle, and a summary of it.
 
-    info: "network" (the build_network keywords, as checkpoints record them), "class_name",
-    "source", "source_sha256", "num_parameters", "pickle_keys".
+    The recorded constructor arguments are bounded, and the network they describe (built on the meta
+    device) must fit the weights present before the real one is built. info: "network" (the
+    build_network keywords, as checkpoints record them), "class_name", "source", "source_sha256",
+    "num_parameters", "pickle_keys".
     """
     path = Path(path)
-    data = safe_load_pickle(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e.strerror or e}") from None
+    data = safe_load_pickle(path, raw)
     if isinstance(data, dict) and "ema" in data:
         root = data["ema"]
     else:
@@ -248,14 +341,18 @@ def convert_edm_pickle(path: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
                               "(_init_args / _init_kwargs)")
     network = _network_kwargs(list(init_args), dict(init_kwargs))
     try:
-        net = build_network(**network)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"cannot build a network from the pickle's arguments {network}: {e}") from None
+        template = network_template(network)
+    except ValueError as e:
+        raise ConversionError(f"the pickle's network arguments do not describe a network: {e}") from None
     tensors: dict[str, torch.Tensor] = {}
     _module_tensors(root, "", tensors)
-    _load_weights(net, tensors)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    info = {"network": network, "class_name": root.class_name, "source": str(path), "source_sha256": digest,
+    problem = state_mismatch(template.state_dict(), tensors)
+    if problem:
+        raise ConversionError(f"the pickled weights do not fit the network their own arguments describe: {problem}")
+    net = build_network(**network)            # its weights are all there: the memory is the file's own
+    net.load_state_dict(tensors, strict=True)
+    info = {"network": network, "class_name": root.class_name, "source": str(path),
+            "source_sha256": hashlib.sha256(raw).hexdigest(),
             "num_parameters": sum(p.numel() for p in net.parameters()), "pickle_keys": sorted(map(str, data))}
     return net.eval().requires_grad_(False), info
 

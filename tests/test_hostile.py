@@ -1,0 +1,314 @@
+"""Hostile inputs (issue 16), all generated here: pickles that change tensors after their checks or ask for
+huge or endless structures, forged checkpoints whose checksums agree, hostile data sets, the sampling and
+evaluation CLIs' outputs, a full disk and Ctrl-C. Each must end in one clear error (or a clean stop) that
+leaves everything existing as it was: no traceback, no code run, no read outside a storage, no allocation
+beyond what the data holds.
+"""
+import collections
+import io
+import json
+import os
+import pickle
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import sample
+import train
+from ambient import convert, eval as ambient_eval
+from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, list_checkpoints,
+                                load_checkpoint, save_checkpoint)
+from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
+from ambient.data import MAX_CLASSES, load_dataset
+from ambient.loading import load_network
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
+        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05"]
+
+
+def one_error_line(err: str, *fragments: str) -> None:
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+
+
+# --- 1. pickles that change a tensor after it was checked ---------------------------------------------
+
+class Reduce:
+    """Pickles as `func(*args)`, then pickle's BUILD with `state` when given (what __setstate__ receives)."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def tensor_of(storage, size=(4,), state=None) -> Reduce:
+    return Reduce(torch._utils._rebuild_tensor_v2, (storage, 0, size, (1,), False, collections.OrderedDict()), state)
+
+
+def refused(tmp_path: Path, obj, error=ConversionError, match: str = "") -> None:
+    """`obj` pickled is refused by the converter, in Python and on the command line (which writes nothing)."""
+    path = tmp_path / "hostile.pkl"
+    path.write_bytes(obj if isinstance(obj, bytes) else pickle.dumps(obj, protocol=4))
+    with pytest.raises(error, match=match):
+        convert_edm_pickle(path)
+    proc = subprocess.run([sys.executable, "-m", "ambient.convert", str(path), str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists(), proc.stderr
+    one_error_line(proc.stderr)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")                  # TypedStorage deprecation: EDM pickles hold them
+    STORAGE = torch.arange(4.0).storage()
+
+
+@pytest.mark.parametrize("obj, match", [
+    # BUILD -> Tensor.__setstate__ -> set_(storage, 0, (10**6,), (1,)): grows the storage over uninitialised memory
+    ({"ema": tensor_of(STORAGE, state=(STORAGE, 0, (10**6,), (1,)))}, "sets the state of a Tensor"),
+    ({"ema": Reduce(torch._utils._rebuild_parameter, (tensor_of(STORAGE), False, collections.OrderedDict()),
+                    state=(STORAGE, 0, (10**6,), (1,)))}, "sets the state of a Tensor"),
+    ({"ema": Reduce(torch._utils._rebuild_parameter_with_state,
+                    (tensor_of(STORAGE), False, collections.OrderedDict(), {"data": 1}))}, "state"),
+    ({"ema": Reduce(collections.OrderedDict, (), state={"x": 1})}, "sets the state of a OrderedDict"),
+    ({"ema": Reduce(torch._utils._rebuild_tensor_v2, (STORAGE, 0, (4,), (1,), False,
+                                                      collections.OrderedDict(a=1)))}, "hooks"),
+    ({"ema": Reduce(torch._utils._rebuild_tensor_v2, (STORAGE, 2, (2, 2), (2, 1), False, None))},
+     "beyond its storage"),
+    ({"ema": Reduce(torch._utils._rebuild_tensor_v2, (STORAGE, 0, [4], [1], False, None))}, "invalid layout"),
+])
+def test_tensors_cannot_be_changed_or_grown_after_their_check(tmp_path, obj, match):
+    refused(tmp_path, obj, match=match)
+
+
+def test_storage_recording_more_elements_than_its_bytes_is_refused_before_allocation(tmp_path):
+    blob = io.BytesIO()
+    torch.save(torch.ones(4).storage(), blob, _use_new_zipfile_serialization=False)
+    data = blob.getvalue()
+    # The legacy format records the element count in the pickled persistent id: make it ask for 2**40.
+    assert data.count(b"K\x04Nt") == 1                         # BININT1 4, NONE, TUPLE: numel, view metadata
+    forged = data.replace(b"K\x04Nt", b"\x8a\x06" + (2**40).to_bytes(6, "little") + b"Nt")
+    refused(tmp_path, {"ema": Reduce(torch.storage._load_from_bytes, (forged,))}, match="storage")
+
+
+# --- 2. pickles that ask for huge networks or endless structures -------------------------------------
+
+@pytest.fixture
+def edm_record(monkeypatch):
+    """f(init_kwargs, **state) -> pickle bytes of {"ema": an EDMPrecond persistence record}, without NVIDIA's code."""
+    fake = types.ModuleType("torch_utils.persistence")
+    fake._reconstruct_persistent_obj = lambda meta: None
+    fake._reconstruct_persistent_obj.__module__ = fake.__name__
+    fake._reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", fake)
+
+    def make(init_kwargs, **state):
+        meta = dict(type="class", version=6, module_src="", class_name="EDMPrecond",
+                    state=dict(_init_args=(), _init_kwargs=init_kwargs, **state))
+        return pickle.dumps({"ema": Reduce(fake._reconstruct_persistent_obj, (meta,))}, protocol=4)
+    return make
+
+
+SONG = dict(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=8, channel_mult=[1, 2],
+            num_blocks=1, attn_resolutions=[4])
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(model_channels=2**20), "out of bounds"),
+    (dict(num_blocks=10**9), "out of bounds"),
+    (dict(channel_mult=[1] * 1000), "entries"),
+    (dict(img_resolution=2**40), "out of bounds"),
+    (dict(model_channels="wide"), "network"),
+    (dict(label_dim=-5), "label_dim"),
+    (dict(model_channels=4096, img_resolution=1024), "do not fit"),   # in bounds: 50G parameters, weights absent
+])
+def test_network_arguments_are_bounded_and_checked_against_the_weights_before_building(tmp_path, edm_record,
+                                                                                        change, match):
+    path = tmp_path / "huge.pkl"
+    path.write_bytes(edm_record({**SONG, **change}))
+    assert path.stat().st_size < 5000
+    code = ("import resource, sys; from ambient import convert; rc = convert.main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    one_error_line(proc.stderr, match)
+    assert int(proc.stdout.split()[-1]) < 1_500_000, "peak RSS over 1.5 GB: the network was built"
+    assert time.time() - start < 120
+
+
+def opcodes_nested_lists(depth: int) -> bytes:
+    """{"ema": [[[...]]]} nested `depth` deep, written as opcodes (pickle.dumps itself would recurse)."""
+    return (b"\x80\x04}" + b"\x8c\x03ema" + b"]" * depth + b"a" * (depth - 1) + b"s.")
+
+
+def self_referencing() -> dict:
+    loop: list = []
+    loop.append(loop)
+    return {"ema": loop}
+
+
+def exponential() -> dict:
+    node: list = []
+    for _ in range(60):
+        node = [node, node]           # 2**60 paths through 60 shared lists
+    return {"ema": node}
+
+
+@pytest.mark.parametrize("make", [lambda: opcodes_nested_lists(200_000), self_referencing, exponential],
+                         ids=["deep", "self", "exponential"])
+def test_deep_self_referencing_or_exponential_structures_are_one_error(tmp_path, make):
+    refused(tmp_path, make(), match="nested more than")
+
+
+def test_module_tree_referring_to_itself_is_one_error(tmp_path, edm_record, monkeypatch):
+    fake = sys.modules["torch_utils.persistence"]
+    record = Reduce(fake._reconstruct_persistent_obj, (dict(type="class", class_name="EDMPrecond", state={}),))
+    record.state = {"_init_args": (), "_init_kwargs": SONG, "_modules": {"model": record}}   # set by BUILD
+    refused(tmp_path, {"ema": record}, match="nested more than")
+
+
+# --- 3. forged checkpoints whose checksums agree -----------------------------------------------------
+
+def reseal(ckpt: Path) -> None:
+    """Recompute every checksum of a checkpoint, as a forger would."""
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["files"] = {name: {"bytes": (ckpt / name).stat().st_size, "sha256": _sha256(ckpt / name)}
+                     for name in ("net.safetensors", "ema.safetensors", "state.pt")}
+    meta["meta_sha256"] = _meta_digest(meta)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def edit_meta(change):
+    def forge(ckpt: Path) -> None:
+        meta = json.loads((ckpt / "meta.json").read_text())
+        change(meta)
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+        reseal(ckpt)
+    return forge
+
+
+def edit_weights(change):
+    def forge(ckpt: Path) -> None:
+        for name in ("net.safetensors", "ema.safetensors"):
+            weights = load_file(ckpt / name)
+            change(weights)
+            save_file(weights, ckpt / name)
+        reseal(ckpt)
+    return forge
+
+
+def edit_state(change):
+    def forge(ckpt: Path) -> None:
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        change(state)
+        torch.save(state, ckpt / "state.pt")
+        reseal(ckpt)
+    return forge
+
+
+def first_key(d: dict):
+    return next(iter(d))
+
+
+WEIGHT_FORGERIES = {
+    "network record changed": edit_meta(lambda m: m["network"].update(model_channels=16)),
+    "network record removed": edit_meta(lambda m: m.pop("network")),
+    "network record huge": edit_meta(lambda m: m["network"].update(num_blocks=10**9)),
+    "network record not a dict": edit_meta(lambda m: m.update(network=[1, 2])),
+    "weight removed": edit_weights(lambda w: w.pop(first_key(w))),
+    "weight added": edit_weights(lambda w: w.update(extra=torch.zeros(3))),
+    "weight reshaped": edit_weights(lambda w: w.update({first_key(w): w[first_key(w)].flatten()[:-1]})),
+    "weight dtype changed": edit_weights(lambda w: w.update({first_key(w): w[first_key(w)].double()})),
+}
+STATE_FORGERIES = {
+    "step missing": edit_state(lambda s: s.pop("step")),
+    "step not a count": edit_state(lambda s: s.update(step="ten")),
+    "optimizer state of the wrong shape": edit_state(
+        lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3, 3, 3))),
+    "optimizer for another network": edit_state(lambda s: s["optimizer"]["param_groups"][0]["params"].pop()),
+    "optimizer setting not a number": edit_state(lambda s: s["optimizer"]["param_groups"][0].update(lr="fast")),
+    "optimizer state not a dict": edit_state(lambda s: s.update(optimizer=[1])),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A short run with two checkpoints (steps 5 and 10)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert train.main(FAST + ["--run-dir", str(run), "--kimg", "0.16", "--snap-kimg", "0.08"]) == 0
+    return run
+
+
+def forged_run(trained: Path, tmp_path: Path, forge) -> tuple[Path, Path, Path]:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    good, newest = list_checkpoints(run)
+    forge(newest)
+    return run, good, newest
+
+
+def test_meta_json_without_its_checksum_is_damaged(tmp_path):
+    weights = {"w": torch.arange(3.0)}
+    good = save_checkpoint(tmp_path, 1, weights, weights, {}, {"kimg": 1})
+    bad = save_checkpoint(tmp_path, 2, weights, weights, {}, {"kimg": 2})
+    meta = json.loads((bad / "meta.json").read_text())
+    del meta["meta_sha256"]
+    meta["kimg"] = 99
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="records no checksum"):
+        load_checkpoint(bad)
+    with pytest.warns(UserWarning, match="no checksum"):
+        assert latest_checkpoint(tmp_path) == good
+
+
+@pytest.mark.parametrize("forgery", sorted(WEIGHT_FORGERIES))
+def test_forged_weights_or_network_record_fall_back_to_the_previous_checkpoint(trained, tmp_path, capsys, forgery):
+    run, good, newest = forged_run(trained, tmp_path, WEIGHT_FORGERIES[forgery])
+    with pytest.raises(CheckpointError):
+        load_network(newest)
+    capsys.readouterr()
+    assert sample.main(["--ckpt", str(newest), "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "a.png")]) == 1
+    one_error_line(capsys.readouterr().err, str(newest))
+    with pytest.warns(UserWarning, match="skipping"):            # a run directory: its previous checkpoint
+        assert sample.main(["--ckpt", str(run), "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "b.png")]) == 0
+    with pytest.warns(UserWarning, match="skipping"):
+        assert train.main(FAST + ["--run-dir", str(run), "--resume", "auto", "--kimg", "0.24",
+                                  "--snap-kimg", "0.08"]) == 0
+    assert json.loads((latest_checkpoint(run) / "meta.json").read_text())["step"] == 15
+
+
+@pytest.mark.parametrize("forgery", sorted(STATE_FORGERIES))
+def test_forged_training_state_is_one_clear_error_on_resume(trained, tmp_path, capsys, forgery):
+    run, good, newest = forged_run(trained, tmp_path, STATE_FORGERIES[forgery])
+    before = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+    assert train.main(FAST + ["--resume", str(newest), "--run-dir", str(run), "--kimg", "0.24"]) == 1
+    one_error_line(capsys.readouterr().err, "state.pt")
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_converted_checkpoint_cannot_be_resumed(trained, tmp_path, capsys):
+    run, good, newest = forged_run(trained, tmp_path, edit_state(
+        lambda s: s.update(optimizer={}, batch=None)))
+    capsys.readouterr()
+    assert train.main(FAST + ["--resume", str(newest), "--run-dir", str(run), "--kimg", "0.24"]) == 1
+    one_error_line(capsys.readouterr().err, "weights only")
