@@ -14,7 +14,7 @@ def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: flo
     return torch.cat([t, torch.zeros_like(t[:1])])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None, *,
                 num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
                 S_churn: float = 0, S_min: float = 0, S_max: float = float("inf"), S_noise: float = 1,
@@ -23,7 +23,8 @@ def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor
 
     With `sigma_stop`, stops at the first step whose noise level is <= sigma_stop and returns
     the denoised estimate there. `randn_like` supplies the churn noise (per-image generators make
-    image i independent of the batch it is in).
+    image i independent of the batch it is in); at S_churn = 0 none is drawn. Runs in inference mode
+    (no autograd bookkeeping at all).
     """
     t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, latents.device)
     x_next = latents.double() * t_steps[0]
@@ -33,7 +34,7 @@ def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor
         # Churn: raise the noise level from t_cur to t_hat by adding fresh noise.
         gamma = gamma_max if S_min <= t_cur <= S_max else 0
         t_hat = t_cur + gamma * t_cur
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur) if gamma_max > 0 else x_cur
         denoised = net(x_hat.float(), t_hat.float().expand(len(x_hat)), class_labels).double()
         if sigma_stop is not None and t_hat <= sigma_stop:
             return denoised
