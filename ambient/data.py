@@ -37,6 +37,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARRAY_EXTENSION = ".npy"    # a float image of a noisy data set, (H, W) or (H, W, C), on the [-1, 1] scale
 LABELS_FILE = "dataset.json"
 DEFAULT_SIGMA_N = 0.2       # noise level of synthetic noisy images unless one is given
+MAX_CLASSES = 1 << 16       # labels are class indices below this (a one-hot per image has that many entries)
 
 # One Philox key per purpose, so the streams never overlap.
 _STREAM_SUBSET = 1      # load_dataset(max_size=...)
@@ -46,8 +47,11 @@ _STREAM_BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
 _STREAM_NOISE = 5       # the fixed noise z_i of image i
 _STREAM_AUGMENT = 6     # flips and shifts of image i in an epoch
 
-# Errors PIL / zipfile raise for unreadable, truncated or corrupt files.
-_READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError)
+# Errors PIL / zipfile raise for unreadable, truncated or corrupt files (MemoryError: a file asking for more).
+_READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError, MemoryError)
+# A file of a data set is read whole, so its size is capped: before the image size is known at
+# MAX_FILE_BYTES, then relative to it (file_bytes_limit), and dataset.json by the number of files.
+MAX_FILE_BYTES = 64 << 20
 
 
 def _philox(seed: int, stream: int, index: int = 0, epoch: int = 0) -> np.random.Generator:
@@ -252,6 +256,7 @@ class ImageSource:
                 rel = os.path.relpath(root, self.path)
                 files += [n if rel == "." else os.path.join(rel, n).replace(os.sep, "/") for n in names]
         self.files = sorted(n for n in files if not _is_hidden(n))
+        self.max_bytes = MAX_FILE_BYTES     # what open() reads of one file at most; see file_bytes_limit
         wanted = (*IMAGE_EXTENSIONS, ARRAY_EXTENSION, *extensions)
         self.image_names = [n for n in self.files if n.lower().endswith(wanted)]
 
@@ -264,14 +269,39 @@ class ImageSource:
         """Readable location of a file, for error messages."""
         return os.path.join(self.path, name)
 
-    def open(self, name: str) -> IO[bytes]:
-        """A binary file object with the contents of `name`."""
+    def _stream(self, name: str) -> IO[bytes]:
+        """`name` as a stream (a zip member is decompressed as it is read)."""
         if not self.is_zip:
             return open(os.path.join(self.path, name), "rb")
         if self._zip is None or self._zip_pid != os.getpid():
             # A handle inherited through fork shares its file offset with the parent: reopen.
             self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
-        return io.BytesIO(self._zip.read(name))
+        return self._zip.open(name)
+
+    def open(self, name: str, limit: int | None = None) -> IO[bytes]:
+        """A binary file object with the contents of `name`, read whole; ValueError when it holds more than
+        `limit` (default `max_bytes`) bytes: a zip bomb, or a file far larger than an image of the data set."""
+        limit = self.max_bytes if limit is None else limit
+        with self._stream(name) as f:
+            size = self._zip.getinfo(name).file_size if self.is_zip else os.fstat(f.fileno()).st_size
+            data = f.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
+            raise ValueError(f"{self.where(name)} holds {max(size, len(data))} bytes (decompressed), more than the "
+                             f"{limit} an image of this data set's size can take; refusing to read it")
+        return io.BytesIO(data)
+
+    def declared_shape(self, name: str) -> tuple[int, int, int]:
+        """(C, H, W) of an image as its header declares it, read without its pixels."""
+        where = self.where(name)
+        try:
+            with self._stream(name) as f:
+                if is_array(name):
+                    shape, _ = _npy_header(f, where)
+                    return shape[2] if len(shape) == 3 else 1, shape[0], shape[1]
+                with Image.open(f) as img:
+                    return _mode_channels(img.mode, "transparency" in img.info, where), img.size[1], img.size[0]
+        except _READ_ERRORS as e:
+            raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
 
     def check_image(self, name: str) -> tuple[int, int, int]:
         """Validate one image file and return its (C, H, W) without keeping its pixels.
@@ -311,11 +341,13 @@ class ImageSource:
         """A `.npy` float image as float32 (H, W, C), C = 1 or 3; ValueError unless it is a finite
         floating-point array of shape (H, W) or (H, W, C)."""
         where = self.where(name)
-        try:
-            with self.open(name) as f:
+        with self.open(name) as f:
+            try:
+                _npy_header(f, where, len(f.getvalue()))   # declared size against the bytes, before numpy allocates
+                f.seek(0)
                 array = np.load(f, allow_pickle=False)
-        except (ValueError, *_READ_ERRORS) as e:
-            raise ValueError(f"corrupt or unreadable array {where}: {e}") from None
+            except (ValueError, *_READ_ERRORS) as e:
+                raise ValueError(f"corrupt or unreadable array {where}: {e}") from None
         if array.dtype.kind != "f":
             raise ValueError(f"{where} holds {array.dtype} values; a noisy data set stores float32 values "
                              "on the [-1, 1] scale of the clean images plus their noise")
@@ -342,7 +374,7 @@ class ImageSource:
             return None
         where = self.where(LABELS_FILE)
         try:
-            with self.open(LABELS_FILE) as f:
+            with self.open(LABELS_FILE, limit=labels_bytes_limit(len(self.files))) as f:
                 data = json.loads(f.read())
         except (ValueError, *_READ_ERRORS) as e:
             raise ValueError(f"{where} is not valid JSON: {e}") from None
@@ -374,14 +406,39 @@ class ImageSource:
         return np.array([table[n] for n in self.image_names], dtype=dtype)
 
 
+def file_bytes_limit(shape: Sequence[int]) -> int:
+    """Most bytes one file of a data set of (C, H, W) images may hold: 16 per value (float128 .npy, 16-bit PNG
+    with room to spare) plus 1 MiB of headers and metadata chunks."""
+    return 16 * math.prod(shape) + (1 << 20)
+
+
+def labels_bytes_limit(n_files: int) -> int:
+    """Most bytes a dataset.json of a data set of n_files files may hold (1 KiB per file plus 1 MiB)."""
+    return 1024 * n_files + (1 << 20)
+
+
+def _npy_header(f: IO[bytes], where: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy header, refusing shapes that are not images (PIL's pixel limit) or, given the
+    file's `size`, more data than it holds (numpy would allocate the declared size before reading)."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if len(shape) not in (2, 3) or math.prod(shape[:2]) > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"{where} declares an array of shape {shape}; expected an image (H, W) or (H, W, C)")
+    if size is not None and math.prod(shape) * dtype.itemsize > size - f.tell():
+        raise ValueError(f"{where} declares a {shape} {dtype} array but holds only {size - f.tell()} bytes of data")
+    return shape, dtype
+
+
 def is_array(name: str) -> bool:
     """Whether a data set file is a `.npy` float image (rather than an 8-bit image)."""
     return name.lower().endswith(ARRAY_EXTENSION)
 
 
 def _label_value(label: Any, fname: str) -> int:
-    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-        raise ValueError(f"the label of {fname!r} must be a non-negative integer, got {label!r}")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_CLASSES:
+        raise ValueError(f"the label of {fname!r} must be a non-negative integer below {MAX_CLASSES} (a class "
+                         f"index), got {label!r}")
     return label
 
 
@@ -446,6 +503,7 @@ class ImageFolderDataset(BaseDataset):
         keep = subset_indices(len(source.image_names), max_size)
         names = [source.image_names[k] for k in keep]
         sigma_n = None if all_sigma is None else all_sigma[keep]
+        source.max_bytes = file_bytes_limit(source.declared_shape(names[0]))   # every file must fit that size
         first_shape = None
         for k, fname in enumerate(names):
             if sigma_n is None and is_array(fname):

@@ -312,3 +312,96 @@ def test_converted_checkpoint_cannot_be_resumed(trained, tmp_path, capsys):
     capsys.readouterr()
     assert train.main(FAST + ["--resume", str(newest), "--run-dir", str(run), "--kimg", "0.24"]) == 1
     one_error_line(capsys.readouterr().err, "weights only")
+
+
+# --- 4. hostile data sets ------------------------------------------------------------------------------
+
+def png_bytes(value: int, size: int = 8) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def zip_set(path: Path, members: dict[str, bytes], bomb: str | None = None, bomb_bytes: int = 0) -> str:
+    """A data set zip of `members`, plus member `bomb`: a valid PNG followed by `bomb_bytes` zeros (compresses to
+    a thousandth of that), written in 1 MiB pieces."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        if bomb:
+            with zf.open(bomb, "w", force_zip64=True) as f:
+                f.write(png_bytes(0))
+                for _ in range(bomb_bytes >> 20):
+                    f.write(bytes(1 << 20))
+    return str(path)
+
+
+GOOD = {f"{i}.png": png_bytes(30 * i) for i in range(4)}
+
+
+@pytest.mark.parametrize("members, bomb, message", [
+    (GOOD, "9.png", "more than"),                                   # a member that decompresses to 200 MiB
+    ({"0.png": png_bytes(0)}, "1.png", "more than"),
+    ({**GOOD, "dataset.json": b"[" + b" " * (8 << 20) + b"]"}, None, "dataset.json"),
+])
+def test_zip_bombs_are_refused_without_reading_them(tmp_path, members, bomb, message):
+    path = zip_set(tmp_path / "bomb.zip", members, bomb, bomb_bytes=200 << 20)
+    assert os.path.getsize(path) < 2 << 20
+    code = ("import resource, sys; from ambient.data import load_dataset\n"
+            "try:\n    print(load_dataset(sys.argv[1]))\nexcept ValueError as e:\n    print(e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+    def load(data: str) -> tuple[str, int]:
+        proc = subprocess.run([sys.executable, "-c", code, data], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        message, peak_kib = proc.stdout.strip().splitlines()
+        return message, int(peak_kib)
+    error, peak_kib = load(path)
+    assert message in error
+    assert peak_kib < load(zip_set(tmp_path / "good.zip", GOOD))[1] + (50 << 10), "the bomb was read into memory"
+
+
+@pytest.mark.parametrize("array_bytes, message", [
+    # header declares 100000 x 100000 float32 (40 GB) over 256 bytes of data: numpy would allocate it first
+    (lambda: npy_bytes(np.zeros((8, 8), np.float32)).replace(b"(8, 8)", b"(100000, 100000)"), "declares"),
+    (lambda: npy_bytes(np.zeros((8, 8), np.float32)).replace(b"(8, 8)", b"(8, 9)"), "declares"),
+    (lambda: npy_bytes(np.zeros((8, 8), np.float32)) + bytes(4 << 20), "more than"),   # 4 MiB behind an 8x8 image
+    (lambda: npy_bytes(np.zeros((8, 8, 8, 8), np.float32)), "expected an image"),
+])
+def test_arrays_declaring_more_than_they_hold_are_refused(tmp_path, array_bytes, message):
+    members = {"0.npy": npy_bytes(np.zeros((8, 8), np.float32)), "1.npy": array_bytes()}
+    members["dataset.json"] = json.dumps({"sigma_n": [["0.npy", 0.1], ["1.npy", 0.1]]}).encode()
+    path = zip_set(tmp_path / "arrays.zip", members)
+    with pytest.raises(ValueError, match=message):
+        load_dataset(path)
+
+
+@pytest.mark.parametrize("label", [2**64, 10**9, MAX_CLASSES, -1])
+def test_labels_out_of_range_are_one_clear_error(tmp_path, capsys, label):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for name, data in GOOD.items():
+        (folder / name).write_bytes(data)
+    labels = [[name, label if i == 2 else i] for i, name in enumerate(GOOD)]
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels}))
+    capsys.readouterr()
+    assert train.main(FAST + ["--data", str(folder), "--cond", "--run-dir", str(tmp_path / "run")]) == 1
+    one_error_line(capsys.readouterr().err, "2.png", f"below {MAX_CLASSES}")
+
+
+def test_memory_error_while_reading_is_a_read_error(tmp_path, monkeypatch):
+    path = zip_set(tmp_path / "set.zip", GOOD)
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(np, "array", exhausted)
+    ds = load_dataset(path)
+    with pytest.raises(ValueError, match="corrupt or unreadable image .*0.png"):
+        ds[0]
