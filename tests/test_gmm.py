@@ -1,5 +1,6 @@
 """Tests for ambient.gmm: heteroscedastic EM for mixture means and the clean-vs-noisy worth experiment."""
 from collections import defaultdict
+from functools import partial
 from itertools import combinations
 
 import numpy as np
@@ -265,8 +266,11 @@ def test_cli_runs_both_regimes_and_writes_the_figures(monkeypatch, tmp_path, cap
     monkeypatch.setitem(gmm.REGIMES, "global", {**gmm.REGIMES["global"], "n_clean_list": (10, 20, 40, 80, 160),
                                                 "n_noisy_list": (0, 60), "sigma_n_list": sigmas, "seeds": range(4),
                                                 "d": 8, "restarts": 1})
-    gmm.main(["--regime", "both", "--out", str(tmp_path / "g.png")])
+    for name, n_boot in (("fit_gmm_worth", 20), ("equivalent_worth", 50)):      # fewer bootstrap refits
+        monkeypatch.setattr(gmm, name, partial(getattr(gmm, name), n_boot=n_boot))
+    gmm.main(["--regime", "both", "--out", str(tmp_path / "g.png"), "--seed-base", "5"])
     out = capsys.readouterr().out
+    assert "local regime, seeds 5-8:" in out and "global regime, seeds 5-8:" in out
     assert "local, fit_worth:" in out and "global, 10 clean + 60 noisy:" in out
     for name in ("g.png", "g_global.png", "g_sigma.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
