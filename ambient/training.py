@@ -66,7 +66,9 @@ class TrainConfig:
     lr_rampup_kimg: float = 10.0
     ema_halflife_kimg: float = 10.0
     ema_rampup_ratio: float | None = 0.05
-    kimg: float = 80.0                  # training duration, thousands of images (default: ~12 min on 2 CPU cores)
+    kimg: float = 80.0                  # training duration, thousands of images; the default measured 25-29 min
+    #                                     on 2 idle cores of an AVX2 EPYC, 19-21 CPU-min on one AMX Xeon thread
+    #                                     (docs/default-run/README.md, with the host kinds)
     seed: int = 0
     precision: str = "auto"             # auto | fp32 | bf16 (auto: hostcpu.auto_precision, by device and CPU kind)
     threads: int | None = None          # torch CPU threads (None: hostcpu.default_threads)
