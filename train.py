@@ -6,14 +6,16 @@
     torchrun --nproc_per_node=8 train.py ...          # DDP, one process per GPU
 """
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
 import torch
 
 from ambient import cli
 from ambient.checkpoint import CheckpointError
 from ambient.data import DEFAULT_SIGMA_N, is_noisy_dataset
-from ambient.training import TrainConfig, TrainingDiverged, train
+from ambient.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -117,13 +119,31 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
+def resume_command(argv: list[str], run_dir: str | Path) -> str:
+    """The command line that continues run_dir: these arguments with --run-dir RUN --resume auto."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.split("=")[0] in ("--run-dir", "--resume"):
+            skip = not skip and "=" not in arg
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "train.py", *kept, "--run-dir", str(run_dir), "--resume", "auto"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     cfg = parse_args(argv)
     try:
         run_dir = train(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, TrainingDiverged) as e:
+    except (ValueError, OSError, CheckpointError, TrainingDiverged) as e:   # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"{e}; resume with: {resume_command(argv, e.run_dir)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before the first training step; run the same command again", file=sys.stderr)
+        return 130
     print(f"done: {run_dir}")
     return 0
 

@@ -21,6 +21,7 @@ its partial directory and raises one CheckpointError naming the file system.
 """
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,7 +32,8 @@ from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 PREFIX = "checkpoint-"
 TENSOR_FILES = ("net.safetensors", "ema.safetensors")
@@ -130,9 +132,13 @@ def save_checkpoint(run_dir: str | Path, step: int, net: dict[str, torch.Tensor]
         remove_stale_work_dirs(run_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file(_contiguous(net), tmp / "net.safetensors")
-        save_file(_contiguous(ema), tmp / "ema.safetensors")
-        torch.save(state, tmp / "state.pt")
+        # Serialised in memory, written by Python: a failed write is an OSError with its errno (a full disk),
+        # not a serialiser's own error type.
+        (tmp / "net.safetensors").write_bytes(safetensors_bytes(_contiguous(net)))
+        (tmp / "ema.safetensors").write_bytes(safetensors_bytes(_contiguous(ema)))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (tmp / "state.pt").write_bytes(buffer.getbuffer())
         files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in DATA_FILES}
         content = json.loads(json.dumps({**meta, "step": step, "files": files}))   # exactly what a reader will see
         (tmp / "meta.json").write_text(json.dumps({**content, META_CHECKSUM: _meta_digest(content)}, indent=2))

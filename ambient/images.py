@@ -68,8 +68,11 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -
         r, q = divmod(i, ncol)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")      # atomic: a killed run leaves no half PNG
-    _pil(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        _pil(grid).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_pngs(images: torch.Tensor, seeds: Sequence[int], folder: str | Path) -> None:

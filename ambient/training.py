@@ -110,6 +110,16 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite steps."""
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) during training: where the run stopped; the run directory stays consistent."""
+
+    def __init__(self, run_dir: Path, step: int, kimg: float):
+        last = ckpt.latest_checkpoint(run_dir)
+        super().__init__(f"interrupted at step {step} ({kimg:g} kimg) of {run_dir}; "
+                         + (f"it continues from {last.name}" if last else "no checkpoint had been written yet"))
+        self.run_dir = run_dir
+
+
 def step_seed(seed: int, step: int) -> int:
     """Seed of everything random in training step `step`."""
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**31 - 1)
@@ -297,7 +307,10 @@ def train(cfg: TrainConfig) -> Path:
             n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)  # sampling-bound
             grid = torch.cat([img for _, img in generate(ema, range(n_grid), sample_shape, device=device,
                                                          class_labels=labels, num_steps=cfg.sample_steps)])
-            save_grid(grid, run_dir / f"samples-{step:09d}.png")      # before the checkpoint: a resume redoes both
+            try:
+                save_grid(grid, run_dir / f"samples-{step:09d}.png")  # before the checkpoint: a resume redoes both
+            except OSError as e:
+                raise ckpt.write_error(run_dir / f"samples-{step:09d}.png", e) from None
             ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
         barrier()
 
@@ -387,6 +400,8 @@ def train(cfg: TrainConfig) -> Path:
                 tick_start, tick_step = time.perf_counter(), step
             if step % steps_per_snap == 0 or step == total_steps:
                 snapshot()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_dir, step, step * cfg.batch / 1000) from None
     finally:
         if bar is not None:
             bar.close()

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -405,3 +406,86 @@ def test_memory_error_while_reading_is_a_read_error(tmp_path, monkeypatch):
     ds = load_dataset(path)
     with pytest.raises(ValueError, match="corrupt or unreadable image .*0.png"):
         ds[0]
+
+
+# --- 6. a full disk ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """f(kib) -> a fresh tmpfs of that size (root only), unmounted afterwards."""
+    mounts = []
+
+    def mount(kib: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()})")
+        mounts.append(where)
+        return where
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill a file system until only about `leave` bytes are free."""
+    with open(disk / "filler", "wb") as f:
+        while shutil.disk_usage(disk).free > leave:
+            f.write(bytes(min(1 << 16, shutil.disk_usage(disk).free - leave) or 1))
+            f.flush()
+
+
+def test_checkpoint_write_on_a_full_disk_is_one_error_and_leaves_nothing(small_disk):
+    disk = small_disk(512)
+    small = {"w": torch.zeros(10)}
+    first = save_checkpoint(disk, 1, small, small, {"step": 1}, {})
+    big = {"w": torch.zeros(100_000)}                      # 400 kB per file: does not fit
+    with pytest.raises(CheckpointError, match=f"no space left on the disk \\(file system {disk},"):
+        save_checkpoint(disk, 2, big, big, {"step": 2}, {})
+    assert sorted(p.name for p in disk.iterdir()) == [first.name]          # no .tmp-* left behind
+    assert load_checkpoint(first)["state"] == {"step": 1}
+
+
+def test_training_on_a_full_disk_stops_with_one_error_and_keeps_the_run(small_disk, capsys):
+    disk = small_disk(16 << 10)
+    run = disk / "run"
+    assert train.main(FAST + ["--run-dir", str(run), "--kimg", "0.08", "--snap-kimg", "0.08"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in list_checkpoints(run)}
+    fill(disk, 48 << 10)                                    # room for logs and a grid, not for a checkpoint
+    capsys.readouterr()
+    assert train.main(FAST + ["--run-dir", str(run), "--resume", "auto", "--kimg", "0.16",
+                              "--snap-kimg", "0.08"]) == 1
+    one_error_line(capsys.readouterr().err, "no space left on the disk", str(disk))
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "a partial file or folder was left"
+    assert {p.name: p.stat().st_mtime_ns for p in list_checkpoints(run)} == before
+    (disk / "filler").unlink()
+    assert train.main(FAST + ["--run-dir", str(run), "--resume", "auto", "--kimg", "0.16",
+                              "--snap-kimg", "0.08"]) == 0
+
+
+# --- 7. Ctrl-C -----------------------------------------------------------------------------------------
+
+def test_ctrl_c_prints_where_the_run_stopped_and_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    args = FAST + ["--run-dir", str(run), "--kimg", "16", "--snap-kimg", "0.048"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(run)) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("interrupted at step ") and f"of {run}" in err, err
+    command = err.split("resume with: ")[1].strip()
+    assert command.endswith(f"--run-dir {run} --resume auto") and command.count("--run-dir") == 1
+    for ckpt in list_checkpoints(run):
+        load_checkpoint(ckpt)
+    stopped = json.loads((latest_checkpoint(run) / "meta.json").read_text())["step"]
+    assert command.startswith("python train.py ")
+    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:], "--kimg", "0.64"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((latest_checkpoint(run) / "meta.json").read_text())["step"] >= max(stopped, 40)
