@@ -1,6 +1,11 @@
 """Argument types shared by the command-line tools: each bad value gets one clear message."""
 import argparse
+import itertools
 import math
+import operator
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Callable
 
 
@@ -37,16 +42,62 @@ def float_list(text: str) -> tuple[float, ...]:
     return tuple(nonneg_float(part.strip()) for part in text.split(",") if part.strip()) or _empty(text)
 
 
-def int_range(text: str) -> list[int]:
-    """"0-63" or "1,5,7-9" -> list of ints (seeds)."""
-    out: list[int] = []
+class IntRanges(Sequence[int]):
+    """Integers kept as the ranges they were given in, so 0-999999999999 takes no memory; iterate lazily."""
+
+    def __init__(self, ranges: list[range]) -> None:
+        self.ranges = ranges
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.ranges)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(self.ranges)
+
+    def __getitem__(self, i: int) -> int:        # type: ignore[override]
+        i = operator.index(i) + (len(self) if i < 0 else 0)
+        for r in self.ranges:
+            if 0 <= i < len(r):
+                return r[i]
+            i -= len(r)
+        raise IndexError("index out of range")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+
+def int_range(text: str) -> IntRanges:
+    """"0-63" or "1,5,7-9" -> those ints (seeds), as ranges."""
+    out: list[range] = []
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
         start, stop = nonneg_int(lo), nonneg_int(hi) if hi else None
         if stop is not None and stop < start:
             raise argparse.ArgumentTypeError(f"range {part!r} runs backwards")
-        out.extend(range(start, (stop if stop is not None else start) + 1))
-    return out
+        out.append(range(start, (stop if stop is not None else start) + 1))
+    return IntRanges(out)
+
+
+def check_output(path: str | os.PathLike, *, kind: str = "file", overwrite: bool = False) -> Path:
+    """An output path checked before any work: ValueError unless it can be written.
+
+    kind "file": not a folder, its nearest existing parent a writable folder, and not existing unless
+    `overwrite`; kind "folder": absent or an empty folder (its PNGs are never overwritten), likewise writable.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not an empty folder; choose a new --out folder (nothing there is "
+                         f"overwritten)")
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name")
+    if kind == "file" and path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; choose another output file")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {parent} is not a writable folder")
+    return path
 
 
 def _empty(text: str):

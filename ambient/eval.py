@@ -90,6 +90,8 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
         raise ValueError("--metric fid needs --ref (a folder of images or an EDM data set zip)")
     if ref is not None and not Path(ref).exists() and str(ref) not in NAMED_DATASETS:
         raise FileNotFoundError(f"reference images not found: {ref}")
+    if samples_out is not None:
+        cli.check_output(samples_out, overwrite=True)            # before any sampling
     start = time.perf_counter()
     net, meta = load_network(ckpt, which=weights, device=device)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
@@ -169,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref", help="reference images: a folder or EDM data set zip (--metric fid: required; "
                                  "fd_mnist: the real images at the model's resolution, default MNIST-5k 32x32)")
     p.add_argument("--samples-out", help="also write the quantised images as uint8 (N, H, W, C) to this .npz")
-    p.add_argument("--inception-path", help="--metric fid: Inception weights file or folder (never downloaded)")
+    p.add_argument("--inception-path", help="--metric fid: clean-fid's Inception file inception-2015-12-05.pt or a "
+                                            "folder holding it (never downloaded). It is TorchScript, and loading "
+                                            "TorchScript runs code from the file: pass only that file from a source "
+                                            "you trust; files that are not TorchScript with its layers are refused")
     p.add_argument("--batch", type=cli.positive_int, default=100)
     p.add_argument("--weights", choices=("ema", "net"), default="ema")
     p.add_argument("--cache-dir", help="FD-MNIST classifier cache (default $AMBIENT_CACHE or ~/.cache/ambient)")
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
+        cli.check_output(a.out, overwrite=True)                  # before any sampling
         m = evaluate(a.ckpt, n=a.n, steps=a.steps, metric=a.metric, ref=a.ref, inception_path=a.inception_path,
                      batch=a.batch, weights=a.weights, cache_dir=a.cache_dir, device=a.device,
                      progress=not a.no_progress, samples_out=a.samples_out)

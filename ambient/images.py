@@ -1,7 +1,10 @@
 """Generating images from seeds, and writing them as a PNG grid, a folder of PNGs or an .npz."""
+import contextlib
+import itertools
 import os
+import zipfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +29,12 @@ class SeededNormals:
 def generate(net: Callable, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
              device: torch.device | str = "cpu", class_labels: Callable[[Sequence[int]], torch.Tensor] | None = None,
              **sampler_kwargs) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yields (seeds, images in [-1, 1] float32 on CPU) batch by batch; image i is a function of seed i alone."""
-    seeds = list(seeds)
-    for start in range(0, len(seeds), batch):
-        chunk = seeds[start:start + batch]
+    """Yields (seeds, images in [-1, 1] float32 on CPU) batch by batch; image i is a function of seed i alone.
+
+    `seeds` is read lazily, one batch at a time (any iterable, e.g. a range of a billion).
+    """
+    remaining = iter(seeds)
+    while chunk := list(itertools.islice(remaining, batch)):
         rnd = SeededNormals(chunk, device)
         latents = rnd.randn(shape, device)
         labels = class_labels(chunk).to(device) if class_labels is not None else None
@@ -81,3 +86,26 @@ def save_pngs(images: torch.Tensor, seeds: Sequence[int], folder: str | Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     for seed, img in zip(seeds, to_uint8(images)):
         _pil(img).save(folder / f"{seed:06d}.png")
+
+
+@contextlib.contextmanager
+def npz_writer(path: str | Path) -> Iterator[Callable[[str, Sequence[int], np.dtype], IO[bytes]]]:
+    """An .npz written one array at a time, each streamed: `with npz_writer(p) as add, add(name, shape, dtype) as f:
+    f.write(rows.tobytes())`. np.load reads it as any .npz; nothing is held in memory. Atomic (temp file + rename):
+    an interrupted write leaves nothing behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+
+    def add(name: str, shape: Sequence[int], dtype: np.dtype) -> IO[bytes]:
+        f = archive.open(f"{name}.npy", "w", force_zip64=True)
+        np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        return f
+
+    try:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            yield add
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+

@@ -405,15 +405,30 @@ def _inception_file(inception_path: str | os.PathLike | None) -> Path:
 
 
 def _load_inception(path: Path, device: torch.device) -> nn.Module:
-    """clean-fid's InceptionV3W (input 3x299x299 in [0, 255] -> 2048-d pool features) from a local file."""
+    """clean-fid's InceptionV3W (input 3x299x299 in [0, 255] -> 2048-d pool features) from a local file.
+
+    The file is TorchScript, and torch.jit.load runs code from it: it must come from a trusted source. A file
+    that is not a TorchScript archive, or whose module has no Inception `layers`, is refused (ValueError).
+    """
     from cleanfid.inception_torchscript import InceptionV3W
+    expected = f"clean-fid's Inception network ({INCEPTION_FILE}, a TorchScript archive)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not {expected}: {e}") from None
+    if not (any(n.endswith("/data.pkl") for n in names) and any("/code/__torch__/" in n for n in names)):
+        raise ValueError(f"{path} is a zip archive but not {expected}")
+    try:
+        base = torch.jit.load(str(path), map_location=device).eval()
+        layers = base.layers
+    except Exception as e:                     # TorchScript raises its own error types for a bad archive
+        raise ValueError(f"{path} cannot be loaded as {expected}: {type(e).__name__}: {e}") from None
 
     class _LocalInception(InceptionV3W):
         def __init__(self) -> None:            # InceptionV3W's own __init__ would download
             nn.Module.__init__(self)
-            self.base = torch.jit.load(str(path), map_location=device).eval()
-            self.layers = self.base.layers
-            self.resize_inside = False
+            self.base, self.layers, self.resize_inside = base, layers, False
 
     return _LocalInception().to(device).eval()
 

@@ -522,7 +522,7 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def _seeds(value: Any) -> list[int]:
-    return [int(v) for v in value] if isinstance(value, list) else cli.int_range(str(value))
+    return [int(v) for v in value] if isinstance(value, list) else list(cli.int_range(str(value)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -489,3 +489,104 @@ def test_ctrl_c_prints_where_the_run_stopped_and_how_to_resume(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((latest_checkpoint(run) / "meta.json").read_text())["step"] >= max(stopped, 40)
+
+
+# --- 5. the sampling and evaluation CLIs -------------------------------------------------------------
+
+def sample_fails(args: list[str], capsys, *fragments: str) -> None:
+    """sample.py refuses `args` with one error line, before it samples anything."""
+    capsys.readouterr()
+    start = time.time()
+    assert sample.main(args) == 1
+    one_error_line(capsys.readouterr().err, *fragments)
+    assert time.time() - start < 60
+
+
+def test_sample_checks_its_output_before_sampling(trained, tmp_path, capsys):
+    ckpt = ["--ckpt", str(trained), "--steps", "2"]
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    sample_fails(ckpt + ["--out", str(blocker / "x.png")], capsys, "not a writable folder")
+    existing = tmp_path / "pngs"
+    existing.mkdir()
+    (existing / "000000.png").write_bytes(b"my own image")
+    sample_fails(ckpt + ["--out", str(existing)], capsys, "not an empty folder")
+    assert (existing / "000000.png").read_bytes() == b"my own image"
+    sample_fails(ckpt + ["--seeds", "0-999999999999", "--out", str(tmp_path / "g.png")], capsys, "more than")
+    sample_fails(ckpt + ["--out", str(blocker)], capsys, "not an empty folder")
+    assert blocker.read_text() == "mine"
+
+
+def test_sample_writes_into_a_new_nested_folder(trained, tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "grid.png"
+    assert sample.main(["--ckpt", str(trained), "--steps", "2", "--seeds", "0-3", "--out", str(out)]) == 0
+    assert Image.open(out).size == (16, 16)
+
+
+def test_seed_ranges_take_no_memory_and_are_read_lazily(trained):
+    from ambient.cli import int_range
+    from ambient.images import generate
+    seeds = int_range("0-999999999999,5")
+    assert len(seeds) == 10**12 + 1 and seeds[10**12 - 1] == 10**12 - 1 and seeds[-1] == 5
+    net, _ = load_network(trained)
+    got, images = next(generate(net, seeds, (1, 8, 8), batch=3, num_steps=2))
+    assert got == [0, 1, 2] and images.shape == (3, 1, 8, 8)
+
+
+def test_npz_is_streamed_and_reads_back_as_before(trained, tmp_path):
+    out, folder = tmp_path / "s.npz", tmp_path / "pngs"
+    assert sample.main(["--ckpt", str(trained), "--steps", "2", "--seeds", "3-9", "--batch", "3", "--out", str(out)]) == 0
+    assert sample.main(["--ckpt", str(trained), "--steps", "2", "--seeds", "3-9", "--batch", "3",
+                        "--out", str(folder)]) == 0
+    data = np.load(out)
+    assert data["images"].shape == (7, 8, 8, 1) and data["seeds"].tolist() == list(range(3, 10))
+    for seed, image in zip(data["seeds"], data["images"]):
+        assert np.array_equal(np.array(Image.open(folder / f"{seed:06d}.png")), image[:, :, 0])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.fixture(scope="module")
+def bad_inception(tmp_path_factory) -> dict[str, Path]:
+    """Files that are not clean-fid's Inception network: text, a zip, a torch.save file, TorchScript without layers."""
+    root = tmp_path_factory.mktemp("inception")
+    paths = {name: root / f"{name}.pt" for name in ("text", "zip", "torch_save", "script")}
+    paths["text"].write_text("not a network")
+    with zipfile.ZipFile(paths["zip"], "w") as zf:
+        zf.writestr("x/readme.txt", "hello")
+    torch.save({"w": torch.zeros(2)}, paths["torch_save"])
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(paths["script"]))
+    return paths
+
+
+@pytest.mark.parametrize("name, message", [("text", "not clean-fid's Inception"), ("zip", "not clean-fid's"),
+                                           ("torch_save", "not clean-fid's"), ("script", "cannot be loaded as")])
+def test_eval_refuses_files_that_are_not_the_inception_network(trained, tmp_path, capsys, bad_inception, name,
+                                                               message):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(ref / f"{i}.png")
+    capsys.readouterr()
+    assert ambient_eval.main(["--ckpt", str(trained), "--metric", "fid", "--ref", str(ref), "--n", "4", "--steps", "2",
+                              "--inception-path", str(bad_inception[name]), "--no-progress",
+                              "--out", str(tmp_path / "m.json")]) == 1
+    one_error_line(capsys.readouterr().err, str(bad_inception[name]), message)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_eval_help_says_inception_files_run_code(capsys):
+    with pytest.raises(SystemExit):
+        ambient_eval.main(["--help"])
+    assert "runs code from the file" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("flag", ["--samples-out", "--out"])
+def test_eval_checks_its_outputs_before_sampling(trained, tmp_path, capsys, flag):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    for bad, message in ((blocker / "s.npz", "not a writable folder"), (tmp_path, "is a folder")):
+        capsys.readouterr()
+        start = time.time()
+        assert ambient_eval.main(["--ckpt", str(trained), "--n", "100000", "--no-progress", flag, str(bad)]) == 1
+        one_error_line(capsys.readouterr().err, message)
+        assert time.time() - start < 30
