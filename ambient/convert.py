@@ -279,16 +279,25 @@ def _module_tensors(node: Any, prefix: str, out: dict[str, torch.Tensor]) -> Non
     """Collect the persistent parameters and buffers of a pickled module tree under dotted names."""
     if not isinstance(node, PickledObject):
         raise ConversionError(f"submodule {prefix.rstrip('.') or '(root)'} is a {type(node).__name__}, not a module")
-    state = node.state
-    skip = set(state.get("_non_persistent_buffers_set") or ())
+    def entries(key: str, kind: type | tuple[type, ...]) -> Any:
+        """node.state[key] if it is a `kind` (dicts: with str keys); absent or None: empty."""
+        value = node.state.get(key)
+        if value is None:
+            return {} if kind is dict else ()
+        if not isinstance(value, kind) or isinstance(value, dict) and not all(isinstance(k, str) for k in value):
+            raise ConversionError(f"submodule {prefix.rstrip('.') or '(root)'} records {key} as a "
+                                  f"{type(value).__name__}")
+        return value
+
+    skip = entries("_non_persistent_buffers_set", (set, frozenset, list, tuple))
     for kind in ("_parameters", "_buffers"):
-        for name, tensor in (state.get(kind) or {}).items():
+        for name, tensor in entries(kind, dict).items():
             if tensor is None or name in skip:
                 continue
             if not isinstance(tensor, torch.Tensor):
                 raise ConversionError(f"{prefix}{name} is a {type(tensor).__name__}, not a tensor")
             out[prefix + name] = tensor.detach()
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in entries("_modules", dict).items():
         if child is not None:
             _module_tensors(child, f"{prefix}{name}.", out)
 

@@ -590,3 +590,9 @@ def test_eval_checks_its_outputs_before_sampling(trained, tmp_path, capsys, flag
         assert ambient_eval.main(["--ckpt", str(trained), "--n", "100000", "--no-progress", flag, str(bad)]) == 1
         one_error_line(capsys.readouterr().err, message)
         assert time.time() - start < 30
+
+
+@pytest.mark.parametrize("state", [dict(_parameters=[1, 2]), dict(_modules="x"), dict(_buffers={1: None}),
+                                   dict(_non_persistent_buffers_set=5), dict(_modules={"m": 3})])
+def test_module_records_of_the_wrong_shape_are_one_error(tmp_path, edm_record, state):
+    refused(tmp_path, edm_record(SONG, **state), match="records|not a module")
