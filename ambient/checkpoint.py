@@ -195,7 +195,7 @@ def read_meta(path: str | Path, verify: bool = True, template: Template | None =
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:          # RecursionError: JSON nested too deep
         raise CheckpointError(f"checkpoint {path} has no readable meta.json ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} has a meta.json that is not a JSON object")

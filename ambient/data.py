@@ -47,8 +47,10 @@ _STREAM_BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
 _STREAM_NOISE = 5       # the fixed noise z_i of image i
 _STREAM_AUGMENT = 6     # flips and shifts of image i in an epoch
 
-# Errors PIL / zipfile raise for unreadable, truncated or corrupt files (MemoryError: a file asking for more).
-_READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError, MemoryError)
+# Errors PIL / zipfile / json raise for unreadable, truncated or corrupt files (MemoryError: a file asking for
+# more memory; RecursionError: JSON nested too deep).
+_READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError, MemoryError,
+                RecursionError)
 # A file of a data set is read whole, so its size is capped: before the image size is known at
 # MAX_FILE_BYTES, then relative to it (file_bytes_limit), and dataset.json by the number of files.
 MAX_FILE_BYTES = 64 << 20

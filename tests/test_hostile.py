@@ -596,3 +596,18 @@ def test_eval_checks_its_outputs_before_sampling(trained, tmp_path, capsys, flag
                                    dict(_non_persistent_buffers_set=5), dict(_modules={"m": 3})])
 def test_module_records_of_the_wrong_shape_are_one_error(tmp_path, edm_record, state):
     refused(tmp_path, edm_record(SONG, **state), match="records|not a module")
+
+
+def test_json_nested_too_deep_is_one_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    weights = {"w": torch.zeros(2)}
+    good = save_checkpoint(tmp_path / "run", 1, weights, weights, {}, {})
+    bad = save_checkpoint(tmp_path / "run", 2, weights, weights, {}, {})
+    (bad / "meta.json").write_text(deep)
+    with pytest.raises(CheckpointError, match="no readable meta.json"):
+        load_checkpoint(bad)
+    with pytest.warns(UserWarning, match="skipping"):
+        assert latest_checkpoint(tmp_path / "run") == good
+    path = zip_set(tmp_path / "deep.zip", {**GOOD, "dataset.json": deep.encode()})
+    with pytest.raises(ValueError, match="dataset.json is not valid JSON"):
+        load_dataset(path)
