@@ -285,12 +285,12 @@ def _check_state(path: Path, state: Any, net: torch.nn.Module) -> None:
             raise bad(f"holds an optimizer state for parameter {i} that does not fit its shape {tuple(params[i])}")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    template: Template | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", template: Template | None = None,
+                    resume: bool = False) -> dict[str, Any]:
     """Verified checkpoint as {"net", "ema", "state", "meta"}; never unpickles code.
 
-    With a `template`, its weights and training state are checked to fit the network its meta.json
-    describes before they are loaded (CheckpointError otherwise).
+    With a `template`, its weights are checked to fit the network its meta.json describes before they
+    are loaded, and with `resume` its training state too (counters, optimizer); CheckpointError otherwise.
     """
     path = Path(path)
     if not path.is_dir():
@@ -309,7 +309,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         out["state"] = torch.load(path / "state.pt", map_location=device, weights_only=True)
     except Exception as e:  # an unpickling error means a file that is not ours; say which
         raise CheckpointError(f"checkpoint {path}: state.pt cannot be loaded safely ({type(e).__name__}: {e})") from None
-    if net is not None:
+    if net is not None and resume:
         _check_state(path, out["state"], net)
     return out
 

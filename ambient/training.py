@@ -255,7 +255,7 @@ def train(cfg: TrainConfig) -> Path:
     run_dir, resume_from = prepare_run_dir(cfg, dist_info)
     step, bad_total = 0, 0
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, device, checkpoint_template)   # content checked against its network
+        state = ckpt.load_checkpoint(resume_from, device, checkpoint_template, resume=True)   # content checked
         if state["meta"].get("network") != net_kwargs:
             raise ckpt.CheckpointError(f"checkpoint {resume_from} was made for network {state['meta'].get('network')}, "
                                        f"not {net_kwargs}")
