@@ -133,10 +133,10 @@ def grads_finite(net: torch.nn.Module) -> bool:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
-    """ema <- lerp(net, ema, beta) for the parameters, buffers copied. foreach ops: one call for all tensors
-    instead of one Python round trip per tensor (the same numbers as a per-tensor lerp)."""
-    ema_params = list(ema.parameters())
-    torch._foreach_copy_(ema_params, torch._foreach_lerp([p.detach() for p in net.parameters()], ema_params, beta))
+    """ema <- lerp(net, ema, beta) for the parameters, buffers copied. Per tensor: foreach lerp + copy gave the
+    same numbers but measured 0.87x on a CPU (bench/speedups.py)."""
+    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
     for b_ema, b_net in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b_net)
 
