@@ -31,11 +31,13 @@ def elementwise_block(per_sample: int, block: int | None) -> int:
     """Elements per program for the per-sample kernels (noise, loss).
 
     A program covers a chunk of one sample. The interpreter pays per program, so it gets
-    whole samples up to 64Ki elements; a GPU gets at most 4Ki, enough to stream at full bandwidth.
+    whole samples up to 64Ki elements; a GPU gets at most 2Ki (8 per thread of 8 warps), enough to
+    stream at full bandwidth (at 4Ki the noise kernel's in-kernel normals spill registers on sm_90:
+    bench/aot_check.py).
     """
     if block is not None:
         if block < 16 or block & (block - 1):
             raise ValueError(f"block must be a power of two >= 16, got {block}")
         return block
-    cap = 65536 if INTERPRET else 4096
+    cap = 65536 if INTERPRET else 2048
     return min(cap, max(16, triton.next_power_of_2(per_sample)))

@@ -16,14 +16,17 @@ Under the interpreter bf16 dots are wrong (triton issue 11584), so bf16 operands
 fp32 there (DOT_FP32). N need not be a multiple of the block sizes (masking); D any size
 (padded to a power of two >= 16).
 
-On a GPU the block sizes are autotuned over a few configs; under the interpreter, which pays
-per program and loop iteration, one large-block config is used.
+On a GPU the block sizes are autotuned over a few configs, pruned per GPU generation by what
+bench/aot_check.py measured (DENIED); under the interpreter, which pays per program and loop
+iteration, one large-block config is used.
 """
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import driver
 
 from ._triton_utils import INTERPRET, check_launchable
 
@@ -196,27 +199,109 @@ def _configs(tiles: list[tuple[int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=2) for bm, bn, warps in tiles]
 
 
-def _prune(configs: list[triton.Config], named_args: dict, **_) -> list[triton.Config]:
-    """Skip compiling tiles too large for wide rows (fp32 with D = 256 spills and overflows shared memory)."""
-    row_bytes = triton.next_power_of_2(named_args["HEAD_D"]) * named_args["Q"].element_size()
-    return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * row_bytes <= 2 << 20]
+# Tiles measured to spill registers or to overflow shared memory, per kernel, GPU generation (compute capability
+# major: 8 = A100, 9 = H100/H200), operands ("16": fp16/bf16; fp32 with "tf32" or "ieee" dots) and head-dim block:
+# ptxas's verdicts on every candidate the trainer's launches keep, printed by `python bench/aot_check.py --denylist`
+# (sm_80 and sm_90 compiles on a CPU). CI runs that check: a kept tile that spills or overflows fails it, and this
+# table is how the pruning learns of it. Other GPU generations get the generic bound of _prune only (the autotuner
+# still skips a tile that does not fit their shared memory).
+_DENIED = """
+_attn_bwd_dkdv_kernel 8 16 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 16 256: 128x32w8
+_attn_bwd_dkdv_kernel 8 ieee 32: 32x64w8
+_attn_bwd_dkdv_kernel 8 ieee 64: 128x32w8 32x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 128: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 256: 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 8 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dkdv_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 16 256: 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 32: 128x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 64: 128x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 128: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 9 tf32 128: 64x64w8
+_attn_bwd_dkdv_kernel 9 tf32 256: 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 16 256: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 64: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 128: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dq_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dq_kernel 8 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 16 256: 32x32w4
+_attn_bwd_dq_kernel 9 ieee 32: 32x32w4
+_attn_bwd_dq_kernel 9 ieee 64: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 128: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 tf32 128: 32x64w8
+_attn_bwd_dq_kernel 9 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 16 128: 128x64w8 64x64w4
+_attn_fwd_kernel 8 16 256: 64x32w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 32: 64x64w4
+_attn_fwd_kernel 8 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 128: 32x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 tf32 128: 64x64w4
+_attn_fwd_kernel 8 tf32 256: 32x32w4 32x64w8
+_attn_fwd_kernel 9 16 256: 64x64w4
+_attn_fwd_kernel 9 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 128: 32x32w4 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 9 tf32 256: 32x32w4
+"""
 
 
-# Candidates from sm_90 compiles (ptxas, bf16): all are spill-free at D = 64; each list also holds
-# tiles that are spill-free at D = 256, the DDPM++ 16x16 attention (one head of 256 channels):
-# fwd (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4); dK/dV (64, 32, 8), (32, 32, 8);
-# dQ (32, 64, 8), (32, 32, 4). The tuner keeps the fastest; tiles that overflow shared memory are skipped.
+def _denied(table: str) -> dict[tuple[str, int, str, int], set[tuple[int, int, int]]]:
+    """{(kernel, major, operands, BLOCK_D): {(BLOCK_M, BLOCK_N, warps)}} from lines '_attn_fwd_kernel 8 16 256: 64x32w8'."""
+    out: dict[tuple[str, int, str, int], set[tuple[int, int, int]]] = {}
+    for line in table.strip().splitlines():
+        group, _, tiles = line.partition(":")
+        kernel, major, operands, block_d = group.split()
+        out[(kernel, int(major), operands, int(block_d))] = {
+            tuple(int(x) for x in tile.replace("w", "x").split("x")) for tile in tiles.split()}
+    return out
+
+
+DENIED = _denied(_DENIED)
+
+
+def _prune(kernel: str, fallback: triton.Config, configs: list[triton.Config], named_args: dict, **kwargs
+           ) -> list[triton.Config]:
+    """The candidates worth timing for this launch on this GPU generation; `fallback` only when no other is left.
+
+    A generic bound first (tiles of BLOCK_M x BLOCK_N x BLOCK_D over 2 MiB of operands spill and overflow shared
+    memory everywhere), then DENIED.
+    """
+    element = named_args["Q"].element_size()
+    operands = "16" if element == 2 else kwargs["PRECISION"]
+    major = driver.active.get_current_target().arch // 10
+    denied = DENIED.get((kernel, major, operands, kwargs["BLOCK_D"]), set())
+    kept = [c for c in configs if c is not fallback
+            and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * kwargs["BLOCK_D"] * element <= 2 << 20
+            and (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) not in denied]
+    return kept or [fallback]
+
+
+# Candidates (BLOCK_M, BLOCK_N, warps): the tuner times those _prune keeps and runs the fastest. The last, a narrow
+# tile, is the fallback where DENIED leaves none: it compiles without spills for every operand type at BLOCK_D = 256
+# on sm_80 and sm_90 (fp32 there spills in every wider tile).
 _KEY = ["N", "HEAD_D", "DOT_FP32", "PRECISION"]
 if INTERPRET:
     _fwd, _dkdv, _dq = _attn_fwd_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
 else:
-    _tune = {"key": _KEY, "prune_configs_by": {"early_config_prune": _prune}}
-    _fwd = triton.autotune(_configs([(128, 64, 8), (64, 64, 4), (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4)]),
-                           **_tune)(_attn_fwd_kernel)
-    _dkdv = triton.autotune(_configs([(64, 64, 8), (128, 32, 8), (32, 64, 8), (64, 32, 8), (32, 32, 8)]),
-                            **_tune)(_attn_bwd_dkdv_kernel)
-    _dq = triton.autotune(_configs([(64, 64, 8), (128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4)]),
-                          **_tune)(_attn_bwd_dq_kernel)
+    def _tuned(kernel, tiles: list[tuple[int, int, int]]):
+        configs = _configs(tiles)
+        prune = functools.partial(_prune, kernel.fn.__name__, configs[-1])
+        return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": prune})(kernel)
+
+    _fwd = _tuned(_attn_fwd_kernel, [(128, 64, 8), (64, 64, 4), (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4),
+                                     (16, 16, 4)])
+    _dkdv = _tuned(_attn_bwd_dkdv_kernel, [(64, 64, 8), (128, 32, 8), (32, 64, 8), (64, 32, 8), (32, 32, 8),
+                                           (32, 16, 8)])
+    _dq = _tuned(_attn_bwd_dq_kernel, [(64, 64, 8), (128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4), (16, 32, 8)])
 
 
 def _flags(dtype: torch.dtype) -> dict:
