@@ -10,6 +10,7 @@ Pairs (the first of each is the old way; `speedup` is its time over the new one'
 - training step of the default run (tiny, batch 64, fp32): contiguous vs channels-last activations and weights.
 - sampler, batch 64, 18 Heun steps: autograd-tracking no_grad vs inference_mode; and one batch of churn noise
   drawn per step (what the sampler did at churn 0) vs none.
+- sampler, batch 64, 18 steps: contiguous vs channels-last network and latents (measured, not applied).
 - a snapshot's sample grid: 64 images (every snapshot before) vs 16 (intermediate snapshots now).
 """
 from __future__ import annotations
@@ -77,6 +78,10 @@ def pairs() -> list[tuple[str, Workload, Workload]]:
             edm_sampler(sampler_net, latents, num_steps=18)
     out.append(("sampler b64", Workload("sample/no_grad", lambda: sample(torch.no_grad), images=64),
                 Workload("sample/inference_mode", lambda: sample(torch.inference_mode), images=64)))
+    cl_net = copy.deepcopy(sampler_net).to(memory_format=torch.channels_last)
+    cl_latents = latents.contiguous(memory_format=torch.channels_last)
+    out.append(("sampler channels-last", Workload("sample/contiguous", lambda: sample(torch.inference_mode), images=64),
+                Workload("sample/channels_last", lambda: edm_sampler(cl_net, cl_latents, num_steps=18), images=64)))
     rnd = SeededNormals(range(64), "cpu")
     x = torch.randn(64, 1, 32, 32, dtype=torch.float64)
 
