@@ -561,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inception-path")
     g.add_argument("--nproc", type=cli.positive_int, default=1, help="processes per training run (torchrun)")
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
-    g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: inherited)")
+    g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: 1 with --jobs > 1, "
+                                                          "else inherited, and train.py takes every core)")
     return p
 
 
@@ -608,7 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings(data=a.data, data_seed=a.data_seed, kimg=a.kimg, preset=a.preset,
                  model_channels=a.model_channels, batch=a.batch, train_args=tuple(shlex.split(a.train_args)),
                  eval_n=a.eval_n, eval_steps=a.eval_steps, metric=a.metric, ref=a.ref,
-                 inception_path=a.inception_path, eval_snapshots=a.eval_snapshots, nproc=a.nproc, threads=a.threads)
+                 inception_path=a.inception_path, eval_snapshots=a.eval_snapshots, nproc=a.nproc,
+                 threads=a.threads if a.threads is not None or a.jobs == 1 else 1)   # concurrent jobs: one thread each
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
     say(f"study {study_dir}: {len(points)} point(s), {a.jobs} at a time")
