@@ -24,9 +24,10 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
 
 from bench.report import sections_line, summary_table
 
-# Per-tick losses of one run scatter by a few per cent (noise levels drawn per image, EDM weighting); the means of
-# the second halves (>= 10 ticks each) of two correct runs agree far closer than this.
-LOSS_TOLERANCE = 0.05
+# A tick's loss is the mean over 1280 images whose noise levels and weights vary widely, so it scatters by several
+# per cent; the second-half means (12 ticks) of two correct runs should differ by a few per cent at most, while a
+# broken kernel shows as a curve that stalls, diverges or goes non-finite.
+LOSS_TOLERANCE = 0.10
 
 
 def read_losses(run: Path) -> list[dict]:
