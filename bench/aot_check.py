@@ -3,6 +3,7 @@
     python bench/aot_check.py                        # the CI check: the table, exit 1 when a GPU would refuse
     python bench/aot_check.py --markdown aot.md      #   or punish a kernel; also as a markdown table
     python bench/aot_check.py --only attention --arch 90
+    python bench/aot_check.py --denylist             # after a kernel change: kernels/attention_triton._DENIED anew
 
 No GPU is needed: Triton's own compiler and its bundled ptxas build each kernel for the target.
 
