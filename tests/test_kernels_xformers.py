@@ -20,7 +20,8 @@ from kernels.testing import DEVICE, relative_error
 
 REASON = kernels.attention_unavailable("xformers", DEVICE)
 RUNS = pytest.mark.skipif(REASON is not None, reason=f"xformers does not run here: {REASON}")
-TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}    # relative, against float64
+# Relative, against float64. fp32: xformers may take TF32 paths on a GPU (about 3e-4), not checked here on one yet.
+TOL = {torch.float32: 1e-3, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
 def _reference(q, k, v, grad_out, scale):
