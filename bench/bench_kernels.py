@@ -129,13 +129,15 @@ def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch:
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     xformers_na = kernels.attention_unavailable("xformers", device)
+    xformers = functools.partial(kernels.attention, backend="xformers") if xformers_na is None else xformers_na
     attn = {**_backends(kernels.attention, kernels.attention_ref, has_triton), "sdpa": F.scaled_dot_product_attention,
-            "xformers": functools.partial(kernels.attention, backend="xformers") if xformers_na is None else xformers_na}
+            "xformers": xformers}
     for b, h, n, d in attention_shapes(preset, attn_batch):
         q, k, v = (torch.randn(b, h, n, d, device=device, generator=gen).to(dtype).requires_grad_() for _ in range(3))
         grad_o = torch.randn(q.shape, device=device, generator=gen).to(dtype)
         cases.append(("attention_fwd_bwd", (b, h, n, d), dtype,
-                      {name: _bind(fn, lambda f: _grad_of(f, (q, k, v), grad_o, (q, k, v))) for name, fn in attn.items()},
+                      {name: _bind(fn, lambda f: _grad_of(f, (q, k, v), grad_o, (q, k, v)))
+                       for name, fn in attn.items()},
                       12 * b * h * n * n * d, "FLOP"))
     return cases
 

@@ -41,8 +41,8 @@ def loss_check(triton: list[dict], torch: list[dict]) -> tuple[str, bool]:
     if not triton or not torch:
         missing = [name for name, run in (("triton", triton), ("torch", torch)) if not run]
         return f"Not measured: no log of the {' and '.join(missing)} run(s).\n", False
-    rows = [[f"{a['kimg']:.2f}", f"{a['loss']:.4f}", f"{b['loss']:.4f}", f"{a['img_per_s']:.0f}", f"{b['img_per_s']:.0f}"]
-            for a, b in zip(triton, torch)]
+    rows = [[f"{a['kimg']:.2f}", f"{a['loss']:.4f}", f"{b['loss']:.4f}", f"{a['img_per_s']:.0f}",
+             f"{b['img_per_s']:.0f}"] for a, b in zip(triton, torch)]
     half = len(rows) // 2
     tails = [statistics.fmean(r["loss"] for r in run[half:]) for run in (triton, torch)]
     gap = abs(tails[0] - tails[1]) / tails[1]

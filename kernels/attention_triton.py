@@ -255,7 +255,8 @@ _attn_fwd_kernel 9 tf32 256: 32x32w4
 
 
 def _denied(table: str) -> dict[tuple[str, int, str, int], set[tuple[int, int, int]]]:
-    """{(kernel, major, operands, BLOCK_D): {(BLOCK_M, BLOCK_N, warps)}} from lines '_attn_fwd_kernel 8 16 256: 64x32w8'."""
+    """{(kernel, major, operands, BLOCK_D): {(BLOCK_M, BLOCK_N, warps)}} from lines like
+    '_attn_fwd_kernel 8 16 256: 64x32w8 64x64w4'."""
     out: dict[tuple[str, int, str, int], set[tuple[int, int, int]]] = {}
     for line in table.strip().splitlines():
         group, _, tiles = line.partition(":")

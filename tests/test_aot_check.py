@@ -89,7 +89,8 @@ def test_a_warm_run_compiles_nothing(tmp_path):
 
 
 def test_every_kernel_module_is_found():
-    done = subprocess.run([sys.executable, "-c", "from bench.aot_check import all_kernels; print(sorted(all_kernels()))"],
+    code = "from bench.aot_check import all_kernels; print(sorted(all_kernels()))"
+    done = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""bench/gpu_report.py on a folder laid out as bench/gpu_check.sh leaves it (made here, no GPU), and the script's syntax."""
+"""bench/gpu_report.py on a folder laid out as bench/gpu_check.sh leaves it (made here, no GPU); the script parses."""
 import json
 import random
 import subprocess
