@@ -3,6 +3,7 @@
     python -m ambient.study --config docs/study/cpu.toml          # the committed CPU study
     python -m ambient.study --dir runs/study --n-clean 500,1000,5000 --n-noisy 0,4500 --sigma-n 0.2 --kimg 40
     python -m ambient.study --dir runs/t1 --table1 5000 --sigma-n 0.2 --seeds 0-2 --jobs 2
+    python -m ambient.study --config docs/study/cpu.toml --report-only    # results of the points finished so far
 
 Every point trains through train.py (`python train.py`, or torchrun with --nproc > 1) in
 DIR/points/NAME/run with --resume auto, then is evaluated by `python -m ambient.eval` into
@@ -563,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
     g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: 1 with --jobs > 1, "
                                                           "else inherited, and train.py takes every core)")
+    g.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: write the results of the points finished so far (e.g. while the "
+                        "study itself still runs)")
     return p
 
 
@@ -615,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
     say(f"study {study_dir}: {len(points)} point(s), {a.jobs} at a time")
     start = time.perf_counter()
-    errors = run_points(points, study_dir, s, a.jobs)
+    errors = [] if a.report_only else run_points(points, study_dir, s, a.jobs)
     rows = collect(points, study_dir, a.metric)
     if rows:
         print(write_results(rows, Path(a.results or study_dir), a.metric, a.data, config))

@@ -89,6 +89,18 @@ def test_rerun_skips_finished_points(micro_study, capsys):
     assert _mtimes(micro_study) == before
 
 
+def test_report_only_writes_results_without_running_anything(micro_study, capsys, tmp_path):
+    before = _mtimes(micro_study)
+    # One point more than was run: it is neither trained nor evaluated, only missing from the results.
+    assert study.main(["--dir", str(micro_study), *MICRO, "--points", "16:0,8:8,4:0", "--results", str(tmp_path),
+                       "--report-only"]) == 0
+    out = capsys.readouterr().out
+    assert "train " not in out and "eval " not in out and "(2 of 3 points" in out
+    assert _mtimes(micro_study) == before and not (micro_study / "points" / "c4_n0_seed0").exists()
+    with open(tmp_path / "results.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["c8_n8_s0.2_seed0", "c16_n0_seed0"]
+
+
 def test_interrupted_point_continues_and_changed_settings_are_refused(micro_study, capsys):
     folder = micro_study / "points" / "c16_n0_seed0"
     (folder / "metrics.json").unlink()
