@@ -234,6 +234,27 @@ def test_equivalent_counts_and_worth_table_from_synthetic_curves():
     assert f"| 0.2 | 100 | 900 | {mixed['n_equiv']:.0f} | {mixed['worth']:.3f} | {mixed['ci_low']:.2f} - " in table
 
 
+def test_write_results_with_mixed_points_draws_the_worth_figure(tmp_path):
+    def metric(n_eff):
+        return 300 * n_eff ** -0.6 + 2
+    settings = [(c, 0, 0.0, metric(c)) for c in (100, 200, 500, 1000)]
+    settings += [(100, 900, s, metric(100 + w * 900)) for s, w in ((0.2, 0.5), (0.4, 0.2))]
+    settings += [(0, 1000, s, metric(60)) for s in (0.2, 0.4)]
+    rows = [{"name": f"c{c}_n{m}_s{s:g}_seed{seed}", "n_clean": c, "n_noisy": m, "sigma_n": s, "seed": seed,
+             "metric": "fd_mnist", "value": v * (1 + 0.01 * (seed - 1)), "sd": 0.5, "floor": 1.0, "kid": None,
+             "memorised": 0.0, "nn_ratio": 1.0, "n": 1000, "kimg": 240.0,
+             "snapshots": json.dumps({"200": v * 1.1, "240": v}), "train_seconds": 1.0, "eval_seconds": 1.0}
+            for c, m, s, v in settings for seed in range(3)]
+    text = study.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
+    png = (tmp_path / "worth.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    res = json.loads((tmp_path / "results.json").read_text())
+    worth = {(e["sigma_n"], e["n_clean"]): e for e in res["equivalent_clean"]}
+    assert worth[(0.2, 100)]["worth"] == pytest.approx(0.5, abs=0.05) and worth[(0.4, 100)]["worth"] < 0.3
+    assert worth[(0.2, 0)]["bound"] == "<" and "fd_mnist @ 200 kimg" in text
+    assert res["table1_ordering"] == {"0.2": "holds", "0.4": "holds"}
+
+
 def test_summary_table_groups_seeds():
     rows = [{"n_clean": 500, "n_noisy": 0, "sigma_n": 0.0, "value": v, "sd": 1.0, "floor": 2.0, "n": 100}
             for v in (10, 14)]
