@@ -25,7 +25,7 @@ import operator
 import os
 import zipfile
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -641,6 +641,78 @@ def _exact_counts(n_clean: int | None, n_noisy: int | None, n: int) -> tuple[int
     if noisy is None:
         noisy = n - clean
     return clean, noisy
+
+
+class Split(NamedTuple):
+    """Which images of a base data set are clean, which are noisy, and the noise level of each noisy one."""
+
+    clean: np.ndarray   # base indices of the clean images, ascending
+    noisy: np.ndarray   # base indices of the noisy images, ascending
+    level: np.ndarray   # level[j]: index into sigma_share of the noise level of image noisy[j]
+
+
+def split_clean_noisy(n: int, *, n_clean: int | None = None, n_noisy: int | None = None,
+                      p_clean: float | None = None, keep_fraction: float = 1.0,
+                      sigma_share: Sequence[float] = (1.0,), seed: int = 0) -> Split:
+    """Choose the clean and the noisy images of a base of n, and the noise level of each noisy one.
+
+    A pure function of its arguments; every draw comes from a Philox stream keyed by (seed, purpose):
+
+        order = permutation(n)                                      stream SELECT
+        exact counts (p_clean None; None = all the remaining images, both None = all noisy):
+            clean = order[:n_clean]
+            noisy = order[n_clean : n_clean + n_noisy]
+        Bernoulli (p_clean given, the paper's code):
+            kept  = order[:floor(keep_fraction * n)]                at least 1 image
+            clean = {i in kept : u_i < p_clean},  u = uniform(n)    stream BERNOULLI: one coin per base image
+            noisy = kept - clean
+        levels (exact counts per sigma_share, largest remainder):
+            count_l = largest_remainder(sigma_share * |noisy|)
+            sorted(noisy)[permutation(|noisy|)]                     stream LEVEL
+            its first count_0 images get level 0, the next count_1 level 1, ...
+
+    More clean images (a larger n_clean or p_clean, same seed) keep the old clean ones.
+    """
+    n = _as_int("n", n, minimum=1)
+    seed = _as_key("seed", seed)
+    shares = np.array([_as_fraction("each sigma_share", s) for s in sigma_share], dtype=np.float64)
+    if len(shares) == 0:
+        raise ValueError("sigma_share must give at least one share")
+    if abs(shares.sum() - 1.0) > 1e-6:
+        raise ValueError(f"sigma_share must sum to 1, got {list(sigma_share)} (sum {shares.sum():.9g})")
+    order = _philox(seed, _STREAM_SELECT).permutation(n)
+    if p_clean is None:
+        if _as_fraction("keep_fraction", keep_fraction) != 1.0:
+            raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
+                             "counts choose the images with n_clean / n_noisy")
+        k_clean, k_noisy = _exact_counts(n_clean, n_noisy, n)
+        clean, noisy = order[:k_clean], order[k_clean:k_clean + k_noisy]
+    else:
+        p_clean, keep_fraction = _as_fraction("p_clean", p_clean), _as_fraction("keep_fraction", keep_fraction)
+        if n_clean is not None or n_noisy is not None:
+            raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
+                             "counts), not both")
+        # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
+        n_kept = math.floor(round(keep_fraction * n, 9))
+        if n_kept < 1:
+            raise ValueError(f"keep_fraction {keep_fraction:g} of {n} images keeps none; "
+                             f"use at least {1 / n:.3g}")
+        kept = order[:n_kept]
+        coin_is_clean = _philox(seed, _STREAM_BERNOULLI).random(n) < p_clean
+        clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]
+    noisy = np.sort(noisy)
+    by_level = _philox(seed, _STREAM_LEVEL).permutation(len(noisy))
+    level = np.empty(len(noisy), dtype=np.int64)
+    level[by_level] = np.repeat(np.arange(len(shares)), _largest_remainder(shares / shares.sum(), len(noisy)))
+    return Split(np.sort(clean), noisy, level)
+
+
+def _as_key(name: str, value: Any) -> int:
+    """`value` as an int in [0, 2**64) (a word of a Philox key or counter), else ValueError naming `name`."""
+    result = _as_int(name, value)
+    if result >= 2**64:
+        raise ValueError(f"{name} must be < 2**64, got {value}")
+    return result
 
 
 class AmbientDataset(Dataset):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ambient.data import AmbientDataset, load_dataset, parse_float_list
+from ambient.data import AmbientDataset, ArrayDataset, load_dataset, parse_float_list, split_clean_noisy
 from ambient.dataset_tool import main as dataset_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -417,6 +417,142 @@ def test_bad_arguments_raise(digits, kwargs, message):
 def test_unknown_keyword_is_a_type_error(digits):
     with pytest.raises(TypeError, match="n_clen"):
         AmbientDataset(digits, n_clen=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# The choice of clean / noisy images (split_clean_noisy), pinned to AmbientDataset's
+# ------------------------------------------------------------------------------------------------
+
+def _zeros(n):
+    """A base data set of n blank 2x2 images: the choice depends on n and the arguments only."""
+    return ArrayDataset("zeros", np.zeros((n, 1, 2, 2), dtype=np.uint8))
+
+
+# (n, AmbientDataset arguments, sha256 of (indices int64, sigma_n_of float64) little-endian, first 16 hex).
+# Recorded from AmbientDataset before its choice became split_clean_noisy: which images are clean must not
+# change (recorded runs and data sets written by dataset_tool --add-noise depend on it).
+_PINNED = [
+    (1797, dict(n_clean=300, sigma_n=[0.2, 0.9], seed=123), "59435ab5281071b4"),
+    (1797, dict(n_clean=97, n_noisy=1001, sigma_n=[0.1, 0.4, 0.7], sigma_share=[0.5, 0.3, 0.2]), "484e2e134ede0382"),
+    (5000, dict(n_clean=500), "8482a8882cb76828"),
+    (1000, dict(n_clean=100, n_noisy=333, sigma_n=[0.05, 0.2], sigma_share=[0.3, 0.7], seed=7), "b059e2301c09b9ab"),
+    (4099, dict(n_noisy=4099, sigma_n=[0.1, 0.2, 0.4], seed=2**64 - 1), "70e79acd30b43bad"),
+    (1797, dict(p_clean=0.3, seed=9), "1d48e6758ded2bc2"),
+    (1001, dict(p_clean=0.1, keep_fraction=0.29, sigma_n=[0.2, 0.4], seed=31), "a83c7b375459d8f3"),
+    (7, dict(p_clean=0.5, keep_fraction=0.5, seed=3), "9cb26f8b1d0a88b6"),
+    (1, dict(n_clean=1, seed=5), "374708fff7719dd5"),
+]
+
+
+@pytest.mark.parametrize("n, kwargs, digest", _PINNED)
+def test_choice_is_pinned(n, kwargs, digest):
+    ds = AmbientDataset(_zeros(n), **kwargs)
+    data = ds.indices.astype("<i8").tobytes() + ds.sigma_n_of.astype("<f8").tobytes()
+    assert hashlib.sha256(data).hexdigest()[:16] == digest
+
+
+def _random_config(rng):
+    """Fresh random arguments: a non-power-of-two n, exact counts or Bernoulli, one to four levels."""
+    n = int(rng.integers(3, 3000)) | 1
+    levels = sorted(set(np.round(rng.uniform(0.01, 1.0, size=int(rng.integers(1, 5))), 3).tolist()))
+    kwargs = dict(sigma_n=levels, seed=int(rng.integers(2**63)))
+    if rng.random() < 0.5:
+        kwargs["sigma_share"] = (rng.dirichlet(np.ones(len(levels)))).tolist()
+    if rng.random() < 0.5:
+        n_clean = int(rng.integers(n + 1))
+        kwargs.update(n_clean=n_clean, n_noisy=int(rng.integers(n - n_clean + 1)) if rng.random() < 0.5 else None)
+    else:
+        kwargs.update(p_clean=float(rng.random()), keep_fraction=float(rng.uniform(0.5, 1.0)))
+    return n, kwargs
+
+
+def _split_args(kwargs):
+    """split_clean_noisy's arguments for AmbientDataset's: the shares as AmbientDataset defaults them."""
+    args = {k: v for k, v in kwargs.items() if k != "sigma_n"}
+    args["sigma_share"] = kwargs.get("sigma_share") or np.full(len(kwargs["sigma_n"]), 1.0 / len(kwargs["sigma_n"]))
+    return args
+
+
+def test_split_is_ambient_datasets_choice():
+    rng = np.random.default_rng()
+    configs = [(n, kwargs) for n, kwargs, _ in _PINNED] + [_random_config(rng) for _ in range(40)]
+    for n, kwargs in configs:
+        kwargs = dict(kwargs, sigma_n=kwargs.get("sigma_n", [0.2]))
+        ds = AmbientDataset(_zeros(n), **kwargs)
+        split = split_clean_noisy(n, **_split_args(kwargs))
+        assert np.array_equal(split.clean, ds.indices[ds.is_clean]), kwargs
+        assert np.array_equal(split.noisy, ds.indices[~ds.is_clean]), kwargs
+        assert np.array_equal(np.array(kwargs["sigma_n"])[split.level], ds.sigma_n_of[~ds.is_clean]), kwargs
+
+
+def test_split_counts_are_exact_and_disjoint():
+    rng = np.random.default_rng()
+    for _ in range(30):
+        n = int(rng.integers(2, 5000)) | 1
+        n_clean = int(rng.integers(n + 1))
+        n_noisy = int(rng.integers(n - n_clean + 1))
+        shares = rng.dirichlet(np.ones(int(rng.integers(1, 6))))
+        seed = int(rng.integers(2**64, dtype=np.uint64))
+        split = split_clean_noisy(n, n_clean=n_clean, n_noisy=n_noisy, sigma_share=shares, seed=seed)
+        assert (len(split.clean), len(split.noisy), len(split.level)) == (n_clean, n_noisy, n_noisy)
+        both = np.concatenate([split.clean, split.noisy])
+        assert len(np.unique(both)) == len(both) and ((0 <= both) & (both < n)).all()
+        assert (np.diff(split.clean) > 0).all() and (np.diff(split.noisy) > 0).all()
+        # Largest remainder: the counts sum to n_noisy and each is its exact share rounded down or up.
+        counts = np.bincount(split.level, minlength=len(shares))
+        assert counts.sum() == n_noisy and len(counts) == len(shares)
+        assert (np.abs(counts - shares * n_noisy) < 1).all()
+        # Reproducible per seed, different across seeds.
+        again = split_clean_noisy(n, n_clean=n_clean, n_noisy=n_noisy, sigma_share=shares, seed=seed)
+        assert all(np.array_equal(a, b) for a, b in zip(split, again))
+        if 10 <= n_clean <= n - 10:
+            other = split_clean_noisy(n, n_clean=n_clean, n_noisy=n_noisy, sigma_share=shares, seed=seed ^ 1)
+            assert not np.array_equal(other.clean, split.clean)
+    # None: all the remaining images; both None: all noisy.
+    assert len(split_clean_noisy(1001, n_clean=10).noisy) == 991
+    assert len(split_clean_noisy(1001, n_noisy=10).clean) == 991
+    assert len(split_clean_noisy(1001).noisy) == 1001
+
+
+def test_split_largest_remainder_shares():
+    # 1001 * (0.5, 0.3, 0.2) = 500.5, 300.3, 200.2: floors sum to 1000, the last image to the largest remainder.
+    split = split_clean_noisy(1098, n_clean=97, n_noisy=1001, sigma_share=[0.5, 0.3, 0.2])
+    assert np.bincount(split.level).tolist() == [501, 300, 200]
+    # 7 * (1/3, 1/3, 1/3): remainders tie, the earlier levels get the extra images.
+    assert np.bincount(split_clean_noisy(7, sigma_share=[1 / 3] * 3).level).tolist() == [3, 2, 2]
+
+
+def test_split_bernoulli_fraction_is_binomial():
+    rng = np.random.default_rng()
+    for _ in range(20):
+        n, p = int(rng.integers(200, 20000)) | 1, float(rng.uniform(0.05, 0.95))
+        keep = float(rng.uniform(0.3, 1.0))
+        seed = int(rng.integers(2**63))
+        split = split_clean_noisy(n, p_clean=p, keep_fraction=keep, seed=seed)
+        kept = len(split.clean) + len(split.noisy)
+        assert kept == math.floor(round(keep * n, 9))
+        assert len(np.intersect1d(split.clean, split.noisy)) == 0
+        assert abs(len(split.clean) - p * kept) < 5 * math.sqrt(p * (1 - p) * kept)
+        # One coin per image: a larger p_clean only turns noisy images clean.
+        more = split_clean_noisy(n, p_clean=min(1.0, p + 0.1), keep_fraction=keep, seed=seed)
+        assert set(split.clean.tolist()) <= set(more.clean.tolist())
+        other = split_clean_noisy(n, p_clean=p, keep_fraction=keep, seed=seed + 1)
+        assert not np.array_equal(other.clean, split.clean)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n=0), "n must be >= 1"),
+    (dict(n=10, n_clean=6, n_noisy=5), "6 \\+ 5 = 11 is more than the 10"),
+    (dict(n=10, p_clean=0.5, n_noisy=3), "not both"),
+    (dict(n=10, keep_fraction=0.5), "p_clean"),
+    (dict(n=10, p_clean=0.5, keep_fraction=0.05), "keeps none"),
+    (dict(n=10, sigma_share=[0.5, 0.6]), "sum to 1"),
+    (dict(n=10, sigma_share=[]), "at least one"),
+    (dict(n=10, seed=2**64), "2\\*\\*64"),
+])
+def test_split_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        split_clean_noisy(**kwargs)
 
 
 def test_parse_float_list():
