@@ -576,10 +576,6 @@ def load_dataset(name_or_path: str | os.PathLike, *, max_size: int | None = None
 # Ambient data set: clean + noisy images with fixed noise
 # --------------------------------------------------------------------------------------------------
 
-# Keyword names of resampling augmentations (EDM's augment pipe and common spellings).
-_RESAMPLING_AUGMENTS = frozenset({"rotate", "rotation", "rotate_frac", "scale", "scaling", "zoom",
-                                  "aniso", "translate_frac", "resize", "affine", "augment"})
-
 _RESAMPLING_REFUSAL = (
     "resampling augmentations (rotation, scaling, sub-pixel shifts, EDM's augment_pipe) interpolate "
     "between pixels, which shrinks and correlates the fixed noise of noisy images, so y - x0 would no "
@@ -587,9 +583,8 @@ _RESAMPLING_REFUSAL = (
     "allowed")
 
 
-def _noise_levels(sigma_n: float | Sequence[float],
-                  sigma_share: Sequence[float] | None) -> tuple[tuple[float, ...], np.ndarray]:
-    """Validated noise levels and their shares (normalised to sum exactly to 1)."""
+def _noise_levels(sigma_n: float | Sequence[float]) -> tuple[float, ...]:
+    """Validated noise levels of the noisy images: one or more distinct finite numbers > 0."""
     levels_in = [sigma_n] if np.ndim(sigma_n) == 0 else list(sigma_n)  # type: ignore[arg-type]
     if not levels_in:
         raise ValueError("sigma_n must name at least one noise level")
@@ -607,15 +602,7 @@ def _noise_levels(sigma_n: float | Sequence[float],
         levels.append(level)
     if len(set(levels)) != len(levels):
         raise ValueError(f"sigma_n lists a noise level twice: {levels}")
-    if sigma_share is None:
-        shares = np.full(len(levels), 1.0 / len(levels))
-    else:
-        shares = np.array([_as_fraction("each sigma_share", s) for s in sigma_share], dtype=np.float64)
-        if len(shares) != len(levels):
-            raise ValueError(f"sigma_share has {len(shares)} entries but sigma_n has {len(levels)} levels")
-        if abs(shares.sum() - 1.0) > 1e-6:
-            raise ValueError(f"sigma_share must sum to 1, got {list(sigma_share)} (sum {shares.sum():.9g})")
-    return tuple(levels), shares / shares.sum()
+    return tuple(levels)
 
 
 def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
@@ -718,15 +705,11 @@ def _as_key(name: str, value: Any) -> int:
 class AmbientDataset(Dataset):
     """A base data set with a fixed clean/noisy split and fixed noise: the ambient training data.
 
-    Selection (a pure function of seed and base index):
-    * exact counts (default): a seeded permutation of the base; its first n_clean images are clean, the
-      next n_noisy noisy (None = all the remaining images; both None = every image noisy);
-    * Bernoulli (p_clean given, the paper's code): keep the first floor(keep_fraction * N) images of the
-      permutation (at least 1); each is clean with probability p_clean by a coin keyed by (seed, index).
-    Noisy images get the levels of `sigma_n` (default DEFAULT_SIGMA_N) in exact counts per
-    `sigma_share` (largest remainder), assigned by a seeded permutation. Image i's noise z_i is drawn
-    from Philox keyed by (seed, i): the same in every epoch, worker, rank and process. Noisy images are
-    float32 x0 + sigma_n * z, never clipped or quantised.
+    Which images are clean and which noisy, and each noisy image's level of `sigma_n` (default
+    DEFAULT_SIGMA_N, shares `sigma_share`), is `split_clean_noisy`: exact counts n_clean / n_noisy, or
+    Bernoulli with p_clean and keep_fraction (the paper's code). Image i's noise z_i is drawn from Philox
+    keyed by (seed, i): the same in every epoch, worker, rank and process. Noisy images are float32
+    x0 + sigma_n * z, never clipped or quantised.
 
     A noisy data set (`base.sigma_n` not None) is used as stored: every noisy image with its own
     sigma_n, no noise added; the synthetic options are refused, and n_clean keeps that many of its
@@ -737,7 +720,7 @@ class AmbientDataset(Dataset):
     persistent_workers the workers keep the epoch they were started with). The shift is circular
     (torch.roll) for every image: it only permutes pixels, so iid noise stays iid N(0, sigma_n^2) —
     zero padding would create noiseless pixels, interpolation would shrink and correlate the noise —
-    and clean and noisy images are treated alike. Resampling augmentations are refused.
+    and clean and noisy images are treated alike. EDM's resampling augment_pipe is refused.
 
     Items: {"image": float32 (C, H, W), "sigma_n": float (0.0 clean), "label": int (-1 none),
     "index": base index}, ordered by base index.
@@ -746,23 +729,15 @@ class AmbientDataset(Dataset):
     def __init__(self, base: BaseDataset, *, n_clean: int | None = None, n_noisy: int | None = None,
                  sigma_n: float | Sequence[float] | None = None, sigma_share: Sequence[float] | None = None,
                  seed: int = 0, p_clean: float | None = None, keep_fraction: float = 1.0,
-                 xflip: bool = False, max_shift: int = 0, augment_pipe: object | None = None,
-                 **resampling: object) -> None:
+                 xflip: bool = False, max_shift: int = 0, augment_pipe: object | None = None) -> None:
         if augment_pipe is not None:
             raise ValueError(f"augment_pipe is not supported: {_RESAMPLING_REFUSAL}")
-        for key in resampling:
-            if key in _RESAMPLING_AUGMENTS:
-                raise ValueError(f"augmentation {key!r} is not supported: {_RESAMPLING_REFUSAL}")
-        if resampling:
-            raise TypeError(f"AmbientDataset got unexpected keyword argument(s) {sorted(resampling)}")
         n = len(base)
         if n == 0:
             raise ValueError("the base data set is empty")
         self.base = base
         self.stored = base.sigma_n is not None   # a noisy data set: images and sigma_n as stored
-        self.seed = _as_int("seed", seed)
-        if self.seed >= 2**64:
-            raise ValueError(f"seed must be < 2**64, got {seed}")
+        self.seed = _as_key("seed", seed)
         self.xflip = bool(xflip)
         self.max_shift = _as_int("max_shift", max_shift)
         if self.max_shift >= base.resolution:
@@ -771,7 +746,6 @@ class AmbientDataset(Dataset):
         self.p_clean = None if p_clean is None else _as_fraction("p_clean", p_clean)
         self.keep_fraction = _as_fraction("keep_fraction", keep_fraction)
 
-        order = _philox(self.seed, _STREAM_SELECT).permutation(n)
         if self.stored:
             synthetic = [k for k, v in (("n_noisy", n_noisy), ("sigma_n", sigma_n), ("sigma_share", sigma_share),
                                         ("p_clean", p_clean)) if v is not None]
@@ -780,6 +754,7 @@ class AmbientDataset(Dataset):
                 raise ValueError(f"{', '.join(synthetic)} set how clean images are corrupted, but {base.name} is "
                                  "a noisy data set: its images carry their own noise and sigma_n, which are "
                                  "used as stored (n_clean still keeps that many of its clean images)")
+            order = _philox(self.seed, _STREAM_SELECT).permutation(n)
             stored_clean = order[base.sigma_n[order] == 0]
             k_clean = len(stored_clean) if n_clean is None else _as_int("n_clean", n_clean)
             if k_clean > len(stored_clean):
@@ -790,29 +765,17 @@ class AmbientDataset(Dataset):
             levels, counts = np.unique(noisy_sigma, return_counts=True)
             self.sigma_levels = tuple(float(s) for s in levels)
         else:
-            self.sigma_levels, shares = _noise_levels(DEFAULT_SIGMA_N if sigma_n is None else sigma_n, sigma_share)
-            if self.p_clean is None:
-                if self.keep_fraction != 1.0:
-                    raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
-                                     "counts choose the images with n_clean / n_noisy")
-                k_clean, k_noisy = _exact_counts(n_clean, n_noisy, n)
-                clean, noisy = order[:k_clean], order[k_clean:k_clean + k_noisy]
-            else:
-                if n_clean is not None or n_noisy is not None:
-                    raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
-                                     "counts), not both")
-                # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
-                n_kept = math.floor(round(self.keep_fraction * n, 9))
-                if n_kept < 1:
-                    raise ValueError(f"keep_fraction {self.keep_fraction:g} of {n} images keeps none; "
-                                     f"use at least {1 / n:.3g}")
-                kept = order[:n_kept]
-                # Draw i of one Philox stream is a pure function of (seed, i): the coin of base image i.
-                coin_is_clean = _philox(self.seed, _STREAM_BERNOULLI).random(n) < self.p_clean
-                clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]
-            counts = _largest_remainder(shares, len(noisy))
-            noisy = np.sort(noisy)[_philox(self.seed, _STREAM_LEVEL).permutation(len(noisy))]
-            noisy_sigma = np.repeat(np.array(self.sigma_levels), counts)
+            self.sigma_levels = _noise_levels(DEFAULT_SIGMA_N if sigma_n is None else sigma_n)
+            n_levels = len(self.sigma_levels)
+            if sigma_share is not None and len(sigma_share) != n_levels:
+                raise ValueError(f"sigma_share has {len(sigma_share)} entries but sigma_n has {n_levels} levels")
+            split = split_clean_noisy(n, n_clean=n_clean, n_noisy=n_noisy, p_clean=p_clean,
+                                      keep_fraction=keep_fraction, seed=self.seed,
+                                      sigma_share=np.full(n_levels, 1.0 / n_levels) if sigma_share is None
+                                      else sigma_share)
+            clean, noisy = split.clean, split.noisy
+            noisy_sigma = np.array(self.sigma_levels)[split.level]
+            counts = np.bincount(split.level, minlength=n_levels)
 
         indices = np.concatenate([clean, noisy]).astype(np.int64)
         sigmas = np.concatenate([np.zeros(len(clean)), noisy_sigma])
@@ -847,10 +810,7 @@ class AmbientDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of `epoch` (the fixed noise does not depend on it)."""
-        epoch = _as_int("epoch", epoch)
-        if epoch >= 2**64:
-            raise ValueError(f"epoch must be < 2**64, got {epoch}")
-        self.epoch = epoch
+        self.epoch = _as_key("epoch", epoch)
 
     def noise(self, i: int) -> torch.Tensor:
         """The fixed standard-normal noise z (float64, C x H x W, before augmentation) of item i."""
