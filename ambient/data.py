@@ -102,19 +102,6 @@ def subset_indices(n: int, max_size: int | None) -> np.ndarray:
     return np.sort(_philox(0, _STREAM_SUBSET).permutation(n)[:max_size])
 
 
-def parse_float_list(text: str) -> list[float]:
-    """Parse a CLI list such as "0.1,0.4" into floats (for several sigma_n levels or their shares)."""
-    values = []
-    for token in text.split(","):
-        token = token.strip()
-        try:
-            values.append(float(token))
-        except ValueError:
-            raise ValueError(f"cannot parse {token!r} in {text!r} as a number "
-                             "(expected a comma-separated list such as 0.1,0.4)") from None
-    return values
-
-
 # --------------------------------------------------------------------------------------------------
 # Base data sets
 # --------------------------------------------------------------------------------------------------

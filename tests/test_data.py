@@ -1,4 +1,5 @@
 """Tests of ambient.data (base data sets, AmbientDataset) and ambient.dataset_tool."""
+import argparse
 import hashlib
 import json
 import math
@@ -13,7 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ambient.data import AmbientDataset, ArrayDataset, load_dataset, parse_float_list, split_clean_noisy
+from ambient import cli
+from ambient.data import AmbientDataset, ArrayDataset, load_dataset, split_clean_noisy
 from ambient.dataset_tool import main as dataset_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -556,11 +558,12 @@ def test_split_bad_arguments_raise(kwargs, message):
         split_clean_noisy(**kwargs)
 
 
-def test_parse_float_list():
-    assert parse_float_list("0.1, 0.4,2") == [0.1, 0.4, 2.0]
-    for bad in ("0.1,,0.2", "abc", ""):
-        with pytest.raises(ValueError, match="cannot parse"):
-            parse_float_list(bad)
+def test_float_list():
+    assert cli.float_list("0.1, 0.4,2") == (0.1, 0.4, 2.0)
+    for bad, message in (("0.1,x", "'x' is not a number"), ("abc", "'abc' is not a number"), ("", "no numbers"),
+                         (" , ", "no numbers"), ("0.1,-0.2", ">= 0")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            cli.float_list(bad)
 
 
 def test_keep_fraction_that_keeps_no_image_is_refused():
