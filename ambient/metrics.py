@@ -73,7 +73,7 @@ class FeatureNet(nn.Module):
 
 def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST-5k as float images in [-1, 1], shape (5000, 1, 32, 32), and int64 labels."""
-    from ambient.data import load_dataset
+    from ambient.sources import load_dataset
     ds = load_dataset("mnist")
     images, labels = zip(*(ds[i] for i in range(len(ds))))
     return torch.stack(images).float() / 127.5 - 1, torch.tensor(labels)

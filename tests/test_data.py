@@ -1,4 +1,5 @@
-"""Tests of ambient.data (base data sets, AmbientDataset) and ambient.dataset_tool."""
+"""Tests of ambient.sources (base data sets), ambient.data (the clean/noisy choice, AmbientDataset) and
+ambient.dataset_tool."""
 import argparse
 import hashlib
 import json
@@ -15,8 +16,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ambient import cli
-from ambient.data import AmbientDataset, ArrayDataset, load_dataset, split_clean_noisy
+from ambient.data import AmbientDataset, split_clean_noisy
 from ambient.dataset_tool import main as dataset_tool
+from ambient.sources import ArrayDataset, load_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -262,7 +264,7 @@ def test_noise_is_fixed_across_epochs_and_workers(tmp_path, digits):
 
 def test_noise_is_fixed_in_a_new_process(digits):
     items = [0, 5, 17, 1000, 1796]
-    code = ("import hashlib, torch\nfrom ambient.data import AmbientDataset, load_dataset\n"
+    code = ("import hashlib, torch\nfrom ambient.data import AmbientDataset\nfrom ambient.sources import load_dataset\n"
             "ds = AmbientDataset(load_dataset('digits'), n_clean=300, sigma_n=[0.2, 0.9], seed=123)\n"
             f"images = torch.stack([ds[i]['image'] for i in {items}])\n"
             "print(hashlib.sha256(images.numpy().tobytes()).hexdigest())")

@@ -32,8 +32,8 @@ from ambient import eval as ambient_eval
 from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, list_checkpoints,
                                 load_checkpoint, save_checkpoint)
 from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
-from ambient.data import MAX_CLASSES, load_dataset
 from ambient.loading import load_network
+from ambient.sources import MAX_CLASSES, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
@@ -354,7 +354,7 @@ GOOD = {f"{i}.png": png_bytes(30 * i) for i in range(4)}
 def test_zip_bombs_are_refused_without_reading_them(tmp_path, members, bomb, message):
     path = zip_set(tmp_path / "bomb.zip", members, bomb, bomb_bytes=200 << 20)
     assert os.path.getsize(path) < 2 << 20
-    code = ("import resource, sys; from ambient.data import load_dataset\n"
+    code = ("import resource, sys; from ambient.sources import load_dataset\n"
             "try:\n    print(load_dataset(sys.argv[1]))\nexcept ValueError as e:\n    print(e)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
 

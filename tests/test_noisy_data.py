@@ -18,9 +18,10 @@ from PIL import Image
 import sample
 import train
 from ambient.checkpoint import list_checkpoints
-from ambient.data import AmbientDataset, is_noisy_dataset, load_dataset, to_signal
+from ambient.data import AmbientDataset
 from ambient.dataset_tool import estimate_sigma_n
 from ambient.dataset_tool import main as dataset_tool
+from ambient.sources import is_noisy_dataset, load_dataset, to_signal
 from ambient.training import train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
