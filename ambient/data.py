@@ -125,7 +125,7 @@ def split_clean_noisy(n: int, *, n_clean: int | None = None, n_noisy: int | None
             clean = {i in kept : u_i < p_clean},  u = uniform(n)    stream BERNOULLI: one coin per base image
             noisy = kept - clean
         levels (exact counts per sigma_share, largest remainder):
-            count_l = largest_remainder(sigma_share * |noisy|)
+            count_l = largest_remainder(sigma_share / sum(sigma_share) * |noisy|)
             sorted(noisy)[permutation(|noisy|)]                     stream LEVEL
             its first count_0 images get level 0, the next count_1 level 1, ...
 
