@@ -100,5 +100,19 @@ def check_output(path: str | os.PathLike, *, kind: str = "file", overwrite: bool
     return path
 
 
+def check_destination(dest: str | os.PathLike, *, option: str, archive: bool = False) -> Path:
+    """A data set's or a checkpoint's destination, checked before any work: FileExistsError unless it is absent or
+    an empty directory, or with `archive` (a .zip written whole) absent or an empty file, so nothing that holds
+    data is written into or replaced. `option` names it in the message ("--dest")."""
+    dest = Path(dest)
+    if dest.exists():
+        right_kind = dest.is_file() if archive else dest.is_dir()
+        if not right_kind or (dest.stat().st_size > 0 if archive else any(dest.iterdir())):
+            why = "it is not empty" if right_kind else f"it is a {'directory' if dest.is_dir() else 'file'}"
+            raise FileExistsError(f"destination {dest} exists and is not an empty {'file' if archive else 'directory'} "
+                                  f"({why}); choose another {option}")
+    return dest
+
+
 def _empty(text: str):
     raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")

@@ -30,6 +30,7 @@ from typing import IO, Any, Callable
 
 import torch
 
+from . import cli
 from .checkpoint import CheckpointError, save_checkpoint
 from .networks import PRESETS, EDMPrecond, SongUNet, build_network, network_template, state_mismatch
 
@@ -366,16 +367,9 @@ def convert_edm_pickle(path: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
     return net.eval().requires_grad_(False), info
 
 
-def _check_destination(dest: Path) -> None:
-    """Never write into something that already holds data."""
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ConversionError(f"{dest} exists and is not an empty directory; choose a new destination")
-
-
 def write_converted(net: EDMPrecond, info: dict[str, Any], dest: str | Path) -> Path:
     """Save a converted network as a checkpoint (net = ema, no optimizer state) in a new or empty `dest`."""
-    dest = Path(dest)
-    _check_destination(dest)
+    dest = cli.check_destination(dest, option="destination")
     weights = net.state_dict()
     meta = {"network": info["network"], "kimg": None,
             "converted_from": {k: info[k] for k in ("source", "source_sha256", "class_name", "pickle_keys")}}
@@ -391,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dest", help="new or empty directory for the converted checkpoint")
     a = p.parse_args(argv)
     try:
-        _check_destination(Path(a.dest))            # before the slow part; write_converted checks again
+        cli.check_destination(a.dest, option="destination")    # before the slow part; write_converted checks again
         net, info = convert_edm_pickle(a.src)
         where = write_converted(net, info, a.dest)
     except (ConversionError, CheckpointError, OSError) as e:

@@ -136,14 +136,9 @@ def _npy_bytes(values: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check_destination(dest: str) -> None:
-    """Refuse to overwrite anything: dest must not exist, or be an empty folder / empty file."""
-    if os.path.isdir(dest) and os.listdir(dest):
-        raise FileExistsError(f"destination {dest} exists and is not empty; choose another --dest")
-    if os.path.isfile(dest) and os.path.getsize(dest) > 0:
-        raise FileExistsError(f"destination {dest} exists; choose another --dest")
-    if dest.lower().endswith(".zip") and os.path.isdir(dest):
-        raise FileExistsError(f"destination {dest} is a folder but its name ends with .zip")
+def _is_zip(dest: str) -> bool:
+    """Whether `dest` names a .zip archive rather than a folder."""
+    return dest.lower().endswith(".zip")
 
 
 @contextlib.contextmanager
@@ -153,7 +148,7 @@ def _atomic_output(dest: str) -> Iterator[Callable[[str, bytes], None]]:
     parent = os.path.dirname(os.path.abspath(dest))
     os.makedirs(parent, exist_ok=True)
     partial = os.path.join(parent, f".{os.path.basename(os.path.normpath(dest))}.partial-{os.getpid()}")
-    archive = zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) if dest.lower().endswith(".zip") else None
+    archive = zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) if _is_zip(dest) else None
     write: Callable[[str, bytes], None]
     if archive is not None:
         write = archive.writestr
@@ -231,7 +226,7 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None,
         raise ValueError(f"--resolution must be a positive integer, got {resolution}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"--max-images must be a positive integer, got {max_images}")
-    _check_destination(dest)
+    cli.check_destination(dest, option="--dest", archive=_is_zip(dest))
     if source in NAMED_DATASETS:
         if labels_from_folders:
             raise ValueError(f"--labels-from-folders applies to folder sources; {source!r} has its own "
@@ -251,7 +246,7 @@ def add_noise(source: str, dest: str, sigma_n: Sequence[float], *, sigma_share: 
     """
     if not 0.0 <= noisy_fraction <= 1.0:
         raise ValueError(f"--noisy-fraction must be in [0, 1], got {noisy_fraction}")
-    _check_destination(dest)
+    cli.check_destination(dest, option="--dest", archive=_is_zip(dest))
     base = load_dataset(source, max_size=max_images)
     if base.sigma_n is not None:
         raise ValueError(f"{source} is already a noisy data set; --add-noise needs a source of clean images")
@@ -389,7 +384,7 @@ def noisy_from_images(source: str, dest: str | None, *, sigma_n: float | None = 
     if sigma_n is not None:
         sigma_n = sigma_n_value(sigma_n, "every image")
     if dest is not None:
-        _check_destination(dest)
+        cli.check_destination(dest, option="--dest", archive=_is_zip(dest))
     if source in NAMED_DATASETS:
         raise ValueError(f"{source!r} holds clean images: make a noisy copy with --add-noise")
     image_source = ImageSource(source, extensions=_TIFF_EXTENSIONS)

@@ -158,6 +158,21 @@ def test_dataset_tool_refuses_non_empty_destination(tmp_path, capsys):
     assert os.listdir(tmp_path / "taken") == ["keep.txt"]
 
 
+def test_check_destination_refuses_whatever_holds_data(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("precious")
+    (tmp_path / "blank.zip").write_bytes(b"")
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    for name, archive in (("new", False), ("empty", False), ("new.zip", True), ("blank.zip", True)):
+        assert cli.check_destination(tmp_path / name, option="--dest", archive=archive) == tmp_path / name
+    for name, archive, why in (("full", False, "it is not empty"), ("blank.zip", False, "it is a file"),
+                               ("data.zip", True, "it is not empty"), ("empty", True, "it is a directory")):
+        with pytest.raises(FileExistsError, match=f"{name} exists and is not an empty .*{why}.*another --dest"):
+            cli.check_destination(tmp_path / name, option="--dest", archive=archive)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "precious" and (tmp_path / "data.zip").read_bytes() == b"PK"
+
+
 def test_dataset_tool_cli_reports_bad_source_without_traceback(tmp_path):
     missing = str(tmp_path / "no_such_folder")
     result = subprocess.run([sys.executable, "-m", "ambient.dataset_tool", "--source", missing,
