@@ -17,7 +17,7 @@ import torch
 from torch.nn.functional import silu
 
 import kernels
-from kernels._backend import BACKENDS
+from kernels import BACKENDS
 
 INIT_MODES = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
 
