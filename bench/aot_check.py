@@ -70,7 +70,7 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
 import kernels
 from ambient.loss import AmbientLoss
 from ambient.training import step_seed
-from bench.bench_kernels import PRESET_DATA, attention_layers
+from bench.presets import PRESET_DATA, attention_layers
 from bench.report import format_table
 
 
@@ -260,8 +260,10 @@ def workloads() -> dict[str, Callable[[], None]]:
                 dtype = DTYPES[precision.split("-")[0]]
                 name = f"attention {preset}{'' if width is None else f'-c{width}'} {shape} {precision}"
                 out[name] = lambda b=block, r=res, d=dtype, t=tf32: _attention(b, r, d, t)
-    for preset in ("tiny", "ddpmpp"):
-        channels, res = PRESET_DATA[preset]
+    by_shape: dict[tuple[int, int], str] = {}
+    for preset, shape in PRESET_DATA.items():   # the noise and loss kernels see the image shape, not the network
+        by_shape.setdefault(shape, preset)
+    for (channels, res), preset in by_shape.items():
         for precision, dtype in DTYPES.items():
             out[f"noise+loss {preset} {channels}x{res}x{res} {precision}"] = (
                 lambda p=preset, d=dtype: _noise_and_loss(p, d))
