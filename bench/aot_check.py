@@ -1,9 +1,9 @@
 """Ahead-of-time compiles of every Triton kernel of kernels/ for sm_90 (H100/H200) and sm_80 (A100), on a CPU.
 
-    python bench/aot_check.py                        # the CI check: the table, exit 1 when a GPU would refuse
-    python bench/aot_check.py --markdown aot.md      #   or punish a kernel; also as a markdown table
-    python bench/aot_check.py --only attention --arch 90
-    python bench/aot_check.py --denylist             # after a kernel change: kernels/attention_triton._DENIED anew
+    python -m bench.aot_check                        # the CI check: the table, exit 1 when a GPU would refuse
+    python -m bench.aot_check --markdown aot.md      #   or punish a kernel; also as a markdown table
+    python -m bench.aot_check --only attention --arch 90
+    python -m bench.aot_check --denylist             # after a kernel change: kernels/attention_triton._DENIED anew
 
 No GPU is needed: Triton's own compiler and its bundled ptxas build each kernel for the target.
 
@@ -63,9 +63,6 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
-
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels
 from ambient.loss import AmbientLoss

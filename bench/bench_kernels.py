@@ -12,20 +12,15 @@ those rows are "n/a"), torch (the reference ops), compile (torch.compile of the 
 attention, sdpa (torch.nn.functional.scaled_dot_product_attention, PyTorch's fastest backend) and xformers
 (xformers.ops.memory_efficient_attention through kernels.attention; "n/a" with the reason where it cannot run).
 
-Run through bench/run.py: `python bench/run.py --sections kernels`.
+Run through bench/run.py: `python -m bench.run --sections kernels`.
 """
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels
 from bench.harness import Workload, references
