@@ -51,8 +51,8 @@ class AmbientLoss:
     def __post_init__(self) -> None:
         if self.sigma_sampling not in SIGMA_SAMPLINGS:
             raise ValueError(f"sigma sampling must be one of {SIGMA_SAMPLINGS}, got {self.sigma_sampling!r}")
-        if self.weighting not in kernels.loss.WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {kernels.loss.WEIGHTINGS}, got {self.weighting!r}")
+        if self.weighting not in kernels.WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {kernels.WEIGHTINGS}, got {self.weighting!r}")
 
     def __call__(self, net: torch.nn.Module, y: torch.Tensor, sigma_n: torch.Tensor, normal: torch.Tensor,
                  labels: torch.Tensor | None = None, *, seed: int, offset: int = 0,

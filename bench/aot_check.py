@@ -1,9 +1,9 @@
 """Ahead-of-time compiles of every Triton kernel of kernels/ for sm_90 (H100/H200) and sm_80 (A100), on a CPU.
 
-    python bench/aot_check.py                        # the CI check: the table, exit 1 when a GPU would refuse
-    python bench/aot_check.py --markdown aot.md      #   or punish a kernel; also as a markdown table
-    python bench/aot_check.py --only attention --arch 90
-    python bench/aot_check.py --denylist             # after a kernel change: kernels/attention_triton._DENIED anew
+    python -m bench.aot_check                        # the CI check: the table, exit 1 when a GPU would refuse
+    python -m bench.aot_check --markdown aot.md      #   or punish a kernel; also as a markdown table
+    python -m bench.aot_check --only attention --arch 90
+    python -m bench.aot_check --denylist             # after a kernel change: kernels/attention_triton._DENIED anew
 
 No GPU is needed: Triton's own compiler and its bundled ptxas build each kernel for the target.
 
@@ -64,13 +64,10 @@ from triton.runtime import driver
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import kernels
 from ambient.loss import AmbientLoss
 from ambient.training import step_seed
-from bench.bench_kernels import PRESET_DATA, attention_layers
+from bench.presets import PRESET_DATA, attention_layers
 from bench.report import format_table
 
 
@@ -260,8 +257,10 @@ def workloads() -> dict[str, Callable[[], None]]:
                 dtype = DTYPES[precision.split("-")[0]]
                 name = f"attention {preset}{'' if width is None else f'-c{width}'} {shape} {precision}"
                 out[name] = lambda b=block, r=res, d=dtype, t=tf32: _attention(b, r, d, t)
-    for preset in ("tiny", "ddpmpp"):
-        channels, res = PRESET_DATA[preset]
+    by_shape: dict[tuple[int, int], str] = {}
+    for preset, shape in PRESET_DATA.items():   # the noise and loss kernels see the image shape, not the network
+        by_shape.setdefault(shape, preset)
+    for (channels, res), preset in by_shape.items():
         for precision, dtype in DTYPES.items():
             out[f"noise+loss {preset} {channels}x{res}x{res} {precision}"] = (
                 lambda p=preset, d=dtype: _noise_and_loss(p, d))

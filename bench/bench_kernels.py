@@ -12,48 +12,25 @@ those rows are "n/a"), torch (the reference ops), compile (torch.compile of the 
 attention, sdpa (torch.nn.functional.scaled_dot_product_attention, PyTorch's fastest backend) and xformers
 (xformers.ops.memory_efficient_attention through kernels.attention; "n/a" with the reason where it cannot run).
 
-Run through bench/run.py (`python bench/run.py --sections kernels`); `python bench/bench_kernels.py
-ARGS` is the same with `--sections kernels` implied.
+Run through bench/run.py: `python -m bench.run --sections kernels`.
 """
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import kernels
-from ambient.networks import UNetBlock, build_network
 from bench.harness import Workload, references
+from bench.presets import PRESET_DATA, attention_layers
 
-# The data each preset trains on: (channels, resolution) — DDPM++ and NCSN++ on CIFAR-10, tiny on MNIST-5k.
-PRESET_DATA = {"ddpmpp": (3, 32), "ncsnpp": (3, 32), "tiny": (1, 32)}
 # Batch of the image ops and of attention: the presets' training batches, except attention on a CPU.
 BATCHES = {("cuda", "ddpmpp"): (512, 512), ("cuda", "tiny"): (64, 64),
            ("cpu", "ddpmpp"): (512, 8), ("cpu", "tiny"): (64, 64)}
 SMOKE_BATCHES = (4, 2)
 TRITON_NA = "Triton runs on a CPU only under its interpreter (far too slow to benchmark)"
-
-
-def attention_layers(preset: str, **overrides: Any) -> list[tuple[int, UNetBlock]]:
-    """(resolution, block) of every self-attention layer of the preset's network on its data.
-
-    Built on the meta device: no memory, no weight init (a DDPM++ built on the CPU takes seconds). A block's
-    `_attend` needs no weights, so it runs on real tensors as in training. `overrides` go to build_network
-    (e.g. model_channels).
-    """
-    channels, resolution = PRESET_DATA[preset]
-    with torch.device("meta"):
-        net = build_network(preset, resolution, channels, **overrides)
-    return [(int(name.split("x")[0]), block) for part in (net.model.enc, net.model.dec)
-            for name, block in part.items() if isinstance(block, UNetBlock) and block.num_heads]
 
 
 def attention_shapes(preset: str, batch: int) -> list[tuple[int, int, int, int]]:
@@ -172,8 +149,3 @@ def add_speedups(rows: list[dict]) -> None:
         ref = reference.get(r["id"].rsplit("/", 1)[0])
         if r.get("section") == "kernels" and r.get("status") == "ok" and ref is not None and r is not ref:
             r["vs_torch"] = round(r["norm"] / ref["norm"], 3)
-
-
-if __name__ == "__main__":
-    from bench.run import main
-    main(["--sections", "kernels", *sys.argv[1:]])

@@ -1,7 +1,7 @@
 """Sampling throughput: img/s of `sample.py` and of `ambient.eval`'s generation, at their default settings.
 
-    python bench/bench_sample.py                         # tiny 32x32 MNIST net, 18 Heun steps, about 3 minutes
-    python bench/bench_sample.py --threads 2 --out s.json
+    python -m bench.bench_sample                         # tiny 32x32 MNIST net, 18 Heun steps, about 3 minutes
+    python -m bench.bench_sample --threads 2 --out s.json
 
 Times `ambient.images.generate` exactly as the two CLIs call it: sample.py with --batch 64, ambient.eval with
 --batch 100 (then the 8-bit quantisation every metric sees), 18 Heun steps, EMA network in eval mode, on
@@ -18,13 +18,10 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ambient import hostcpu  # noqa: E402
-from ambient.images import generate, quantise  # noqa: E402
-from ambient.networks import build_network  # noqa: E402
-from bench.harness import Workload, calibrations, cpu_clock_ok, measure, pin_allocator, summarise  # noqa: E402
+from ambient import hostcpu
+from ambient.images import generate, quantise
+from ambient.networks import build_network
+from bench.harness import Workload, calibrations, cpu_clock_ok, measure, pin_allocator, summarise
 
 # (row id, images, batch, quantised as eval does): the CLIs' defaults.
 CONFIGS = (("sample/sample.py/tiny/b64/18steps", 64, 64, False), ("sample/eval/tiny/b100/18steps", 100, 100, True))

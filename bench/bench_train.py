@@ -8,7 +8,7 @@ with --compile, micro-batches (gradient accumulation) when a batch does not fit.
 what is not the step: data loading (the batch stays resident on the device), the per-noise-level
 loss bookkeeping, logging, checkpoints and sample grids.
 
-MFU = model FLOPs (3 x `ambient.networks.forward_flops`: forward, backward twice that) per second
+MFU = model FLOPs (3 x `bench.flops.forward_flops`: forward, backward twice that) per second
 over a ceiling: the large matmul measured in the same run, in the step's precision; on a GPU with a
 known datasheet peak also over that.
 """
@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from ambient.loss import AmbientLoss
-from ambient.networks import build_network, forward_flops
+from ambient.networks import build_network
 from ambient.training import grads_finite, make_optimizer, step_seed, update_ema
-from bench.bench_kernels import PRESET_DATA
+from bench.flops import forward_flops
 from bench.harness import Workload, references
+from bench.presets import PRESET_DATA
 
 TRITON_NA = "--kernels triton needs CUDA (on a CPU Triton runs only under its interpreter)"
 NO_BF16 = "no native bf16 on this CPU (emulated: 8-18x slower than fp32, minutes per run, not meaningful)"

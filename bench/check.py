@@ -1,9 +1,9 @@
 """Compare a benchmark result with a stored baseline; exit 1 when something regressed.
 
-    python bench/check.py RESULT.json                                 # with bench/baselines/<its host kind>.json
-    python bench/check.py RESULT.json BASELINE.json                   # with this baseline
-    python bench/check.py R1.json R2.json R3.json BASELINE.json       # the runs' median with this baseline
-    python bench/check.py R1.json R2.json R3.json BASELINE.json --update      # then store it as the baseline
+    python -m bench.check RESULT.json                                 # with bench/baselines/<its host kind>.json
+    python -m bench.check RESULT.json BASELINE.json                   # with this baseline
+    python -m bench.check R1.json R2.json R3.json BASELINE.json       # the runs' median with this baseline
+    python -m bench.check R1.json R2.json R3.json BASELINE.json --update      # then store it as the baseline
 
 Baselines are kept per host kind (`machine.host_kind`, bench/harness.host_kind: "cpu-avx2",
 "cpu-avx512-amx", ..., "cuda"): normalised figures transfer only between hosts of one kind, so a
@@ -33,9 +33,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.report import SCHEMA, format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +44,7 @@ def host_kind_of(doc: dict[str, Any]) -> str:
     kind = doc["machine"].get("host_kind")
     if not kind:
         raise ValueError("no machine.host_kind in it (measured before baselines were kept per host kind): "
-                         "measure it again with bench/run.py")
+                         "measure it again with python -m bench.run")
     return kind
 
 
@@ -131,8 +128,8 @@ def _no_baseline(result: dict[str, Any], kind: str, first_result: str) -> int:
     print(f"WARNING: no baseline for host kind {kind} ({stored} does not exist): nothing was compared.\n"
           f"  This run as that baseline: {candidate}\n"
           f"  To record one (median of three quick runs), on an idle {kind} host:\n"
-          f"    for i in 1 2 3; do python bench/run.py --quick --out /tmp/bench$i.json; done\n"
-          f"    python bench/check.py /tmp/bench1.json /tmp/bench2.json /tmp/bench3.json {stored} --update\n"
+          f"    for i in 1 2 3; do python -m bench.run --quick --out /tmp/bench$i.json; done\n"
+          f"    python -m bench.check /tmp/bench1.json /tmp/bench2.json /tmp/bench3.json {stored} --update\n"
           f"  then commit {stored}.\n"
           f"PASS (no baseline for {kind})")
     return 0

@@ -43,11 +43,11 @@ section xformers_probe 30 python -c "import kernels, sys; why = kernels.attentio
 open(sys.argv[1], 'w').write('available: kernels.attention(backend=\"xformers\") runs here' if why is None else \
 'unavailable: ' + why)" "$DEST/xformers.txt"
 section kernel_tests 120 env AMBIENT_NATIVE_TRITON=1 python -m pytest -q tests/test_kernels_*.py
-section aot 90 python bench/aot_check.py --markdown "$DEST/aot.md" --out "$DEST/aot.json"
+section aot 90 python -m bench.aot_check --markdown "$DEST/aot.md" --out "$DEST/aot.json"
 # --budget-s stops starting new workloads in time for the JSON to be written before the limit.
-section micro 100 python bench/run.py --device cuda --sections kernels --budget-s 70 --out "$DEST/kernels.json"
-section train 120 python bench/run.py --device cuda --sections train --rounds 5 --budget-s 80 --out "$DEST/train.json"
+section micro 100 python -m bench.run --device cuda --sections kernels --budget-s 70 --out "$DEST/kernels.json"
+section train 120 python -m bench.run --device cuda --sections train --rounds 5 --budget-s 80 --out "$DEST/train.json"
 section run_triton 150 "${TRAIN[@]}" --kernels triton --run-dir "$DEST/run-triton"   # first launches autotune
 section run_torch 120 "${TRAIN[@]}" --kernels torch --run-dir "$DEST/run-torch"
-python bench/gpu_report.py "$DEST"
-python bench/report.py --sections "$STATUS" "$DEST/kernels.json" "$DEST/train.json"
+python -m bench.gpu_report "$DEST"
+python -m bench.report --sections "$STATUS" "$DEST/kernels.json" "$DEST/train.json"

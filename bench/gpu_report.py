@@ -1,6 +1,6 @@
 """The GPU report: everything bench/gpu_check.sh measured, as one markdown file.
 
-    python bench/gpu_report.py OUT_DIR [--out docs/bench/gpu-report.md]
+    python -m bench.gpu_report OUT_DIR [--out docs/bench/gpu-report.md]
 
 OUT_DIR is gpu_check.sh's folder: sections.tsv and one log per section, aot.md (bench/aot_check.py), kernels.json
 and train.json (bench/run.py), xformers.txt (why the xformers backend cannot run, or "available"), and the two
@@ -18,9 +18,6 @@ import json
 import statistics
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import sections_line, summary_table
 

@@ -1,8 +1,8 @@
 """Where the default run's time goes: per-phase thread CPU time of `python train.py`, shortened.
 
-    python bench/profile_train.py                          # default run, 50 steps and one snapshot, one thread
-    python bench/profile_train.py --kimg 1.6 --out p.json  # shorter; any train.py option after `--`
-    python bench/profile_train.py -- --precision bf16
+    python -m bench.profile_train                          # default run, 50 steps and one snapshot, one thread
+    python -m bench.profile_train --kimg 1.6 --out p.json  # shorter; any train.py option after `--`
+    python -m bench.profile_train -- --precision bf16
 
 Runs ambient.training.train itself (no copy of the loop) with one torch thread and wraps the pieces it calls
 in timers: setup (until the first batch), data loading (the DataLoader iterator), forward (AmbientLoss: noise levels, noise injection,
@@ -27,11 +27,8 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train as train_cli  # noqa: E402
-from ambient import checkpoint, hostcpu, loss, training  # noqa: E402
+import train as train_cli
+from ambient import checkpoint, hostcpu, loss, training
 
 STEP_PHASES = ("data", "forward", "backward", "optimiser", "ema", "nonfinite_check")
 SNAP_PHASES = ("sample_grid", "checkpoint")

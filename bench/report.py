@@ -1,6 +1,6 @@
 """The result format's summary: one table of benchmark rows, with the DESIGN.md targets on a GPU.
 
-    python bench/report.py RESULT.json [MORE.json ...] [--sections sections.tsv]
+    python -m bench.report RESULT.json [MORE.json ...] [--sections sections.tsv]
 
 `--sections` takes the "name<TAB>exit code<TAB>seconds" lines bench/gpu_check.sh writes and
 prints them as one line above the table. Pure standard library (no torch import).

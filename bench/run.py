@@ -1,8 +1,8 @@
 """Run the benchmarks; write one JSON result and print a summary table (see bench/README.md).
 
-    python bench/run.py --quick --out /tmp/bench.json       # the CI variant: CPU, under two minutes
-    python bench/run.py --out result.json                   # everything this machine can run
-    python bench/run.py --device cuda --sections train --budget-s 200 --out train.json
+    python -m bench.run --quick --out /tmp/bench.json       # the CI variant: CPU, under two minutes
+    python -m bench.run --out result.json                   # everything this machine can run
+    python -m bench.run --device cuda --sections train --budget-s 200 --out train.json
 
 Sections: `kernels` (bench/bench_kernels.py) and `train` (bench/bench_train.py). Each section is
 timed together with the calibration workloads (bench/harness.py); compare results with
@@ -17,13 +17,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import bench_kernels, bench_train
 from bench.harness import (Timing, Workload, calibrations, cpu_clock_ok, machine_info, measure, pin_allocator,

@@ -1,7 +1,7 @@
 """The CPU speed-ups of issue 13, each beside what it replaced, in one process (bench/harness.py's rounds).
 
-    python bench/speedups.py                    # one thread, thread CPU time, about 5 minutes on a loaded 2-core host
-    python bench/speedups.py --rounds 3 --out speedups.json
+    python -m bench.speedups                    # one thread, thread CPU time, about 5 minutes on a loaded 2-core host
+    python -m bench.speedups --rounds 3 --out speedups.json
 
 Pairs (the first of each is the old way; `speedup` is its time over the new one's, median over rounds):
 - EMA of the tiny preset: training.update_ema (a per-tensor lerp loop) vs foreach lerp + copy (the same numbers;
@@ -24,16 +24,13 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):   # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ambient import hostcpu  # noqa: E402
-from ambient.images import SeededNormals, generate  # noqa: E402
-from ambient.networks import build_network  # noqa: E402
-from ambient.sampler import edm_sampler  # noqa: E402
-from ambient.training import update_ema  # noqa: E402
-from bench.bench_train import TrainStep  # noqa: E402
-from bench.harness import Workload, calibrations, measure, pin_allocator, summarise  # noqa: E402
+from ambient import hostcpu
+from ambient.images import SeededNormals, generate
+from ambient.networks import build_network
+from ambient.sampler import edm_sampler
+from ambient.training import update_ema
+from bench.bench_train import TrainStep
+from bench.harness import Workload, calibrations, measure, pin_allocator, summarise
 
 
 def _net(grad: bool = True) -> torch.nn.Module:

@@ -11,7 +11,7 @@ Each test times one Workload of bench/bench_kernels.py or bench/bench_train.py, 
 (Triton or xformers on a CPU, bf16 without native support, what bench/run.py --quick leaves out on a CPU) is
 skipped with its reason. Kernel rows of one op and shape form one group, so their backends sit side by side.
 The clock is pytest-benchmark's (wall time, torch's default threads); the calibrated regression check CI gates
-on stays `bench/run.py --quick` + `bench/check.py` (bench/README.md).
+on stays `python -m bench.run --quick` + `python -m bench.check` (bench/README.md).
 """
 from __future__ import annotations
 

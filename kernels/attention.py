@@ -1,19 +1,13 @@
-"""Self-attention o = softmax(q k^T * scale) v, shapes (B, H, N, D), softmax statistics in float32."""
-import math
+"""Self-attention o = softmax(q k^T * scale) v, shapes (B, H, N, D), softmax statistics in float32.
 
+The reference, `attention_ref`, is in kernels/attention_ref.py.
+"""
 import torch
 
-from ._backend import BACKENDS, compute_dtype, resolve_backend
+from ._backend import BACKENDS, check_choice, resolve_backend
+from .attention_ref import attention_ref
 
 ATTENTION_BACKENDS = ("triton", "torch", "xformers")
-
-
-def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-    """Reference: materialises the N x N matrix; float32 math (float64 for float64 inputs), result in q's dtype."""
-    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    dtype = compute_dtype(q, k, v)
-    p = torch.softmax(torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale, dim=-1)
-    return torch.matmul(p, v.to(dtype)).to(q.dtype)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
@@ -39,8 +33,7 @@ def attention_unavailable(backend: str, device: torch.device | str) -> str | Non
     Only "xformers" depends on what is installed; the others are checked where they run (Triton needs CUDA
     tensors or its interpreter).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     if backend != "xformers":
         return None
     from .attention_xformers import unavailable

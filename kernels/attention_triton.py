@@ -201,7 +201,7 @@ def _configs(tiles: list[tuple[int, int, int]]) -> list[triton.Config]:
 
 # Tiles measured to spill registers or to overflow shared memory, per kernel, GPU generation (compute capability
 # major: 8 = A100, 9 = H100/H200), operands ("16": fp16/bf16; fp32 with "tf32" or "ieee" dots) and head-dim block:
-# ptxas's verdicts on every candidate the trainer's launches keep, printed by `python bench/aot_check.py --denylist`
+# ptxas's verdicts on every candidate the trainer's launches keep, printed by `python -m bench.aot_check --denylist`
 # (sm_80 and sm_90 compiles on a CPU). CI runs that check: a kept tile that spills or overflows fails it, and this
 # table is how the pruning learns of it. Other GPU generations get the generic bound of _prune only (the autotuner
 # still skips a tile that does not fit their shared memory).

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .attention import attention_ref
+from .attention_ref import attention_ref
 
 
 def _built_for() -> str | None:

@@ -10,15 +10,12 @@ the loss and its gradient are exactly zero; the "ambient" weight is defined as 0
 """
 import torch
 
-from ._backend import compute_dtype, per_sample, resolve_backend
-
-WEIGHTINGS = ("edm", "ambient")
+from ._backend import WEIGHTINGS, check_choice, compute_dtype, per_sample, resolve_backend
 
 
 def loss_weight(sigma: torch.Tensor, sigma_n: torch.Tensor, sigma_data: float, weighting: str) -> torch.Tensor:
     """lambda(s) * w_amb(s, sigma_n) as float32 (B,) (float64 for float64 inputs)."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    check_choice("weighting", weighting, WEIGHTINGS)
     dtype = compute_dtype(sigma, sigma_n)
     s, sn = sigma.to(dtype), sigma_n.to(dtype)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2

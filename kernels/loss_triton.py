@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._backend import WEIGHTINGS, check_choice
 from ._triton_utils import check_launchable, elementwise_block, per_sample_vector
-from .loss import WEIGHTINGS
 
 
 @triton.jit
@@ -51,8 +51,7 @@ def loss_launch(denoised: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, sigm
 
     `grad_out` (a contiguous float32 buffer shaped like denoised) and `block` are for tests.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    check_choice("weighting", weighting, WEIGHTINGS)
     if not (denoised.shape == x_t.shape == y.shape) or denoised.ndim < 1 or denoised.shape[0] == 0:
         raise ValueError(f"denoised, x_t, y must share a non-empty (B, ...) shape, got "
                          f"{tuple(denoised.shape)}, {tuple(x_t.shape)}, {tuple(y.shape)}")

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from bench import aot_check
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))   # bench/ is not an installed package
-
-from bench import aot_check  # noqa: E402
-
 WORKLOAD = "attention tiny N64 D64 H1 bf16"   # the tiny preset's attention layer in training precision
 
 
 def run_check(cache: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["AMBIENT_CACHE_DIR"] = str(cache)
-    return subprocess.run([sys.executable, str(REPO / "bench" / "aot_check.py"), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bench.aot_check", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=env)
 
 

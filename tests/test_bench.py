@@ -17,20 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import check
+from bench.bench_train import NO_BF16, train_workloads
+from bench.harness import calibrations, host_kind, native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))   # bench/ is not an installed package
-
-from bench import check  # noqa: E402
-from bench.bench_train import NO_BF16, train_workloads  # noqa: E402
-from bench.harness import calibrations, host_kind, native_bf16  # noqa: E402
-
 BASELINES = sorted((REPO / "bench" / "baselines").glob("cpu-*.json"))
 ROW = "kernels/ambient_loss_fwd_bwd/tiny/B64x1x32x32/float32/torch"
 TRAIN_ROW = "train/tiny/b32/fp32/torch/eager"
 
 
 def run_script(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bench" / name), *map(str, args)], capture_output=True,
+    """`python -m bench.<name> ARGS` from the repository root, as CI runs it."""
+    return subprocess.run([sys.executable, "-m", f"bench.{name}", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 
@@ -108,10 +107,10 @@ def test_committed_baseline_is_a_quick_run_of_its_host_kind(path: Path) -> None:
     assert {r["preset"] for r in kernel_rows} == {"ddpmpp", "tiny"}
     assert all(r["status"] == ("n/a" if r["backend"] == "triton" else "ok") for r in kernel_rows)
 
-    done = run_script("check.py", path, path)
+    done = run_script("check", path, path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS" in done.stdout and "REGRESSED" not in done.stdout
-    report = run_script("report.py", path)
+    report = run_script("report", path)
     assert report.returncode == 0 and TRAIN_ROW in report.stdout
 
 
@@ -166,19 +165,19 @@ def test_check_fails_on_a_slower_missing_or_failed_row(path: Path, tmp_path: Pat
         doc["rows"] = [r for r in doc["rows"] if r is not None]
         return write(tmp_path / "result.json", doc)
 
-    slower = run_script("check.py", with_row(ROW, lambda r: {**r, "norm": r["norm"] * (1 - tol - 0.1)}), base)
+    slower = run_script("check", with_row(ROW, lambda r: {**r, "norm": r["norm"] * (1 - tol - 0.1)}), base)
     assert slower.returncode == 1 and "REGRESSED" in slower.stdout and ROW in slower.stdout
-    within = run_script("check.py", with_row(ROW, lambda r: {**r, "norm": r["norm"] * (1 - tol / 2)}), base)
+    within = run_script("check", with_row(ROW, lambda r: {**r, "norm": r["norm"] * (1 - tol / 2)}), base)
     assert within.returncode == 0, within.stdout
-    step = run_script("check.py", with_row(TRAIN_ROW, lambda r: {**r, "norm": r["norm"] / 1.34}), base)
+    step = run_script("check", with_row(TRAIN_ROW, lambda r: {**r, "norm": r["norm"] / 1.34}), base)
     assert step.returncode == 1 and "REGRESSED" in step.stdout, step.stdout    # a step just over 4/3 slower
-    missing = run_script("check.py", with_row(ROW, lambda r: None), base)
+    missing = run_script("check", with_row(ROW, lambda r: None), base)
     assert missing.returncode == 1 and "MISSING" in missing.stdout
-    failed = run_script("check.py", with_row(ROW, lambda r: {"id": r["id"], "status": "error", "reason": "boom"}), base)
+    failed = run_script("check", with_row(ROW, lambda r: {"id": r["id"], "status": "error", "reason": "boom"}), base)
     assert failed.returncode == 1 and "ERROR: boom" in failed.stdout
     gpu = copy.deepcopy(baseline)
     gpu["machine"].update(device="cuda", host_kind="cuda")
-    assert run_script("check.py", write(tmp_path / "gpu.json", gpu), base).returncode == 2
+    assert run_script("check", write(tmp_path / "gpu.json", gpu), base).returncode == 2
 
 
 def test_update_replaces_the_baseline_on_purpose(tmp_path: Path) -> None:
@@ -187,7 +186,7 @@ def test_update_replaces_the_baseline_on_purpose(tmp_path: Path) -> None:
     doc = copy.deepcopy(baseline)
     doc["rows"] = [{**r, "norm": r["norm"] / 2} if "norm" in r else r for r in doc["rows"]]
     result = write(tmp_path / "result.json", doc)
-    assert run_script("check.py", result, base, "--update").returncode == 0
+    assert run_script("check", result, base, "--update").returncode == 0
     assert json.loads(base.read_text()) == doc
 
 
@@ -208,19 +207,19 @@ def test_a_real_slowdown_measured_by_the_harness_fails_the_check(tmp_path: Path)
         assert base_row["status"] == slow_row["status"] == "ok" and slow_row["injected_slowdown"] == factor
         assert slow_row["norm"] < 0.75 * base_row["norm"]       # K times the work, measured as such
 
-    assert run_script("check.py", base, base).returncode == 0
-    done = run_script("check.py", slow, base)
+    assert run_script("check", base, base).returncode == 0
+    done = run_script("check", slow, base)
     assert done.returncode == 1, done.stdout
     assert "REGRESSED" in done.stdout and ROW in done.stdout and TRAIN_ROW in done.stdout
 
     stored = check.baseline_path(json.loads(slow.read_text())["machine"]["host_kind"])
     if not stored.exists():
-        done = run_script("check.py", slow)
+        done = run_script("check", slow)
         assert done.returncode == 0 and "WARNING: no baseline for host kind" in done.stdout
         return
     committed = json.loads(stored.read_text())
     committed["rows"] = [r for r in committed["rows"] if r["id"] in (ROW, TRAIN_ROW)]
-    done = run_script("check.py", slow, write(tmp_path / "committed.json", committed))
+    done = run_script("check", slow, write(tmp_path / "committed.json", committed))
     assert done.returncode == 1, done.stdout
     assert done.stdout.count("REGRESSED") == 2
 

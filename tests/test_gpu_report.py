@@ -2,15 +2,13 @@
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))   # bench/ is not an installed package
+from bench import gpu_report
 
-from bench import gpu_report  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(folder: Path, losses: list[float], skipped: int = 0) -> None:

@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ambient.networks as nw
-from ambient.networks import EDMPrecond, GroupNorm, UNetBlock, build_network, forward_flops
+from ambient.networks import EDMPrecond, GroupNorm, UNetBlock, build_network
+from bench.flops import forward_flops
 
 # A small DDPM++-style configuration at a non-power-of-two resolution (24 -> 12 -> 6).
 SMALL = dict(model_channels=16, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[12], dropout=0.0)
