@@ -31,7 +31,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import cli
 from .checkpoint import list_checkpoints
@@ -253,12 +253,10 @@ def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def _listed(kind: Any) -> Any:
-    """Parser of a comma-separated list (from the command line) or a list (from a config file)."""
-    def parse(value: Any) -> list:
-        if isinstance(value, (list, tuple)):       # from a config file; a pair may be [500, 4500]
-            return [kind(":".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)) for v in value]
-        return [kind(part.strip()) for part in str(value).split(",") if part.strip()]
+def _listed(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    """Parser of a comma-separated list, e.g. "500,5000"."""
+    def parse(text: str) -> list:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
     return parse
 
 
@@ -269,8 +267,8 @@ def _pair(text: str) -> tuple[int, int]:
     return cli.nonneg_int(c), cli.nonneg_int(m)
 
 
-def _seeds(value: Any) -> list[int]:
-    return [int(v) for v in value] if isinstance(value, list) else list(cli.int_range(str(value)))
+def _seeds(text: str) -> list[int]:
+    return list(cli.int_range(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,9 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_argv(config: dict[str, Any]) -> list[str]:
+    """A config file's keys as the options they stand for: n_clean = [500, 5000] -> --n-clean=500,5000,
+    points = [[100, 900]] -> --points=100:900, report_only = true -> --report-only (false: left out)."""
+    argv = []
+    for key, value in config.items():
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [option] if value else []
+        elif isinstance(value, list):
+            argv.append(f"{option}=" + ",".join(":".join(map(str, v)) if isinstance(v, list) else str(v)
+                                                for v in value))
+        else:
+            argv.append(f"{option}={value}")
+    return argv
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command line over config file over defaults."""
+    """Command line over config file over defaults: the config's options are parsed as if given first."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     first = parser.parse_args(argv)
     if first.config:
         path = Path(first.config)
@@ -327,17 +342,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             config = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
         except (OSError, ValueError) as e:
             parser.error(f"cannot read config {path}: {e}")
-        known = {a.dest for a in parser._actions} - {"help", "config"}
+        known = set(vars(first)) - {"config"}
         unknown = sorted(set(config) - known)
         if unknown:
             parser.error(f"unknown key(s) in {path}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        try:
-            for action in parser._actions:
-                if action.dest in config and action.type is not None and not isinstance(config[action.dest], bool):
-                    config[action.dest] = action.type(config[action.dest])
-        except (argparse.ArgumentTypeError, ValueError) as e:
-            parser.error(f"bad value in {path}: {e}")
-        parser.set_defaults(**config)
+        argv = config_argv(config) + argv
     args = parser.parse_args(argv)
     if not args.dir:
         parser.error("the study directory is missing: give --dir or dir = ... in --config")
@@ -364,15 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                  threads=a.threads if a.threads is not None or a.jobs == 1 else 1)   # concurrent jobs: one thread each
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
-    say(f"study {study_dir}: {len(points)} point(s), {a.jobs} at a time")
+    results = Path(a.results or study_dir)
+    say(f"study {study_dir}: " + (f"the results of {len(points)} point(s), nothing trained or evaluated"
+                                  if a.report_only else f"{len(points)} point(s), {a.jobs} at a time"))
     start = time.perf_counter()
     errors = [] if a.report_only else run_points(points, study_dir, s, a.jobs)
     rows = collect(points, study_dir, a.metric)
     if rows:
-        print(write_results(rows, Path(a.results or study_dir), a.metric, a.data, config))
-        copy_samples(rows, study_dir, Path(a.results or study_dir))
-        say(f"results in {Path(a.results or study_dir)} ({len(rows)} of {len(points)} points, "
-            f"{time.perf_counter() - start:.0f} s)")
+        print(write_results(rows, results, a.metric, a.data, config))
+        copy_samples(rows, study_dir, results)
+        say(f"results in {results} ({len(rows)} of {len(points)} points, {time.perf_counter() - start:.0f} s)")
     if errors:
         print(f"error: {len(errors)} point(s) failed", file=sys.stderr)
         return 1

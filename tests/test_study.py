@@ -96,7 +96,7 @@ def test_report_only_writes_results_without_running_anything(micro_study, capsys
     assert study.main(["--dir", str(micro_study), *MICRO, "--points", "16:0,8:8,4:0", "--results", str(tmp_path),
                        "--report-only"]) == 0
     out = capsys.readouterr().out
-    assert "train " not in out and "eval " not in out and "(2 of 3 points" in out
+    assert "train " not in out and "eval " not in out and "(2 of 3 points" in out and "at a time" not in out
     assert _mtimes(micro_study) == before and not (micro_study / "points" / "c4_n0_seed0").exists()
     with open(tmp_path / "results.csv") as f:
         assert [r["name"] for r in csv.DictReader(f)] == ["c8_n8_s0.2_seed0", "c16_n0_seed0"]
@@ -289,3 +289,7 @@ def test_config_file_with_command_line_override(tmp_path):
     (tmp_path / "bad.json").write_text('{"n_clen": [1]}')
     with pytest.raises(SystemExit):
         study.parse_args(["--dir", "d", "--config", str(tmp_path / "bad.json")])
+    # Flags, option-like strings and optional values are read as on the command line.
+    (tmp_path / "flags.toml").write_text('dir = "d"\nreport_only = true\ntrain_args = "--precision fp32"\ntable1 = 100\n')
+    a = study.parse_args(["--config", str(tmp_path / "flags.toml")])
+    assert a.report_only and a.train_args == "--precision fp32" and a.table1 == 100
