@@ -5,13 +5,13 @@
     python -m ambient.study --dir runs/t1 --table1 5000 --sigma-n 0.2 --seeds 0-2 --jobs 2
     python -m ambient.study --config docs/study/cpu.toml --report-only    # results of the points finished so far
 
-Every point trains through train.py (`python train.py`, or torchrun with --nproc > 1) in
+Every point trains through `python -m ambient.train` (under torchrun with --nproc > 1) in
 DIR/points/NAME/run with --resume auto, then is evaluated by `python -m ambient.eval` into
 DIR/points/NAME/metrics.json (the newest checkpoint; with --eval-snapshots K also the K - 1 before it,
 as metrics-STEP.json, to show whether the metric still moves). `--seeds` are training seeds; which
 images are clean or noisy and their noise are fixed by `--data-seed` for every point, so the spread
 over seeds is training noise alone. A point whose metrics file exists is skipped; an interrupted point
-continues from its last checkpoint. Subprocesses run the code of the study's own checkout (PYTHONPATH),
+continues from its last checkpoint. Subprocesses import the same `ambient` as the study (PYTHONPATH),
 so a study can run from a `git worktree` at a fixed commit. Results (ambient.study_report): results.csv,
 results.json, a figure of the metric against n_clean per n_noisy, Table 1 per sigma_n with 2-sigma
 verdicts, the equivalent clean count and worth of every mixed point (table and figure), the
@@ -38,8 +38,7 @@ from .checkpoint import list_checkpoints
 from .eval import METRICS, write_json
 from .study_report import table1_pairs, write_results
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
-TRAIN_SCRIPT = CODE_ROOT / "train.py"
+IMPORT_ROOT = Path(__file__).resolve().parents[1]     # the folder `ambient` was imported from
 _print_lock = threading.Lock()
 
 
@@ -105,7 +104,7 @@ class Settings:
     threads: int | None = None
 
     def train_args_for(self, p: Point, run_dir: Path) -> list[str]:
-        """train.py's arguments for point `p` (without the launcher)."""
+        """The trainer's arguments for point `p` (without the launcher)."""
         args = ["--data", self.data, "--n-clean", str(p.n_clean), "--n-noisy", str(p.n_noisy)]
         if p.n_noisy:
             args += ["--sigma-n", f"{p.sigma_n:g}"]
@@ -119,8 +118,8 @@ class Settings:
     def launcher(self) -> list[str]:
         if self.nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
-                    str(TRAIN_SCRIPT)]
-        return [sys.executable, str(TRAIN_SCRIPT)]
+                    "-m", "ambient.train"]
+        return [sys.executable, "-m", "ambient.train"]
 
     def eval_args(self, ckpt: Path, out: Path, samples: Path | None = None) -> list[str]:
         args = [sys.executable, "-m", "ambient.eval", "--ckpt", str(ckpt), "--n", str(self.eval_n),
@@ -163,11 +162,14 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     record_file = folder / "point.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {"train_seconds": 0.0}
     if record.get("train_args", args) != args:
-        raise StudyError(f"point {p.name} in {study_dir} was started with train.py {shlex.join(record['train_args'])}, "
-                         f"not {shlex.join(args)}; use a new --dir for new settings")
+        raise StudyError(f"point {p.name} in {study_dir} was started with training arguments "
+                         f"{shlex.join(record['train_args'])}, not {shlex.join(args)}; use a new --dir for new settings")
     record["train_args"] = args
     write_json(record, record_file)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CODE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    # The subprocesses import `ambient` from where the study did; PYTHONSAFEPATH keeps `-m` from putting the
+    # working directory (which may hold another checkout) before PYTHONPATH.
+    env = dict(os.environ, PYTHONSAFEPATH="1",
+               PYTHONPATH=os.pathsep.join([str(IMPORT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if s.threads is not None:
         env["OMP_NUM_THREADS"] = str(s.threads)
     say(f"train {p.name} ({'continuing' if run_dir.exists() else 'new'})")
@@ -290,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=_seeds, default=[0], help="training seeds, e.g. 0-2 (one model per seed and point)")
     g.add_argument("--data-seed", type=cli.nonneg_int, default=Settings.data_seed,
                    help="fixes which images are clean or noisy, and their noise, for every point and seed")
-    g = p.add_argument_group("training (passed to train.py)")
+    g = p.add_argument_group("training (passed to ambient.train)")
     g.add_argument("--kimg", type=cli.positive_float, default=Settings.kimg)
     g.add_argument("--preset", choices=("tiny", "ddpmpp", "ncsnpp"), default=Settings.preset)
     g.add_argument("--model-channels", type=cli.positive_int)
     g.add_argument("--batch", type=cli.positive_int, default=Settings.batch)
-    g.add_argument("--train-args", default="", help="more train.py options, e.g. '--precision bf16 --snap-kimg 10'")
+    g.add_argument("--train-args", default="", help="more ambient.train options, e.g. '--precision bf16 --snap-kimg 10'")
     g = p.add_argument_group("evaluation and execution")
     g.add_argument("--eval-n", type=cli.positive_int, default=Settings.eval_n, help="images per evaluation")
     g.add_argument("--eval-steps", type=cli.positive_int, default=Settings.eval_steps)
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc", type=cli.positive_int, default=1, help="processes per training run (torchrun)")
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
     g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: 1 with --jobs > 1, "
-                                                          "else inherited, and train.py takes every core)")
+                                                          "else inherited, and the trainer takes every core)")
     g.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: write the results of the points finished so far (e.g. while the "
                         "study itself still runs)")

@@ -184,6 +184,7 @@ def test_grid_points_share_clean_runs_and_table1_pairs():
         study.make_points([], [], [0.2], [0])
     s = study.Settings(nproc=2)
     assert s.launcher()[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert s.launcher()[-2:] == study.Settings().launcher()[1:] == ["-m", "ambient.train"]   # no path to train.py
     # Training seeds vary the training only: the clean/noisy split and the noise come from the data seed.
     args = study.Settings(data_seed=3).train_args_for(study.Point(100, 900, 0.2, 5), study.Path("r"))
     assert args[args.index("--seed") + 1] == "5" and args[args.index("--data-seed") + 1] == "3"
