@@ -28,10 +28,11 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import cli
 from .checkpoint import list_checkpoints
@@ -139,7 +140,7 @@ def _run_logged(cmd: list[str], log: Path, env: dict[str, str], what: str) -> fl
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise StudyError(f"{what} failed (exit {rc}); see {log}:\n{tail}")

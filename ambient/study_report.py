@@ -8,8 +8,8 @@ rows from the points it ran and calls write_results.
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
