@@ -164,7 +164,8 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     record = json.loads(record_file.read_text()) if record_file.exists() else {"train_seconds": 0.0}
     if record.get("train_args", args) != args:
         raise StudyError(f"point {p.name} in {study_dir} was started with training arguments "
-                         f"{shlex.join(record['train_args'])}, not {shlex.join(args)}; use a new --dir for new settings")
+                         f"{shlex.join(record['train_args'])}, not {shlex.join(args)}; use a new --dir for new "
+                         "settings")
     record["train_args"] = args
     write_json(record, record_file)
     # The subprocesses import `ambient` from where the study did; PYTHONSAFEPATH keeps `-m` from putting the
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=("tiny", "ddpmpp", "ncsnpp"), default=Settings.preset)
     g.add_argument("--model-channels", type=cli.positive_int)
     g.add_argument("--batch", type=cli.positive_int, default=Settings.batch)
-    g.add_argument("--train-args", default="", help="more ambient.train options, e.g. '--precision bf16 --snap-kimg 10'")
+    g.add_argument("--train-args", default="",
+                   help="more ambient.train options, e.g. '--precision bf16 --snap-kimg 10'")
     g = p.add_argument_group("evaluation and execution")
     g.add_argument("--eval-n", type=cli.positive_int, default=Settings.eval_n, help="images per evaluation")
     g.add_argument("--eval-steps", type=cli.positive_int, default=Settings.eval_steps)

@@ -291,6 +291,7 @@ def test_config_file_with_command_line_override(tmp_path):
     with pytest.raises(SystemExit):
         study.parse_args(["--dir", "d", "--config", str(tmp_path / "bad.json")])
     # Flags, option-like strings and optional values are read as on the command line.
-    (tmp_path / "flags.toml").write_text('dir = "d"\nreport_only = true\ntrain_args = "--precision fp32"\ntable1 = 100\n')
+    (tmp_path / "flags.toml").write_text('dir = "d"\nreport_only = true\ntrain_args = "--precision fp32"\n'
+                                         'table1 = 100\n')
     a = study.parse_args(["--config", str(tmp_path / "flags.toml")])
     assert a.report_only and a.train_args == "--precision fp32" and a.table1 == 100
