@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Ambient diffusion trainer (clean + noisy data) with fused Triton kernels and data-scaling-law tools",
     packages=["ambient", "kernels"],
-    python_requires=">=3.10",
+    python_requires=">=3.11",      # tomllib (ambient.study)
     # A range, so a cluster's own CUDA build of torch satisfies it; on this CPU machine the
     # README pins torch 2.14.1 + torchvision 0.29.1 (they lie on local disk).
     install_requires=[

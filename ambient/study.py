@@ -5,23 +5,21 @@
     python -m ambient.study --dir runs/t1 --table1 5000 --sigma-n 0.2 --seeds 0-2 --jobs 2
     python -m ambient.study --config docs/study/cpu.toml --report-only    # results of the points finished so far
 
-Every point trains through train.py (`python train.py`, or torchrun with --nproc > 1) in
+Every point trains through `python -m ambient.train` (under torchrun with --nproc > 1) in
 DIR/points/NAME/run with --resume auto, then is evaluated by `python -m ambient.eval` into
 DIR/points/NAME/metrics.json (the newest checkpoint; with --eval-snapshots K also the K - 1 before it,
 as metrics-STEP.json, to show whether the metric still moves). `--seeds` are training seeds; which
 images are clean or noisy and their noise are fixed by `--data-seed` for every point, so the spread
 over seeds is training noise alone. A point whose metrics file exists is skipped; an interrupted point
-continues from its last checkpoint. Subprocesses run the code of the study's own checkout (PYTHONPATH),
-so a study can run from a `git worktree` at a fixed commit. Results: results.csv, results.json, a
-figure of the metric against n_clean per n_noisy, Table 1 per sigma_n with 2-sigma verdicts, the
-equivalent clean count and worth of every mixed point (table and figure), the effective-sample fit,
-the metric at the last snapshots, each point's last sample grid (samples/NAME.png) and its evaluation
-images (samples/NAME.npz, uint8).
+continues from its last checkpoint. Subprocesses import the same `ambient` as the study (PYTHONPATH),
+so a study can run from a `git worktree` at a fixed commit. Results (ambient.study_report): results.csv,
+results.json, a figure of the metric against n_clean per n_noisy, Table 1 per sigma_n with 2-sigma
+verdicts, the equivalent clean count and worth of every mixed point (table and figure), the
+effective-sample fit, the metric at the last snapshots, each point's last sample grid (samples/NAME.png)
+and its evaluation images (samples/NAME.npz, uint8).
 """
 import argparse
-import csv
 import json
-import math
 import os
 import shlex
 import shutil
@@ -30,23 +28,18 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
-
-from . import cli, scaling
+from . import cli
 from .checkpoint import list_checkpoints
 from .eval import METRICS, write_json
+from .study_report import table1_pairs, write_results
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
-TRAIN_SCRIPT = CODE_ROOT / "train.py"
-TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
-CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
-              "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds")
-SIGNIFICANCE = 2.0                 # a difference counts when it exceeds 2 x the combined sd over seeds
+IMPORT_ROOT = Path(__file__).resolve().parents[1]     # the folder `ambient` was imported from
 _print_lock = threading.Lock()
 
 
@@ -89,14 +82,6 @@ def make_points(n_clean: Sequence[int] = (), n_noisy: Sequence[int] = (), sigma_
     return sorted(points)
 
 
-def table1_pairs(n: int) -> dict[str, tuple[int, int]]:
-    """The paper's four Table 1 settings for a data set of n images, as (n_clean, n_noisy)."""
-    tenth = round(n / 10)
-    if tenth < 1:
-        raise ValueError(f"--table1 needs a data set of at least 5 images, got {n}")
-    return dict(zip(TABLE1, ((n, 0), (0, n), (tenth, 0), (tenth, n - tenth))))
-
-
 # ----------------------------------------------------------------------------------------------
 # Running points
 
@@ -120,7 +105,7 @@ class Settings:
     threads: int | None = None
 
     def train_args_for(self, p: Point, run_dir: Path) -> list[str]:
-        """train.py's arguments for point `p` (without the launcher)."""
+        """The trainer's arguments for point `p` (without the launcher)."""
         args = ["--data", self.data, "--n-clean", str(p.n_clean), "--n-noisy", str(p.n_noisy)]
         if p.n_noisy:
             args += ["--sigma-n", f"{p.sigma_n:g}"]
@@ -134,8 +119,8 @@ class Settings:
     def launcher(self) -> list[str]:
         if self.nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
-                    str(TRAIN_SCRIPT)]
-        return [sys.executable, str(TRAIN_SCRIPT)]
+                    "-m", "ambient.train"]
+        return [sys.executable, "-m", "ambient.train"]
 
     def eval_args(self, ckpt: Path, out: Path, samples: Path | None = None) -> list[str]:
         args = [sys.executable, "-m", "ambient.eval", "--ckpt", str(ckpt), "--n", str(self.eval_n),
@@ -155,7 +140,7 @@ def _run_logged(cmd: list[str], log: Path, env: dict[str, str], what: str) -> fl
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise StudyError(f"{what} failed (exit {rc}); see {log}:\n{tail}")
@@ -178,11 +163,15 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     record_file = folder / "point.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {"train_seconds": 0.0}
     if record.get("train_args", args) != args:
-        raise StudyError(f"point {p.name} in {study_dir} was started with train.py {shlex.join(record['train_args'])}, "
-                         f"not {shlex.join(args)}; use a new --dir for new settings")
+        raise StudyError(f"point {p.name} in {study_dir} was started with training arguments "
+                         f"{shlex.join(record['train_args'])}, not {shlex.join(args)}; use a new --dir for new "
+                         "settings")
     record["train_args"] = args
     write_json(record, record_file)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CODE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    # The subprocesses import `ambient` from where the study did; PYTHONSAFEPATH keeps `-m` from putting the
+    # working directory (which may hold another checkout) before PYTHONPATH.
+    env = dict(os.environ, PYTHONSAFEPATH="1",
+               PYTHONPATH=os.pathsep.join([str(IMPORT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if s.threads is not None:
         env["OMP_NUM_THREADS"] = str(s.threads)
     say(f"train {p.name} ({'continuing' if run_dir.exists() else 'new'})")
@@ -253,214 +242,6 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]
     return rows
 
 
-def _spread(group: Sequence[dict]) -> float:
-    """Error bar of one setting: sd over seeds, or with one seed the bootstrap sd of its evaluation."""
-    if len(group) > 1:
-        return float(np.std([r["value"] for r in group], ddof=1))
-    return group[0]["sd"] or 0.0
-
-
-def _group_cells(group: Sequence[dict]) -> str:
-    """'value | bootstrap sd | seeds' cells of a group of rows: mean ± sd over seeds, mean bootstrap sd."""
-    values = [r["value"] for r in group]
-    value = f"{values[0]:.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
-    sds = [r["sd"] for r in group if r["sd"] is not None]
-    return f"{value} | {f'{np.mean(sds):.2f}' if sds else ''} | {len(group)}"
-
-
-def _floor_lines(rows: Sequence[dict]) -> list[str]:
-    return [f"| real vs real (floor) | | | {floor:.2f} | | n = {n} |"
-            for n, floor in sorted({(r["n"], r["floor"]) for r in rows if r["floor"] is not None})]
-
-
-def _header(first: str, metric: str) -> list[str]:
-    return [f"| {first} | n_clean | n_noisy | {metric} | bootstrap sd | seeds |", "|---|---|---|---|---|---|"]
-
-
-def _setting(rows: Sequence[dict], n_clean: int, n_noisy: int, sigma_n: float) -> list[dict]:
-    """The rows (one per seed) of one setting; clean-only settings ignore sigma_n."""
-    return [r for r in rows if r["n_clean"] == n_clean and r["n_noisy"] == n_noisy
-            and (n_noisy == 0 or math.isclose(r["sigma_n"], sigma_n))]
-
-
-def summary_table(rows: Sequence[dict], metric: str, data: str) -> str:
-    """Markdown: one line per (n_clean, n_noisy, sigma_n) with the metric over seeds, and the floor."""
-    keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
-    lines = _header(f"{data}: sigma_n", metric)
-    for c, m, s in keys:
-        lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(_setting(rows, c, m, s))} |")
-    return "\n".join(lines + _floor_lines(rows))
-
-
-def compare(better: Sequence[dict], worse: Sequence[dict]) -> str:
-    """Whether setting `better` has the lower metric than `worse`, counted only beyond SIGNIFICANCE x the
-    combined spread sqrt(sd1^2 + sd2^2) (sd over seeds; bootstrap sd for a single seed):
-    "yes", "no" (significantly the other way) or "tie" (within the noise)."""
-    diff = float(np.mean([r["value"] for r in worse]) - np.mean([r["value"] for r in better]))
-    margin = SIGNIFICANCE * math.hypot(_spread(better), _spread(worse))
-    return "yes" if diff > margin else "no" if diff < -margin else "tie"
-
-
-def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, str | None] | None:
-    """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run: mean ± sd over
-    seeds, and the mean bootstrap sd of a single evaluation) and the verdict on the paper's ordering
-    metric(100% clean) <= metric(90% noisy + 10% clean) < min(metric(10% clean only), metric(100% noisy)),
-    each relation judged by `compare`: "holds" (both strict relations significant, the first not reversed),
-    "does NOT hold" (a relation significantly reversed), "unresolved" (otherwise), None (a setting missing)."""
-    size = max(r["n_clean"] + r["n_noisy"] for r in rows)
-    groups: dict[str, list[dict]] = {}
-    lines = _header(f"{data}, sigma_n = {sigma_n:g}", metric)
-    for label, (c, m) in table1_pairs(size).items():
-        group = _setting(rows, c, m, sigma_n)
-        if group:
-            groups[label] = group
-            lines.append(f"| {label} | {c} | {m} | {_group_cells(group)} |")
-    if not groups:
-        return None
-    verdict = None
-    if len(groups) == len(TABLE1):
-        clean, noisy, tenth, mixed = (groups[k] for k in TABLE1)
-        first = compare(mixed, clean)                       # "yes" would be mixed significantly better
-        strict = [compare(mixed, tenth), compare(mixed, noisy)]
-        verdict = ("does NOT hold" if first == "yes" or "no" in strict else
-                   "holds" if strict == ["yes", "yes"] else "unresolved")
-    return "\n".join(lines + _floor_lines(rows)), verdict
-
-
-def ordering_sentence(verdict: str | None, metric: str) -> str:
-    """States the paper's ordering and whether it holds."""
-    rule = (f"{metric}(100% clean) <= {metric}(90% noisy + 10% clean) < "
-            f"min({metric}(10% clean only), {metric}(100% noisy))")
-    said = {"holds": "holds", "does NOT hold": "does NOT hold", "unresolved": "is unresolved (a difference within",
-            None: "cannot be checked (a setting is missing)"}[verdict]
-    noise = f" {SIGNIFICANCE:g} x the combined seed sd)" if verdict == "unresolved" else ""
-    return f"The paper's ordering {rule} {said}{noise}, each difference counted beyond {SIGNIFICANCE:g} sd."
-
-
-def worth_fits(rows: Sequence[dict]) -> tuple[dict[float, dict], list[str]]:
-    """The paper-style effective-sample fit (scaling.fit_worth) per sigma_n, on the points with n_clean > 0
-    only (a 100% noisy point cannot share one w with them, see equivalent_counts), and one sentence each."""
-    fits, sentences = {}, []
-    with_clean = [r for r in rows if r["n_clean"] > 0]
-    for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
-        try:
-            fits[s] = scaling.fit_worth(with_clean, "value", sigma_n=s)
-            sentences.append("Effective-sample model (points with n_clean > 0): "
-                             + scaling.worth_sentence(fits[s], s))
-        except ValueError as e:
-            sentences.append(f"At sigma_n = {s:g} the effective-sample model cannot be fitted: {e}.")
-    return fits, sentences
-
-
-def equivalent_counts(rows: Sequence[dict]) -> list[dict]:
-    """scaling.equivalent_clean of every mixed setting (n_noisy > 0), against the clean-only settings."""
-    clean: dict[int, list[float]] = {}
-    for r in rows:
-        if r["n_noisy"] == 0:
-            clean.setdefault(r["n_clean"], []).append(r["value"])
-    if len(clean) < 2:
-        return []
-    out = []
-    for c, m, s in sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows if r["n_noisy"]}):
-        values = [r["value"] for r in _setting(rows, c, m, s)]
-        out.append({"sigma_n": s, **scaling.equivalent_clean(clean, values, c, m)})
-    return out
-
-
-def equivalent_table(eqs: Sequence[dict]) -> str:
-    """Markdown: the equivalent clean count and worth of each mixed setting; bounds marked > or <."""
-    lines = ["| sigma_n | n_clean | n_noisy | equivalent clean count | worth of a noisy image | 95% CI | seeds |",
-             "|---|---|---|---|---|---|---|"]
-    for e in eqs:
-        b = "" if e["bound"] == "=" else e["bound"] + " "
-        ci = f"{e['ci_low']:.2f} - {e['ci_high']:.2f}" if e["ci_low"] is not None and e["bound"] == "=" else ""
-        lines.append(f"| {e['sigma_n']:g} | {e['n_clean']} | {e['n_noisy']} | {b}{e['n_equiv']:.0f} | "
-                     f"{b}{e['worth']:.3f} | {ci} | {e['n_seeds']} |")
-    return "\n".join(lines)
-
-
-def snapshot_table(rows: Sequence[dict], metric: str) -> str:
-    """Markdown: the metric (mean ± sd over seeds) at each evaluated snapshot, and the share of copies."""
-    keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
-    kimgs = sorted({k for r in rows for k in json.loads(r["snapshots"])}, key=float)
-    lines = [f"| n_clean | n_noisy | sigma_n | {' | '.join(f'{metric} @ {k} kimg' for k in kimgs)} | copies |",
-             "|---" * (len(kimgs) + 4) + "|"]
-    for c, m, s in keys:
-        group = _setting(rows, c, m, s)
-        cells = []
-        for k in kimgs:
-            v = [json.loads(r["snapshots"])[k] for r in group if k in json.loads(r["snapshots"])]
-            cells.append("" if not v else f"{v[0]:.2f}" if len(v) == 1 else f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}")
-        copies = [r["memorised"] for r in group if r["memorised"] is not None]
-        lines.append(f"| {c} | {m} | {f'{s:g}' if m else '-'} | {' | '.join(cells)} | "
-                     f"{f'{np.mean(copies):.1%}' if copies else ''} |")
-    return "\n".join(lines)
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
-    """PNG: the metric against n_clean, one line per n_noisy (mean over seeds; bars: sd over seeds, or the
-    bootstrap sd with one seed), one panel per sigma_n; the real-vs-real floor dashed."""
-    plt = _pyplot()
-    sigmas = sorted({r["sigma_n"] for r in rows if r["n_noisy"]}) or [0.0]
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 4), squeeze=False, sharey=True)
-    for ax, s in zip(axes[0], sigmas):
-        sel = [r for r in rows if r["n_noisy"] == 0 or math.isclose(r["sigma_n"], s)]
-        for i, m in enumerate(sorted({r["n_noisy"] for r in sel})):
-            ncs = sorted({r["n_clean"] for r in sel if r["n_noisy"] == m})
-            groups = [_setting(sel, c, m, s) for c in ncs]
-            ax.errorbar(ncs, [np.mean([r["value"] for r in g]) for g in groups], yerr=[_spread(g) for g in groups],
-                        fmt="o-", color=f"C{i}", capsize=3, label=f"n_noisy = {m}")
-        for n, floor in sorted({(r["n"], r["floor"]) for r in sel if r["floor"] is not None}):
-            ax.axhline(floor, color="gray", ls="--", label=f"floor (real vs real, n = {n})")
-        positive = [r["n_clean"] for r in sel if r["n_clean"] > 0]
-        ax.set_xscale("symlog", linthresh=min(positive, default=1))
-        ax.set_yscale("log")
-        ax.set(xlabel="n_clean", title=f"sigma_n = {s:g}" if s else "clean only")
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(f"{metric} (bars: sd over seeds, or bootstrap sd)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_worth(eqs: Sequence[dict], path: Path) -> Path:
-    """PNG: the worth of a noisy image (equivalent clean count) against n_clean, one line per sigma_n, with
-    the seed-bootstrap CI; bounds drawn as open triangles pointing the way the true value lies."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for i, s in enumerate(sorted({e["sigma_n"] for e in eqs})):
-        sel = sorted((e for e in eqs if e["sigma_n"] == s), key=lambda e: e["n_clean"])
-        x = [e["n_clean"] for e in sel]
-        ax.plot(x, [e["worth"] for e in sel], "-", color=f"C{i}", alpha=0.5)
-        for e in sel:
-            if e["bound"] == "=":
-                err = None if e["ci_low"] is None else [[e["worth"] - e["ci_low"]], [e["ci_high"] - e["worth"]]]
-                ax.errorbar([e["n_clean"]], [e["worth"]], yerr=err, fmt="o", color=f"C{i}", capsize=3)
-            else:
-                ax.plot([e["n_clean"]], [e["worth"]], "^" if e["bound"] == ">" else "v", mfc="none", ms=9,
-                        color=f"C{i}")
-        ax.plot([], [], "o-", color=f"C{i}", label=f"sigma_n = {s:g}")
-    ax.plot([], [], "v", mfc="none", color="gray", label="bound (outside the clean-only range)")
-    ax.axhline(1, color="gray", ls=":", lw=1)
-    ax.set_xscale("symlog", linthresh=max(1, min((e["n_clean"] for e in eqs if e["n_clean"]), default=1)))
-    ax.set(xlabel="n_clean of the mixed point", ylabel="worth of a noisy image (clean images)",
-           title="equivalent clean count: (n' - n_clean) / n_noisy")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
     """Every point's last sample grid (out/samples/NAME.png) and evaluation images (out/samples/NAME.npz)."""
     (out / "samples").mkdir(parents=True, exist_ok=True)
@@ -473,45 +254,13 @@ def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
             shutil.copyfile(folder / "samples.npz", out / "samples" / f"{r['name']}.npz")
 
 
-def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, config: dict) -> str:
-    """results.csv, results.json, the figures and table.md under `out`; returns the text summary."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    parts, orderings = ["All points:", "", summary_table(rows, metric, data), ""], {}
-    for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
-        result = table1(rows, s, metric, data)
-        if result is not None:
-            parts += ["Table 1 layout:", "", result[0], "", ordering_sentence(result[1], metric), ""]
-            orderings[f"{s:g}"] = result[1]
-    eqs = equivalent_counts(rows)
-    if eqs:
-        parts += ["Worth of a noisy image, equivalent clean count:", "", equivalent_table(eqs), "",
-                  *(scaling.equivalent_sentence(e, e["sigma_n"]) for e in eqs), ""]
-        plot_worth(eqs, out / "worth.png")
-    fits, sentences = worth_fits(rows)
-    parts += [*sentences, "", "Metric at the last snapshots (convergence) and share of copied training images:", "",
-              snapshot_table(rows, metric)]
-    text = "\n".join(parts)
-    (out / "table.md").write_text(text + "\n")
-    write_json({"config": config, "rows": list(rows), "table1_ordering": orderings, "equivalent_clean": eqs,
-                "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
-               out / "results.json")
-    plot(rows, out / f"{metric}_vs_n_clean.png", metric)
-    return text
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def _listed(kind: Any) -> Any:
-    """Parser of a comma-separated list (from the command line) or a list (from a config file)."""
-    def parse(value: Any) -> list:
-        if isinstance(value, (list, tuple)):       # from a config file; a pair may be [500, 4500]
-            return [kind(":".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)) for v in value]
-        return [kind(part.strip()) for part in str(value).split(",") if part.strip()]
+def _listed(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    """Parser of a comma-separated list, e.g. "500,5000"."""
+    def parse(text: str) -> list:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
     return parse
 
 
@@ -522,8 +271,8 @@ def _pair(text: str) -> tuple[int, int]:
     return cli.nonneg_int(c), cli.nonneg_int(m)
 
 
-def _seeds(value: Any) -> list[int]:
-    return [int(v) for v in value] if isinstance(value, list) else list(cli.int_range(str(value)))
+def _seeds(text: str) -> list[int]:
+    return list(cli.int_range(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -545,12 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=_seeds, default=[0], help="training seeds, e.g. 0-2 (one model per seed and point)")
     g.add_argument("--data-seed", type=cli.nonneg_int, default=Settings.data_seed,
                    help="fixes which images are clean or noisy, and their noise, for every point and seed")
-    g = p.add_argument_group("training (passed to train.py)")
+    g = p.add_argument_group("training (passed to ambient.train)")
     g.add_argument("--kimg", type=cli.positive_float, default=Settings.kimg)
     g.add_argument("--preset", choices=("tiny", "ddpmpp", "ncsnpp"), default=Settings.preset)
     g.add_argument("--model-channels", type=cli.positive_int)
     g.add_argument("--batch", type=cli.positive_int, default=Settings.batch)
-    g.add_argument("--train-args", default="", help="more train.py options, e.g. '--precision bf16 --snap-kimg 10'")
+    g.add_argument("--train-args", default="",
+                   help="more ambient.train options, e.g. '--precision bf16 --snap-kimg 10'")
     g = p.add_argument_group("evaluation and execution")
     g.add_argument("--eval-n", type=cli.positive_int, default=Settings.eval_n, help="images per evaluation")
     g.add_argument("--eval-steps", type=cli.positive_int, default=Settings.eval_steps)
@@ -563,16 +313,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nproc", type=cli.positive_int, default=1, help="processes per training run (torchrun)")
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
     g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: 1 with --jobs > 1, "
-                                                          "else inherited, and train.py takes every core)")
+                                                          "else inherited, and the trainer takes every core)")
     g.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: write the results of the points finished so far (e.g. while the "
                         "study itself still runs)")
     return p
 
 
+def config_argv(config: dict[str, Any]) -> list[str]:
+    """A config file's keys as the options they stand for: n_clean = [500, 5000] -> --n-clean=500,5000,
+    points = [[100, 900]] -> --points=100:900, report_only = true -> --report-only (false: left out)."""
+    argv = []
+    for key, value in config.items():
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [option] if value else []
+        elif isinstance(value, list):
+            argv.append(f"{option}=" + ",".join(":".join(map(str, v)) if isinstance(v, list) else str(v)
+                                                for v in value))
+        else:
+            argv.append(f"{option}={value}")
+    return argv
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command line over config file over defaults."""
+    """Command line over config file over defaults: the config's options are parsed as if given first."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     first = parser.parse_args(argv)
     if first.config:
         path = Path(first.config)
@@ -580,17 +347,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             config = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
         except (OSError, ValueError) as e:
             parser.error(f"cannot read config {path}: {e}")
-        known = {a.dest for a in parser._actions} - {"help", "config"}
+        known = set(vars(first)) - {"config"}
         unknown = sorted(set(config) - known)
         if unknown:
             parser.error(f"unknown key(s) in {path}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        try:
-            for action in parser._actions:
-                if action.dest in config and action.type is not None and not isinstance(config[action.dest], bool):
-                    config[action.dest] = action.type(config[action.dest])
-        except (argparse.ArgumentTypeError, ValueError) as e:
-            parser.error(f"bad value in {path}: {e}")
-        parser.set_defaults(**config)
+        argv = config_argv(config) + argv
     args = parser.parse_args(argv)
     if not args.dir:
         parser.error("the study directory is missing: give --dir or dir = ... in --config")
@@ -617,15 +378,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                  threads=a.threads if a.threads is not None or a.jobs == 1 else 1)   # concurrent jobs: one thread each
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
-    say(f"study {study_dir}: {len(points)} point(s), {a.jobs} at a time")
+    results = Path(a.results or study_dir)
+    say(f"study {study_dir}: " + (f"the results of {len(points)} point(s), nothing trained or evaluated"
+                                  if a.report_only else f"{len(points)} point(s), {a.jobs} at a time"))
     start = time.perf_counter()
     errors = [] if a.report_only else run_points(points, study_dir, s, a.jobs)
     rows = collect(points, study_dir, a.metric)
     if rows:
-        print(write_results(rows, Path(a.results or study_dir), a.metric, a.data, config))
-        copy_samples(rows, study_dir, Path(a.results or study_dir))
-        say(f"results in {Path(a.results or study_dir)} ({len(rows)} of {len(points)} points, "
-            f"{time.perf_counter() - start:.0f} s)")
+        print(write_results(rows, results, a.metric, a.data, config))
+        copy_samples(rows, study_dir, results)
+        say(f"results in {results} ({len(rows)} of {len(points)} points, {time.perf_counter() - start:.0f} s)")
     if errors:
         print(f"error: {len(errors)} point(s) failed", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Tests for ambient.eval (the evaluation CLI) and ambient.study (scaling-law studies).
+"""Tests for ambient.eval (the evaluation CLI), ambient.study (scaling-law studies) and its report.
 
 One micro study (2 points of a 8-channel UNet on MNIST-5k subsets, 2 training steps, 8 images evaluated
 with 2 sampler steps) is run once per module; the FD-MNIST classifier is a 1-epoch one trained into a
@@ -14,6 +14,7 @@ import torch
 
 from ambient import checkpoint, metrics, study
 from ambient import eval as ev
+from ambient import study_report as report
 from ambient.networks import build_network
 
 POINTS = ["--points", "16:0,8:8"]
@@ -53,7 +54,7 @@ def test_micro_study_writes_well_formed_results(micro_study):
         rows = list(csv.DictReader(f))
     assert [(r["name"], r["n_clean"], r["n_noisy"]) for r in rows] == [("c8_n8_s0.2_seed0", "8", "8"),
                                                                      ("c16_n0_seed0", "16", "0")]
-    assert set(rows[0]) == set(study.CSV_FIELDS)
+    assert set(rows[0]) == set(report.CSV_FIELDS)
     for r in rows:
         assert math.isfinite(float(r["value"])) and float(r["value"]) > 0 and float(r["floor"]) > 0
         assert float(r["sd"]) > 0
@@ -95,7 +96,7 @@ def test_report_only_writes_results_without_running_anything(micro_study, capsys
     assert study.main(["--dir", str(micro_study), *MICRO, "--points", "16:0,8:8,4:0", "--results", str(tmp_path),
                        "--report-only"]) == 0
     out = capsys.readouterr().out
-    assert "train " not in out and "eval " not in out and "(2 of 3 points" in out
+    assert "train " not in out and "eval " not in out and "(2 of 3 points" in out and "at a time" not in out
     assert _mtimes(micro_study) == before and not (micro_study / "points" / "c4_n0_seed0").exists()
     with open(tmp_path / "results.csv") as f:
         assert [r["name"] for r in csv.DictReader(f)] == ["c8_n8_s0.2_seed0", "c16_n0_seed0"]
@@ -177,19 +178,20 @@ def test_grid_points_share_clean_runs_and_table1_pairs():
     assert len(pts) == 2 * 2 + 2 * 2 * 2                      # clean-only points are not repeated per sigma_n
     assert {p.sigma_n for p in pts if p.n_noisy == 0} == {0.0}
     assert study.Point(500, 4500, 0.2, 1).name == "c500_n4500_s0.2_seed1"
-    assert study.table1_pairs(5000) == {"100% clean": (5000, 0), "100% noisy": (0, 5000),
-                                        "10% clean only": (500, 0), "90% noisy + 10% clean": (500, 4500)}
+    assert report.table1_pairs(5000) == {"100% clean": (5000, 0), "100% noisy": (0, 5000),
+                                         "10% clean only": (500, 0), "90% noisy + 10% clean": (500, 4500)}
     with pytest.raises(ValueError, match="no points"):
         study.make_points([], [], [0.2], [0])
     s = study.Settings(nproc=2)
     assert s.launcher()[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert s.launcher()[-2:] == study.Settings().launcher()[1:] == ["-m", "ambient.train"]   # no path to train.py
     # Training seeds vary the training only: the clean/noisy split and the noise come from the data seed.
     args = study.Settings(data_seed=3).train_args_for(study.Point(100, 900, 0.2, 5), study.Path("r"))
     assert args[args.index("--seed") + 1] == "5" and args[args.index("--data-seed") + 1] == "3"
 
 
 def _rows(values):
-    pairs = study.table1_pairs(5000).values()
+    pairs = report.table1_pairs(5000).values()
     return [{"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "value": v, "sd": 0.5, "floor": 1.0,
              "n": 1000}
             for (c, m), v in zip(pairs, values)]
@@ -200,20 +202,20 @@ def _rows(values):
                                              ((5, 30, 20, 25), "does NOT hold"), ((9, 30, 20, 7), "does NOT hold"),
                                              ((5, 8, 20, 7), "unresolved"), ((5, 30, 7.5, 7), "unresolved")])
 def test_table1_ordering(values, verdict):
-    text, got = study.table1(_rows(values), 0.2, "fd_mnist", "mnist")
-    assert got == verdict and verdict in study.ordering_sentence(got, "fd_mnist")
+    text, got = report.table1(_rows(values), 0.2, "fd_mnist", "mnist")
+    assert got == verdict and verdict in report.ordering_sentence(got, "fd_mnist")
     assert f"| 90% noisy + 10% clean | 500 | 4500 | {values[3]:.2f} | 0.50 | 1 |" in text
     assert "| real vs real (floor) | | | 1.00 | | n = 1000 |" in text
-    assert study.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
+    assert report.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
 
 
 def test_compare_uses_the_spread_over_seeds():
     def setting(values):
         return [{"value": v, "sd": 0.01} for v in values]
     # sds over seeds 1 and 1: a difference counts beyond 2 x sqrt(2) = 2.83, whatever the bootstrap sd says.
-    assert study.compare(setting([10, 11, 12]), setting([13, 14, 15])) == "yes"          # 3 apart
-    assert study.compare(setting([10, 11, 12]), setting([12, 13, 14])) == "tie"          # 2 apart
-    assert study.compare(setting([13, 14, 15]), setting([10, 11, 12])) == "no"
+    assert report.compare(setting([10, 11, 12]), setting([13, 14, 15])) == "yes"         # 3 apart
+    assert report.compare(setting([10, 11, 12]), setting([12, 13, 14])) == "tie"         # 2 apart
+    assert report.compare(setting([13, 14, 15]), setting([10, 11, 12])) == "no"
 
 
 def test_equivalent_counts_and_worth_table_from_synthetic_curves():
@@ -224,12 +226,12 @@ def test_equivalent_counts_and_worth_table_from_synthetic_curves():
     rows += [{"n_clean": 100, "n_noisy": 900, "sigma_n": 0.2, "value": metric(100 + 0.4 * 900) * f}
              for f in (0.98, 1.0, 1.02)]
     rows += [{"n_clean": 0, "n_noisy": 1000, "sigma_n": 0.2, "value": metric(50) * f} for f in (0.98, 1.0, 1.02)]
-    noisy, mixed = study.equivalent_counts(rows)                       # sorted by n_clean
+    noisy, mixed = report.equivalent_counts(rows)                      # sorted by n_clean
     assert (noisy["n_clean"], noisy["bound"], noisy["n_equiv"]) == (0, "<", 100)
     assert noisy["worth"] == pytest.approx(0.1)                         # an upper bound: 100 / 1000
     assert mixed["bound"] == "=" and mixed["worth"] == pytest.approx(0.4, abs=0.03)
     assert mixed["ci_low"] < mixed["worth"] < mixed["ci_high"]
-    table = study.equivalent_table([mixed, noisy])
+    table = report.equivalent_table([mixed, noisy])
     assert "| 0.2 | 0 | 1000 | < 100 | < 0.100 |  | 3 |" in table
     assert f"| 0.2 | 100 | 900 | {mixed['n_equiv']:.0f} | {mixed['worth']:.3f} | {mixed['ci_low']:.2f} - " in table
 
@@ -245,7 +247,7 @@ def test_write_results_with_mixed_points_draws_the_worth_figure(tmp_path):
              "memorised": 0.0, "nn_ratio": 1.0, "n": 1000, "kimg": 240.0,
              "snapshots": json.dumps({"200": v * 1.1, "240": v}), "train_seconds": 1.0, "eval_seconds": 1.0}
             for c, m, s, v in settings for seed in range(3)]
-    text = study.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
+    text = report.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
     png = (tmp_path / "worth.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     res = json.loads((tmp_path / "results.json").read_text())
@@ -258,7 +260,7 @@ def test_write_results_with_mixed_points_draws_the_worth_figure(tmp_path):
 def test_summary_table_groups_seeds():
     rows = [{"n_clean": 500, "n_noisy": 0, "sigma_n": 0.0, "value": v, "sd": 1.0, "floor": 2.0, "n": 100}
             for v in (10, 14)]
-    text = study.summary_table(rows, "fd_mnist", "mnist")
+    text = report.summary_table(rows, "fd_mnist", "mnist")
     assert "| - | 500 | 0 | 12.00 ± 2.83 | 1.00 | 2 |" in text
     assert "| real vs real (floor) | | | 2.00 | | n = 100 |" in text
 
@@ -269,7 +271,7 @@ def test_worth_fit_sentence_per_sigma():
             for c in (100, 300, 1000, 3000) for m in (0, 1000, 4000)]
     # 100% noisy points follow another law (no clean images for the low noise levels): left out of the fit.
     rows += [{"n_clean": 0, "n_noisy": m, "sigma_n": 0.2, "seed": 0, "value": 1e3} for m in (1000, 4000)]
-    fits, sentences = study.worth_fits(rows)
+    fits, sentences = report.worth_fits(rows)
     assert fits[0.2]["w"] == pytest.approx(0.3, rel=0.05) and fits[0.2]["n_points"] == 12
     assert sentences[0].startswith("Effective-sample model (points with n_clean > 0): At sigma_n = 0.2 one noisy "
                                    "image is worth 0.3")
@@ -288,3 +290,8 @@ def test_config_file_with_command_line_override(tmp_path):
     (tmp_path / "bad.json").write_text('{"n_clen": [1]}')
     with pytest.raises(SystemExit):
         study.parse_args(["--dir", "d", "--config", str(tmp_path / "bad.json")])
+    # Flags, option-like strings and optional values are read as on the command line.
+    (tmp_path / "flags.toml").write_text('dir = "d"\nreport_only = true\ntrain_args = "--precision fp32"\n'
+                                         'table1 = 100\n')
+    a = study.parse_args(["--config", str(tmp_path / "flags.toml")])
+    assert a.report_only and a.train_args == "--precision fp32" and a.table1 == 100

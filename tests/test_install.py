@@ -1,0 +1,48 @@
+"""A non-editable install works on its own: its command-line modules run from the installed copy.
+
+The package is built from a copy of the checkout (a build leaves build/ and *.egg-info beside setup.py),
+offline, without dependencies or build isolation, into a folder that PYTHONPATH names; the commands run
+from an empty folder, so neither the checkout nor an editable install can supply the modules.
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOP_LEVEL_SKIPPED = {".git", "docs", "data", "runs", "out", "build"}   # history, study results, large outputs
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools")
+                                is None, reason="building the package needs pip and setuptools")
+
+
+def _skip(folder: str, names: list[str]) -> list[str]:
+    top = TOP_LEVEL_SKIPPED if Path(folder) == REPO else set()
+    return [n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The folder `pip install --target` put the packages in."""
+    root = tmp_path_factory.mktemp("install")
+    shutil.copytree(REPO, root / "src", ignore=_skip)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--no-cache-dir", "--disable-pip-version-check", "--quiet", "--target", str(root / "site"),
+                    str(root / "src")], check=True, capture_output=True, text=True)
+    return root / "site"
+
+
+@pytest.mark.parametrize("module", ["ambient.study", "ambient.eval"])
+def test_module_runs_from_a_non_editable_install(installed, tmp_path, module):
+    env = dict(os.environ, PYTHONPATH=str(installed))
+    run = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert f"usage: python -m {module}" in run.stdout
+    where = subprocess.run([sys.executable, "-c", f"import {module} as m; print(m.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve().is_relative_to(installed.resolve()), where
