@@ -23,8 +23,8 @@ from kernels import attention_unavailable
 from kernels._backend import resolve_backend
 
 from . import checkpoint as ckpt
-from . import hostcpu
-from .data import AmbientDataset, load_dataset
+from . import cli, hostcpu
+from .data import DEFAULT_SIGMA_N, AmbientDataset, load_dataset
 from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .images import generate, save_grid
 from .loading import checkpoint_template
@@ -34,60 +34,84 @@ from .networks import build_network
 SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
 
 
+def option(default: Any, help: str | None, **flag: Any) -> Any:
+    """A TrainConfig field and its command-line flag (ambient/train.py builds the parser from these).
+
+    `help` and `flag` go to argparse's add_argument (type, choices, action), except `group`, the section of
+    --help that this field opens, and `name`, a flag name other than --field-name (None: no flag at all).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
+
+
 @dataclass
 class TrainConfig:
-    # data
-    data: str = "mnist"                 # "mnist" (embedded), "digits", or an EDM folder/zip (clean or noisy)
-    n_clean: int | None = None          # exact number of clean images (None: the rest)
-    n_noisy: int | None = None          # exact number of noisy images (None: the rest)
-    clean_fraction: float | None = None  # instead of counts: this fraction clean, the rest noisy
-    sigma_n: tuple[float, ...] | None = None    # noise level(s) of the noisy images (None: 0.2; a noisy data set's own)
-    sigma_share: tuple[float, ...] | None = None  # share of the noisy images at each level
-    p_clean: float | None = None        # paper's mode: each image clean with probability p ...
-    keep_fraction: float = 1.0          # ... out of this fraction of the data set
-    data_seed: int = 0                  # fixes which images are noisy and their noise
-    cond: bool = False                  # class-conditional (needs labels)
-    xflip: bool = False                 # random horizontal flips
-    max_shift: int = 0                  # random circular integer shifts (pixels)
-    workers: int | None = None          # DataLoader workers (None: 0 on CPU, 4 on CUDA)
-    # network
-    preset: str = "tiny"                # tiny | ddpmpp | ncsnpp
-    model_channels: int | None = None   # override the preset's base width
-    dropout: float | None = None        # override the preset's dropout
-    # loss
-    sigma_sampling: str = "clamp"       # clamp (paper) | truncate
-    weighting: str = "edm"              # edm | ambient
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    # optimisation
-    batch: int = 64                     # global batch (all ranks, all accumulation rounds)
-    batch_gpu: int | None = None        # per-rank micro-batch (None: batch / world size)
-    lr: float = 2e-3
-    lr_rampup_kimg: float = 10.0
-    ema_halflife_kimg: float = 10.0
-    ema_rampup_ratio: float | None = 0.05
-    kimg: float = 80.0                  # training duration, thousands of images; the default measured 25-29 min
-    #                                     on 2 idle cores of an AVX2 EPYC, 19-21 CPU-min on one AMX Xeon thread
-    #                                     (docs/default-run/README.md, with the host kinds)
-    seed: int = 0
-    precision: str = "auto"             # auto | fp32 | bf16 (auto: hostcpu.auto_precision, by device and CPU kind)
-    threads: int | None = None          # torch CPU threads (None: hostcpu.default_threads)
-    tf32: bool = True
-    kernels: str = "auto"               # auto | triton | torch | xformers (kernels._backend)
-    compile: bool = False
-    max_bad_steps: int = 20             # consecutive non-finite steps before giving up
-    # I/O
-    run_dir: str | None = None          # None: a new numbered directory under outdir
-    outdir: str = "runs"
-    resume: str | None = None           # "auto", a run directory or a checkpoint directory
-    tick_kimg: float = 5.0              # log interval
-    snap_kimg: float = 20.0             # checkpoint + sample grid interval
-    keep_ckpts: int = 3
-    grid_size: int = 64                 # images in the last snapshot's sample grid
-    snap_grid_size: int = 16            # images in the earlier snapshots' grids (the first of the last one's seeds)
-    sample_steps: int = 18
-    device: str | None = None
-    progress: bool = True
+    """Everything a run depends on; each field is also a flag of `python -m ambient.train` (--field-name unless
+    its option() says otherwise), and its help text speaks of the command line. Here n_clean or n_noisy left None means "the rest"; the command line
+    alone makes --clean-fraction 0.1 the default when no other way to choose the clean images is given."""
+    data: str = option("mnist", "mnist (embedded, default), digits, or an EDM data set folder/zip; "
+                                "a noisy data set (sigma_n in its dataset.json) is used as stored", group="data")
+    n_clean: int | None = option(None, "number of clean images (default: --clean-fraction 0.1; "
+                                       "a noisy data set: all of its clean images)", type=cli.nonneg_int)
+    n_noisy: int | None = option(None, "number of noisy images (default: the rest)", type=cli.nonneg_int)
+    clean_fraction: float | None = option(None, "fraction of the data set that is clean, the rest noisy",
+                                          type=cli.fraction)
+    sigma_n: tuple[float, ...] | None = option(None, f"noise level(s) of the noisy images, e.g. 0.2 or 0.1,0.4 "
+                                                     f"(default {DEFAULT_SIGMA_N})", type=cli.float_list)
+    sigma_share: tuple[float, ...] | None = option(None, "share of noisy images at each level, e.g. 0.5,0.5",
+                                                   type=cli.float_list)
+    p_clean: float | None = option(None, "paper's mode: each image clean with this probability", type=cli.fraction)
+    keep_fraction: float = option(1.0, "paper's mode: fraction of the data set used", type=cli.fraction)
+    data_seed: int = option(0, "fixes which images are noisy and their noise", type=cli.nonneg_int)
+    cond: bool = option(False, "class-conditional training (needs labels)", action="store_true")
+    xflip: bool = option(False, "random horizontal flips", action="store_true")
+    max_shift: int = option(0, "random circular shifts up to this many pixels", type=cli.nonneg_int)
+    workers: int | None = option(None, "DataLoader workers (default 0 on CPU, 4 on CUDA)", type=cli.nonneg_int)
+
+    preset: str = option("tiny", None, choices=("tiny", "ddpmpp", "ncsnpp"), group="network and loss")
+    model_channels: int | None = option(None, "override the preset's base width", type=cli.positive_int)
+    dropout: float | None = option(None, "override the preset's dropout", type=cli.fraction)
+    sigma_sampling: str = option("clamp", None, choices=("clamp", "truncate"))      # clamp: the paper's
+    weighting: str = option("edm", None, choices=("edm", "ambient"))
+    P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.finite_float)
+    P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.positive_float)
+
+    batch: int = option(64, "global batch size", type=cli.positive_int, group="optimisation")  # all ranks, all rounds
+    batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
+                                   type=cli.positive_int)
+    lr: float = option(2e-3, None, type=cli.positive_float)
+    lr_rampup_kimg: float = option(10.0, None, type=cli.nonneg_float)
+    ema_halflife_kimg: float = option(10.0, None, type=cli.nonneg_float)
+    ema_rampup_ratio: float | None = option(0.05, "the EMA half-life is at most this ratio times the images seen "
+                                                  "so far ('none': no ramp-up)", type=cli.or_none(cli.positive_float))
+    # kimg: the default measured 25-29 min on 2 idle cores of an AVX2 EPYC, 19-21 CPU-min on one AMX Xeon thread
+    # (docs/default-run/README.md, with the host kinds)
+    kimg: float = option(80.0, "training duration in thousands of images", type=cli.positive_float)
+    seed: int = option(0, None, type=cli.nonneg_int)
+    precision: str = option("auto", "auto: bf16 on CUDA; on a CPU bf16 where it is native and measured faster, "
+                                    "else fp32", choices=("auto", "fp32", "bf16"))     # hostcpu.auto_precision
+    threads: int | None = option(None, "torch CPU threads (default: OMP_NUM_THREADS, else one per process under "
+                                       "torchrun, else all available cores)", type=cli.positive_int)
+    tf32: bool = option(True, "disable TF32 matmuls on CUDA", name="--no-tf32", action="store_false")
+    kernels: str = option("auto", "auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for "
+                                  "the rest", choices=("auto", "triton", "torch", "xformers"))  # kernels._backend
+    compile: bool = option(False, "torch.compile the network", action="store_true")
+    max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", type=cli.positive_int)
+
+    run_dir: str | None = option(None, "run directory (default: a new numbered one under --outdir)", group="output")
+    outdir: str = option("runs", None)
+    resume: str | None = option(None, "'auto' (continue --run-dir if it has a checkpoint), a run or a checkpoint "
+                                      "directory")
+    tick_kimg: float = option(5.0, "log interval", type=cli.positive_float)
+    snap_kimg: float = option(20.0, "checkpoint + sample grid interval", type=cli.positive_float)
+    keep_ckpts: int = option(3, None, type=cli.positive_int)
+    grid_size: int = option(64, "images in the last sample grid", type=cli.positive_int)
+    snap_grid_size: int = option(16, "images in the sample grids of earlier snapshots (seeds 0..N-1, as the last "
+                                     "grid's first N)", type=cli.positive_int)
+    # No flag: the grids are previews at EDM's 18 Heun steps; images to keep or score come from
+    # `python -m ambient.sample --steps` and ambient.eval, which set their own.
+    sample_steps: int = option(18, "Heun steps of the snapshot sample grids", name=None)
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
+    progress: bool = option(True, None, name="--no-progress", action="store_false")
 
     def network_kwargs(self, resolution: int, channels: int, label_dim: int) -> dict[str, Any]:
         kw: dict[str, Any] = dict(preset=self.preset, img_resolution=resolution, img_channels=channels,

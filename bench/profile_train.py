@@ -30,8 +30,8 @@ import torch
 if __package__ in (None, ""):   # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train as train_cli  # noqa: E402
 from ambient import checkpoint, hostcpu, loss, training  # noqa: E402
+from ambient import train as train_cli  # noqa: E402
 
 STEP_PHASES = ("data", "forward", "backward", "optimiser", "ema", "nonfinite_check")
 SNAP_PHASES = ("sample_grid", "checkpoint")

@@ -27,8 +27,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import sample
-import train
 from ambient import eval as ambient_eval
+from ambient import train
 from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, list_checkpoints,
                                 load_checkpoint, save_checkpoint)
 from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import sample
-import train
+from ambient import train
 from ambient.checkpoint import latest_checkpoint, list_checkpoints
 from ambient.training import TrainConfig
 from ambient.training import train as run_training
