@@ -85,7 +85,7 @@ def test_resume_command_repeats_how_training_was_started(monkeypatch):
     assert train.resume_command(argv, "runs/r") == f"python train.py {tail}"
 
 
-@pytest.mark.parametrize("module", ["ambient.train"])
+@pytest.mark.parametrize("module", ["ambient.train", "ambient.sample"])
 def test_the_clis_run_as_modules(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import sample
-from ambient import train
+from ambient import sample, train
 from ambient.checkpoint import latest_checkpoint, list_checkpoints
 from ambient.training import TrainConfig
 from ambient.training import train as run_training
@@ -142,3 +141,4 @@ def test_triton_kernels_give_the_torch_loss_curve(tmp_path, monkeypatch):
         curves[backend] = [json.loads(line)["loss"] for line in (tmp_path / backend / "log.jsonl").read_text().splitlines()]
     assert len(curves["torch"]) == 4
     np.testing.assert_allclose(curves["triton"], curves["torch"], rtol=2e-4)
+
