@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     res, ch, label_dim = net.img_resolution, net.img_channels, net.label_dim
     labels = None
     if label_dim:
-        def labels(seeds):
-            idx = torch.tensor([a.class_idx if a.class_idx is not None else s % label_dim for s in seeds])
-            return torch.nn.functional.one_hot(idx, label_dim).float()
+        def labels(seeds):                        # class indices: EDMPrecond makes them one-hot
+            return torch.tensor([a.class_idx if a.class_idx is not None else s % label_dim for s in seeds])
     kw = dict(num_steps=a.steps, sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho, S_churn=a.churn,
               S_min=a.s_min, S_max=a.s_max, S_noise=a.s_noise, sigma_stop=a.sigma_stop)
     from tqdm import tqdm

@@ -368,7 +368,7 @@ def train(cfg: TrainConfig) -> Path:
                 first = dist_info.rank * batch_rank + r * batch_gpu        # global position of this micro-batch
                 y = items["image"].to(device, non_blocking=True)
                 sigma_n = items["sigma_n"].float()
-                labels = torch.nn.functional.one_hot(items["label"], dataset.label_dim).float().to(device) if cfg.cond else None
+                labels = items["label"].to(device) if cfg.cond else None        # class indices
                 torch.manual_seed(seed + 1 + first)                        # dropout masks
                 sync = r == rounds - 1 or not isinstance(ddp, DistributedDataParallel)
                 with ddp.no_sync() if not sync else contextlib.nullcontext():
