@@ -29,7 +29,7 @@ from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, 
 from .images import generate, save_grid
 from .loading import checkpoint_template
 from .loss import AmbientLoss
-from .networks import build_network
+from .networks import EDMPrecond, build_network
 
 SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
 
@@ -149,6 +149,40 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**31 - 1)
 
 
+def step_randomness(seed: int, step: int, batch: int, sample_shape: tuple[int, ...], device: torch.device,
+                    draw_eps: bool) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """(s, normals, eps): the random numbers of step `step`, for the whole global batch (ranks slice theirs).
+
+        s          = step_seed(seed, step)
+        normals[i] ~ N(0, 1), CPU generator seeded s: sample i's noise level (loss.sample_sigma)
+        eps[i]     ~ N(0, I), `device` generator seeded s, drawn only with `draw_eps` (the torch kernels);
+                     Triton draws it in-kernel from (s, offset i * numel) instead, so eps is None
+    Dropout masks come from torch.manual_seed(s + 1 + i) at each micro-batch's first sample i.
+    """
+    s = step_seed(seed, step)
+    normals = torch.randn(batch, generator=torch.Generator().manual_seed(s))
+    eps = torch.randn((batch, *sample_shape), generator=torch.Generator(device).manual_seed(s), device=device) \
+        if draw_eps else None
+    return s, normals, eps
+
+
+def lr_at(cfg: TrainConfig, nimg: int) -> float:
+    """Learning rate after `nimg` training images: lr min(nimg / (1000 lr_rampup_kimg), 1)."""
+    return cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+
+
+def ema_beta(cfg: TrainConfig, nimg: int) -> float:
+    """EMA decay of the step that takes the images seen from `nimg` to nimg + batch (EDM's, in images):
+
+        h = 1000 ema_halflife_kimg, ramped up to min(h, (nimg + batch) ema_rampup_ratio) unless the ratio is None
+        beta = 0.5^(batch / h)
+    """
+    halflife = cfg.ema_halflife_kimg * 1000
+    if cfg.ema_rampup_ratio is not None:
+        halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
+    return 0.5 ** (cfg.batch / max(halflife, 1e-8))
+
+
 def grads_finite(net: torch.nn.Module) -> bool:
     """Whether every gradient of `net` is finite (one norm per tensor, one host sync for all)."""
     grads = [p.grad for p in net.parameters() if p.grad is not None]
@@ -163,6 +197,63 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
         p_ema.copy_(p_net.detach().lerp(p_ema, beta))
     for b_ema, b_net in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b_net)
+
+
+def resume(path: Path, net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+           network: dict[str, Any], dataset: str, batch: int, device: torch.device) -> tuple[int, int]:
+    """Continue from checkpoint `path`: (step, bad_steps), with its weights and optimizer state loaded.
+
+    Nothing is loaded into the run until the checkpoint is known to continue it: made for the same `network`
+    (from meta.json, before its weight files are even read), with an optimizer state (not a converted network),
+    on the same `dataset` (description) and global `batch`.
+    """
+    made_for = ckpt.read_meta(path, verify=False).get("network")    # load_checkpoint verifies it next
+    if made_for != network:
+        raise ckpt.CheckpointError(f"checkpoint {path} was made for network {made_for}, not {network}")
+    state = ckpt.load_checkpoint(path, device, checkpoint_template, resume=True)   # content checked
+    if not state["state"]["optimizer"]:
+        raise ckpt.CheckpointError(f"checkpoint {path} holds weights only (a converted network?), no "
+                                   f"optimizer state to resume training from")
+    if state["meta"].get("dataset") != dataset:
+        raise ckpt.CheckpointError(f"checkpoint {path} was trained on {state['meta'].get('dataset')!r}, "
+                                   f"not {dataset!r}; resume with the same data options")
+    if int(state["state"]["batch"]) != batch:
+        raise ValueError(f"checkpoint {path} was trained with --batch {state['state']['batch']}; "
+                         f"resume with the same global batch (got {batch})")
+    net.load_state_dict(state["net"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["state"]["optimizer"])
+    return int(state["state"]["step"]), int(state["state"]["bad_steps"])
+
+
+def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, steps: int, *, skipped_steps: int,
+                lr: float, device: torch.device) -> dict[str, Any]:
+    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
+
+    `stats` holds the loss sums and sample counts per SIGMA_BINS range (summed over ranks): the mean loss is
+    sum / count, overall and per range (0 for an empty range).
+    """
+    per_bin = (stats[0] / stats[1].clamp(min=1)).tolist()
+    return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum() / stats[1].sum()),
+            "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
+            "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
+            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
+
+
+def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, state: dict[str, Any],
+             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int) -> None:
+    """Write step `step`: the EMA's sample grid of seeds 0..n_grid-1 (class seed mod label_dim), then the
+    checkpoint of `net`, `ema`, the training `state` and `meta`. The grid comes first: a resume redoes both."""
+    shape = (ema.img_channels, ema.img_resolution, ema.img_resolution)
+    labels = (lambda s: torch.tensor(s) % ema.label_dim) if ema.label_dim else None
+    grid = torch.cat([img for _, img in generate(ema, range(n_grid), shape, device=next(ema.parameters()).device,
+                                                 class_labels=labels, num_steps=sample_steps)])
+    path = run_dir / f"samples-{step:09d}.png"
+    try:
+        save_grid(grid, path)
+    except OSError as e:
+        raise ckpt.write_error(path, e) from None
+    ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
 
 
 def make_dataset(cfg: TrainConfig) -> AmbientDataset:
@@ -279,24 +370,8 @@ def train(cfg: TrainConfig) -> Path:
     run_dir, resume_from = prepare_run_dir(cfg, dist_info)
     step, bad_total = 0, 0
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, device, checkpoint_template, resume=True)   # content checked
-        if state["meta"].get("network") != net_kwargs:
-            raise ckpt.CheckpointError(f"checkpoint {resume_from} was made for network {state['meta'].get('network')}, "
-                                       f"not {net_kwargs}")
-        if not state["state"]["optimizer"]:
-            raise ckpt.CheckpointError(f"checkpoint {resume_from} holds weights only (a converted network?), no "
-                                       f"optimizer state to resume training from")
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["state"]["optimizer"])
-        step, bad_total = int(state["state"]["step"]), int(state["state"]["bad_steps"])
-        if state["meta"].get("dataset") != dataset.describe():
-            raise ckpt.CheckpointError(f"checkpoint {resume_from} was trained on {state['meta'].get('dataset')!r}, "
-                                       f"not {dataset.describe()!r}; resume with the same data options")
-        if int(state["state"]["batch"]) != cfg.batch:
-            raise ValueError(f"checkpoint {resume_from} was trained with --batch {state['state']['batch']}; "
-                             f"resume with the same global batch (got {cfg.batch})")
-        del state
+        step, bad_total = resume(resume_from, net, ema, optimizer, network=net_kwargs, dataset=dataset.describe(),
+                                 batch=cfg.batch, device=device)
     if dist_info.is_main:
         tmp = run_dir / ".config.json.tmp"
         host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
@@ -321,23 +396,6 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
     steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
 
-    def snapshot() -> None:
-        """Checkpoint and sample grid (rank 0 writes; the others wait)."""
-        if dist_info.is_main:
-            meta = {"network": net_kwargs, "kimg": step * cfg.batch / 1000, "config": dataclasses.asdict(cfg),
-                    "dataset": dataset.describe()}
-            state = {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total, "batch": cfg.batch}
-            labels = (lambda s: torch.tensor(s) % dataset.label_dim) if cfg.cond else None
-            n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)  # sampling-bound
-            grid = torch.cat([img for _, img in generate(ema, range(n_grid), sample_shape, device=device,
-                                                         class_labels=labels, num_steps=cfg.sample_steps)])
-            try:
-                save_grid(grid, run_dir / f"samples-{step:09d}.png")  # before the checkpoint: a resume redoes both
-            except OSError as e:
-                raise ckpt.write_error(run_dir / f"samples-{step:09d}.png", e) from None
-            ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
-        barrier()
-
     if dist_info.is_main:
         print(f"run {run_dir}: {dataset.describe()}; {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
               f"parameters; {dist_info.world_size} process(es) on {device.type}, batch {cfg.batch} = "
@@ -356,12 +414,7 @@ def train(cfg: TrainConfig) -> Path:
     try:
         while step < total_steps:
             # One optimiser step over the global batch: `rounds` micro-batches on each rank.
-            seed = step_seed(cfg.seed, step)
-            normals = torch.randn(cfg.batch, generator=torch.Generator().manual_seed(seed))  # one per global sample
-            eps_all = None                                # Triton draws the noise in-kernel from (seed, offset)
-            if eps_from_torch:                               # the torch path draws the whole global batch, then slices
-                eps_all = torch.randn((cfg.batch, *sample_shape), generator=torch.Generator(device).manual_seed(seed),
-                                      device=device)
+            seed, normals, eps_all = step_randomness(cfg.seed, step, cfg.batch, sample_shape, device, eps_from_torch)
             optimizer.zero_grad(set_to_none=True)
             for r in range(rounds):
                 items = next(loader)
@@ -382,15 +435,11 @@ def train(cfg: TrainConfig) -> Path:
                 tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
 
             # Learning-rate ramp-up, non-finite guard, update, EMA.
-            nimg = step * cfg.batch
             for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+                g["lr"] = lr_at(cfg, step * cfg.batch)
             if grads_finite(net):
                 optimizer.step()
-                halflife = cfg.ema_halflife_kimg * 1000
-                if cfg.ema_rampup_ratio is not None:
-                    halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
-                update_ema(ema, net, 0.5 ** (cfg.batch / max(halflife, 1e-8)))
+                update_ema(ema, net, ema_beta(cfg, step * cfg.batch))
                 bad_run = 0
             else:
                 bad_total, bad_run = bad_total + 1, bad_run + 1
@@ -408,13 +457,8 @@ def train(cfg: TrainConfig) -> Path:
             # Log, snapshot.
             if step % steps_per_tick == 0 or step == total_steps:
                 all_reduce_sum(tick_stats)
-                elapsed = time.perf_counter() - tick_start
-                per_bin = (tick_stats[0] / tick_stats[1].clamp(min=1)).tolist()
-                rec = {"step": step, "kimg": step * cfg.batch / 1000, "loss": float(tick_stats[0].sum() / tick_stats[1].sum()),
-                       "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
-                       "img_per_s": (step - tick_step) * cfg.batch / elapsed, "sec_per_step": elapsed / (step - tick_step),
-                       "peak_mem_mb": peak_memory_mb(device), "skipped_steps": bad_total,
-                       "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+                rec = tick_record(step, cfg.batch, tick_stats, time.perf_counter() - tick_start, step - tick_step,
+                                  skipped_steps=bad_total, lr=optimizer.param_groups[0]["lr"], device=device)
                 if log_file is not None:
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
@@ -423,7 +467,16 @@ def train(cfg: TrainConfig) -> Path:
                 tick_stats.zero_()
                 tick_start, tick_step = time.perf_counter(), step
             if step % steps_per_snap == 0 or step == total_steps:
-                snapshot()
+                if dist_info.is_main:                                          # rank 0 writes; the others wait
+                    # The last grid in full, the earlier ones smaller: snapshots are sampling-bound.
+                    n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)
+                    snapshot(run_dir, step, net, ema,
+                             {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total,
+                              "batch": cfg.batch},
+                             {"network": net_kwargs, "kimg": step * cfg.batch / 1000,
+                              "config": dataclasses.asdict(cfg), "dataset": dataset.describe()},
+                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts)
+                barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir, step, step * cfg.batch / 1000) from None
     finally:
