@@ -37,6 +37,13 @@ nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
 fraction = _checked(float, "a number", lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
 
 
+def or_none(parse: Callable[[str], float]) -> Callable[[str], float | None]:
+    """`parse`, or None for the text "none" (a flag that can switch its feature off)."""
+    def parse_or_none(text: str) -> float | None:
+        return None if text.strip().lower() == "none" else parse(text)
+    return parse_or_none
+
+
 def float_list(text: str) -> tuple[float, ...]:
     """"0.1,0.4" -> (0.1, 0.4); every entry finite and >= 0."""
     return tuple(nonneg_float(part.strip()) for part in text.split(",") if part.strip()) or _empty(text)

@@ -23,71 +23,95 @@ from kernels import attention_unavailable
 from kernels._backend import resolve_backend
 
 from . import checkpoint as ckpt
-from . import hostcpu
-from .data import AmbientDataset, load_dataset
+from . import cli, hostcpu
+from .data import DEFAULT_SIGMA_N, AmbientDataset, load_dataset
 from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .images import generate, save_grid
 from .loading import checkpoint_template
 from .loss import AmbientLoss
-from .networks import build_network
+from .networks import EDMPrecond, build_network
 
 SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
 
 
+def option(default: Any, help: str | None, **flag: Any) -> Any:
+    """A TrainConfig field and its command-line flag (ambient/train.py builds the parser from these).
+
+    `help` and `flag` go to argparse's add_argument (type, choices, action), except `group`, the section of
+    --help that this field opens, and `name`, a flag name other than --field-name (None: no flag at all).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
+
+
 @dataclass
 class TrainConfig:
-    # data
-    data: str = "mnist"                 # "mnist" (embedded), "digits", or an EDM folder/zip (clean or noisy)
-    n_clean: int | None = None          # exact number of clean images (None: the rest)
-    n_noisy: int | None = None          # exact number of noisy images (None: the rest)
-    clean_fraction: float | None = None  # instead of counts: this fraction clean, the rest noisy
-    sigma_n: tuple[float, ...] | None = None    # noise level(s) of the noisy images (None: 0.2; a noisy data set's own)
-    sigma_share: tuple[float, ...] | None = None  # share of the noisy images at each level
-    p_clean: float | None = None        # paper's mode: each image clean with probability p ...
-    keep_fraction: float = 1.0          # ... out of this fraction of the data set
-    data_seed: int = 0                  # fixes which images are noisy and their noise
-    cond: bool = False                  # class-conditional (needs labels)
-    xflip: bool = False                 # random horizontal flips
-    max_shift: int = 0                  # random circular integer shifts (pixels)
-    workers: int | None = None          # DataLoader workers (None: 0 on CPU, 4 on CUDA)
-    # network
-    preset: str = "tiny"                # tiny | ddpmpp | ncsnpp
-    model_channels: int | None = None   # override the preset's base width
-    dropout: float | None = None        # override the preset's dropout
-    # loss
-    sigma_sampling: str = "clamp"       # clamp (paper) | truncate
-    weighting: str = "edm"              # edm | ambient
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    # optimisation
-    batch: int = 64                     # global batch (all ranks, all accumulation rounds)
-    batch_gpu: int | None = None        # per-rank micro-batch (None: batch / world size)
-    lr: float = 2e-3
-    lr_rampup_kimg: float = 10.0
-    ema_halflife_kimg: float = 10.0
-    ema_rampup_ratio: float | None = 0.05
-    kimg: float = 80.0                  # training duration, thousands of images; the default measured 25-29 min
-    #                                     on 2 idle cores of an AVX2 EPYC, 19-21 CPU-min on one AMX Xeon thread
-    #                                     (docs/default-run/README.md, with the host kinds)
-    seed: int = 0
-    precision: str = "auto"             # auto | fp32 | bf16 (auto: hostcpu.auto_precision, by device and CPU kind)
-    threads: int | None = None          # torch CPU threads (None: hostcpu.default_threads)
-    tf32: bool = True
-    kernels: str = "auto"               # auto | triton | torch | xformers (kernels._backend)
-    compile: bool = False
-    max_bad_steps: int = 20             # consecutive non-finite steps before giving up
-    # I/O
-    run_dir: str | None = None          # None: a new numbered directory under outdir
-    outdir: str = "runs"
-    resume: str | None = None           # "auto", a run directory or a checkpoint directory
-    tick_kimg: float = 5.0              # log interval
-    snap_kimg: float = 20.0             # checkpoint + sample grid interval
-    keep_ckpts: int = 3
-    grid_size: int = 64                 # images in the last snapshot's sample grid
-    snap_grid_size: int = 16            # images in the earlier snapshots' grids (the first of the last one's seeds)
-    sample_steps: int = 18
-    device: str | None = None
-    progress: bool = True
+    """Everything a run depends on; each field is also a flag of `python -m ambient.train` (--field-name unless
+    its option() says otherwise), and its help text speaks of the command line. Here n_clean or n_noisy left None means "the rest"; the command line
+    alone makes --clean-fraction 0.1 the default when no other way to choose the clean images is given."""
+    data: str = option("mnist", "mnist (embedded, default), digits, or an EDM data set folder/zip; "
+                                "a noisy data set (sigma_n in its dataset.json) is used as stored", group="data")
+    n_clean: int | None = option(None, "number of clean images (default: --clean-fraction 0.1; "
+                                       "a noisy data set: all of its clean images)", type=cli.nonneg_int)
+    n_noisy: int | None = option(None, "number of noisy images (default: the rest)", type=cli.nonneg_int)
+    clean_fraction: float | None = option(None, "fraction of the data set that is clean, the rest noisy",
+                                          type=cli.fraction)
+    sigma_n: tuple[float, ...] | None = option(None, f"noise level(s) of the noisy images, e.g. 0.2 or 0.1,0.4 "
+                                                     f"(default {DEFAULT_SIGMA_N})", type=cli.float_list)
+    sigma_share: tuple[float, ...] | None = option(None, "share of noisy images at each level, e.g. 0.5,0.5",
+                                                   type=cli.float_list)
+    p_clean: float | None = option(None, "paper's mode: each image clean with this probability", type=cli.fraction)
+    keep_fraction: float = option(1.0, "paper's mode: fraction of the data set used", type=cli.fraction)
+    data_seed: int = option(0, "fixes which images are noisy and their noise", type=cli.nonneg_int)
+    cond: bool = option(False, "class-conditional training (needs labels)", action="store_true")
+    xflip: bool = option(False, "random horizontal flips", action="store_true")
+    max_shift: int = option(0, "random circular shifts up to this many pixels", type=cli.nonneg_int)
+    workers: int | None = option(None, "DataLoader workers (default 0 on CPU, 4 on CUDA)", type=cli.nonneg_int)
+
+    preset: str = option("tiny", None, choices=("tiny", "ddpmpp", "ncsnpp"), group="network and loss")
+    model_channels: int | None = option(None, "override the preset's base width", type=cli.positive_int)
+    dropout: float | None = option(None, "override the preset's dropout", type=cli.fraction)
+    sigma_sampling: str = option("clamp", None, choices=("clamp", "truncate"))      # clamp: the paper's
+    weighting: str = option("edm", None, choices=("edm", "ambient"))
+    P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.finite_float)
+    P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.positive_float)
+
+    batch: int = option(64, "global batch size", type=cli.positive_int, group="optimisation")  # all ranks, all rounds
+    batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
+                                   type=cli.positive_int)
+    lr: float = option(2e-3, None, type=cli.positive_float)
+    lr_rampup_kimg: float = option(10.0, None, type=cli.nonneg_float)
+    ema_halflife_kimg: float = option(10.0, None, type=cli.nonneg_float)
+    ema_rampup_ratio: float | None = option(0.05, "the EMA half-life is at most this ratio times the images seen "
+                                                  "so far ('none': no ramp-up)", type=cli.or_none(cli.positive_float))
+    # kimg: the default measured 25-29 min on 2 idle cores of an AVX2 EPYC, 19-21 CPU-min on one AMX Xeon thread
+    # (docs/default-run/README.md, with the host kinds)
+    kimg: float = option(80.0, "training duration in thousands of images", type=cli.positive_float)
+    seed: int = option(0, None, type=cli.nonneg_int)
+    precision: str = option("auto", "auto: bf16 on CUDA; on a CPU bf16 where it is native and measured faster, "
+                                    "else fp32", choices=("auto", "fp32", "bf16"))     # hostcpu.auto_precision
+    threads: int | None = option(None, "torch CPU threads (default: OMP_NUM_THREADS, else one per process under "
+                                       "torchrun, else all available cores)", type=cli.positive_int)
+    tf32: bool = option(True, "disable TF32 matmuls on CUDA", name="--no-tf32", action="store_false")
+    kernels: str = option("auto", "auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for "
+                                  "the rest", choices=("auto", "triton", "torch", "xformers"))  # kernels._backend
+    compile: bool = option(False, "torch.compile the network", action="store_true")
+    max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", type=cli.positive_int)
+
+    run_dir: str | None = option(None, "run directory (default: a new numbered one under --outdir)", group="output")
+    outdir: str = option("runs", None)
+    resume: str | None = option(None, "'auto' (continue --run-dir if it has a checkpoint), a run or a checkpoint "
+                                      "directory")
+    tick_kimg: float = option(5.0, "log interval", type=cli.positive_float)
+    snap_kimg: float = option(20.0, "checkpoint + sample grid interval", type=cli.positive_float)
+    keep_ckpts: int = option(3, None, type=cli.positive_int)
+    grid_size: int = option(64, "images in the last sample grid", type=cli.positive_int)
+    snap_grid_size: int = option(16, "images in the sample grids of earlier snapshots (seeds 0..N-1, as the last "
+                                     "grid's first N)", type=cli.positive_int)
+    # No flag: the grids are previews at EDM's 18 Heun steps; images to keep or score come from
+    # `python -m ambient.sample --steps` and ambient.eval, which set their own.
+    sample_steps: int = option(18, "Heun steps of the snapshot sample grids", name=None)
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
+    progress: bool = option(True, None, name="--no-progress", action="store_false")
 
     def network_kwargs(self, resolution: int, channels: int, label_dim: int) -> dict[str, Any]:
         kw: dict[str, Any] = dict(preset=self.preset, img_resolution=resolution, img_channels=channels,
@@ -125,6 +149,40 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**31 - 1)
 
 
+def step_randomness(seed: int, step: int, batch: int, sample_shape: tuple[int, ...], device: torch.device,
+                    draw_eps: bool) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """(s, normals, eps): the random numbers of step `step`, for the whole global batch (ranks slice theirs).
+
+        s          = step_seed(seed, step)
+        normals[i] ~ N(0, 1), CPU generator seeded s: sample i's noise level (loss.sample_sigma)
+        eps[i]     ~ N(0, I), `device` generator seeded s, drawn only with `draw_eps` (the torch kernels);
+                     Triton draws it in-kernel from (s, offset i * numel) instead, so eps is None
+    Dropout masks come from torch.manual_seed(s + 1 + i) at each micro-batch's first sample i.
+    """
+    s = step_seed(seed, step)
+    normals = torch.randn(batch, generator=torch.Generator().manual_seed(s))
+    eps = torch.randn((batch, *sample_shape), generator=torch.Generator(device).manual_seed(s), device=device) \
+        if draw_eps else None
+    return s, normals, eps
+
+
+def lr_at(cfg: TrainConfig, nimg: int) -> float:
+    """Learning rate after `nimg` training images: lr min(nimg / (1000 lr_rampup_kimg), 1)."""
+    return cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+
+
+def ema_beta(cfg: TrainConfig, nimg: int) -> float:
+    """EMA decay of the step that takes the images seen from `nimg` to nimg + batch (EDM's, in images):
+
+        h = 1000 ema_halflife_kimg, ramped up to min(h, (nimg + batch) ema_rampup_ratio) unless the ratio is None
+        beta = 0.5^(batch / h)
+    """
+    halflife = cfg.ema_halflife_kimg * 1000
+    if cfg.ema_rampup_ratio is not None:
+        halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
+    return 0.5 ** (cfg.batch / max(halflife, 1e-8))
+
+
 def grads_finite(net: torch.nn.Module) -> bool:
     """Whether every gradient of `net` is finite (one norm per tensor, one host sync for all)."""
     grads = [p.grad for p in net.parameters() if p.grad is not None]
@@ -139,6 +197,63 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
         p_ema.copy_(p_net.detach().lerp(p_ema, beta))
     for b_ema, b_net in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b_net)
+
+
+def resume(path: Path, net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+           network: dict[str, Any], dataset: str, batch: int, device: torch.device) -> tuple[int, int]:
+    """Continue from checkpoint `path`: (step, bad_steps), with its weights and optimizer state loaded.
+
+    Nothing is loaded into the run until the checkpoint is known to continue it: made for the same `network`
+    (from meta.json, before its weight files are even read), with an optimizer state (not a converted network),
+    on the same `dataset` (description) and global `batch`.
+    """
+    made_for = ckpt.read_meta(path, verify=False).get("network")    # load_checkpoint verifies it next
+    if made_for != network:
+        raise ckpt.CheckpointError(f"checkpoint {path} was made for network {made_for}, not {network}")
+    state = ckpt.load_checkpoint(path, device, checkpoint_template, resume=True)   # content checked
+    if not state["state"]["optimizer"]:
+        raise ckpt.CheckpointError(f"checkpoint {path} holds weights only (a converted network?), no "
+                                   f"optimizer state to resume training from")
+    if state["meta"].get("dataset") != dataset:
+        raise ckpt.CheckpointError(f"checkpoint {path} was trained on {state['meta'].get('dataset')!r}, "
+                                   f"not {dataset!r}; resume with the same data options")
+    if int(state["state"]["batch"]) != batch:
+        raise ValueError(f"checkpoint {path} was trained with --batch {state['state']['batch']}; "
+                         f"resume with the same global batch (got {batch})")
+    net.load_state_dict(state["net"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["state"]["optimizer"])
+    return int(state["state"]["step"]), int(state["state"]["bad_steps"])
+
+
+def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, steps: int, *, skipped_steps: int,
+                lr: float, device: torch.device) -> dict[str, Any]:
+    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
+
+    `stats` holds the loss sums and sample counts per SIGMA_BINS range (summed over ranks): the mean loss is
+    sum / count, overall and per range (0 for an empty range).
+    """
+    per_bin = (stats[0] / stats[1].clamp(min=1)).tolist()
+    return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum() / stats[1].sum()),
+            "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
+            "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
+            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
+
+
+def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, state: dict[str, Any],
+             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int) -> None:
+    """Write step `step`: the EMA's sample grid of seeds 0..n_grid-1 (class seed mod label_dim), then the
+    checkpoint of `net`, `ema`, the training `state` and `meta`. The grid comes first: a resume redoes both."""
+    shape = (ema.img_channels, ema.img_resolution, ema.img_resolution)
+    labels = (lambda s: torch.tensor(s) % ema.label_dim) if ema.label_dim else None
+    grid = torch.cat([img for _, img in generate(ema, range(n_grid), shape, device=next(ema.parameters()).device,
+                                                 class_labels=labels, num_steps=sample_steps)])
+    path = run_dir / f"samples-{step:09d}.png"
+    try:
+        save_grid(grid, path)
+    except OSError as e:
+        raise ckpt.write_error(path, e) from None
+    ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
 
 
 def make_dataset(cfg: TrainConfig) -> AmbientDataset:
@@ -255,24 +370,8 @@ def train(cfg: TrainConfig) -> Path:
     run_dir, resume_from = prepare_run_dir(cfg, dist_info)
     step, bad_total = 0, 0
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, device, checkpoint_template, resume=True)   # content checked
-        if state["meta"].get("network") != net_kwargs:
-            raise ckpt.CheckpointError(f"checkpoint {resume_from} was made for network {state['meta'].get('network')}, "
-                                       f"not {net_kwargs}")
-        if not state["state"]["optimizer"]:
-            raise ckpt.CheckpointError(f"checkpoint {resume_from} holds weights only (a converted network?), no "
-                                       f"optimizer state to resume training from")
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["state"]["optimizer"])
-        step, bad_total = int(state["state"]["step"]), int(state["state"]["bad_steps"])
-        if state["meta"].get("dataset") != dataset.describe():
-            raise ckpt.CheckpointError(f"checkpoint {resume_from} was trained on {state['meta'].get('dataset')!r}, "
-                                       f"not {dataset.describe()!r}; resume with the same data options")
-        if int(state["state"]["batch"]) != cfg.batch:
-            raise ValueError(f"checkpoint {resume_from} was trained with --batch {state['state']['batch']}; "
-                             f"resume with the same global batch (got {cfg.batch})")
-        del state
+        step, bad_total = resume(resume_from, net, ema, optimizer, network=net_kwargs, dataset=dataset.describe(),
+                                 batch=cfg.batch, device=device)
     if dist_info.is_main:
         tmp = run_dir / ".config.json.tmp"
         host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
@@ -297,23 +396,6 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
     steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
 
-    def snapshot() -> None:
-        """Checkpoint and sample grid (rank 0 writes; the others wait)."""
-        if dist_info.is_main:
-            meta = {"network": net_kwargs, "kimg": step * cfg.batch / 1000, "config": dataclasses.asdict(cfg),
-                    "dataset": dataset.describe()}
-            state = {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total, "batch": cfg.batch}
-            labels = (lambda s: torch.tensor(s) % dataset.label_dim) if cfg.cond else None
-            n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)  # sampling-bound
-            grid = torch.cat([img for _, img in generate(ema, range(n_grid), sample_shape, device=device,
-                                                         class_labels=labels, num_steps=cfg.sample_steps)])
-            try:
-                save_grid(grid, run_dir / f"samples-{step:09d}.png")  # before the checkpoint: a resume redoes both
-            except OSError as e:
-                raise ckpt.write_error(run_dir / f"samples-{step:09d}.png", e) from None
-            ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=cfg.keep_ckpts)
-        barrier()
-
     if dist_info.is_main:
         print(f"run {run_dir}: {dataset.describe()}; {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M "
               f"parameters; {dist_info.world_size} process(es) on {device.type}, batch {cfg.batch} = "
@@ -332,19 +414,14 @@ def train(cfg: TrainConfig) -> Path:
     try:
         while step < total_steps:
             # One optimiser step over the global batch: `rounds` micro-batches on each rank.
-            seed = step_seed(cfg.seed, step)
-            normals = torch.randn(cfg.batch, generator=torch.Generator().manual_seed(seed))  # one per global sample
-            eps_all = None                                # Triton draws the noise in-kernel from (seed, offset)
-            if eps_from_torch:                               # the torch path draws the whole global batch, then slices
-                eps_all = torch.randn((cfg.batch, *sample_shape), generator=torch.Generator(device).manual_seed(seed),
-                                      device=device)
+            seed, normals, eps_all = step_randomness(cfg.seed, step, cfg.batch, sample_shape, device, eps_from_torch)
             optimizer.zero_grad(set_to_none=True)
             for r in range(rounds):
                 items = next(loader)
                 first = dist_info.rank * batch_rank + r * batch_gpu        # global position of this micro-batch
                 y = items["image"].to(device, non_blocking=True)
                 sigma_n = items["sigma_n"].float()
-                labels = torch.nn.functional.one_hot(items["label"], dataset.label_dim).float().to(device) if cfg.cond else None
+                labels = items["label"].to(device) if cfg.cond else None        # class indices
                 torch.manual_seed(seed + 1 + first)                        # dropout masks
                 sync = r == rounds - 1 or not isinstance(ddp, DistributedDataParallel)
                 with ddp.no_sync() if not sync else contextlib.nullcontext():
@@ -358,15 +435,11 @@ def train(cfg: TrainConfig) -> Path:
                 tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
 
             # Learning-rate ramp-up, non-finite guard, update, EMA.
-            nimg = step * cfg.batch
             for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+                g["lr"] = lr_at(cfg, step * cfg.batch)
             if grads_finite(net):
                 optimizer.step()
-                halflife = cfg.ema_halflife_kimg * 1000
-                if cfg.ema_rampup_ratio is not None:
-                    halflife = min(halflife, (nimg + cfg.batch) * cfg.ema_rampup_ratio)
-                update_ema(ema, net, 0.5 ** (cfg.batch / max(halflife, 1e-8)))
+                update_ema(ema, net, ema_beta(cfg, step * cfg.batch))
                 bad_run = 0
             else:
                 bad_total, bad_run = bad_total + 1, bad_run + 1
@@ -384,13 +457,8 @@ def train(cfg: TrainConfig) -> Path:
             # Log, snapshot.
             if step % steps_per_tick == 0 or step == total_steps:
                 all_reduce_sum(tick_stats)
-                elapsed = time.perf_counter() - tick_start
-                per_bin = (tick_stats[0] / tick_stats[1].clamp(min=1)).tolist()
-                rec = {"step": step, "kimg": step * cfg.batch / 1000, "loss": float(tick_stats[0].sum() / tick_stats[1].sum()),
-                       "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
-                       "img_per_s": (step - tick_step) * cfg.batch / elapsed, "sec_per_step": elapsed / (step - tick_step),
-                       "peak_mem_mb": peak_memory_mb(device), "skipped_steps": bad_total,
-                       "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+                rec = tick_record(step, cfg.batch, tick_stats, time.perf_counter() - tick_start, step - tick_step,
+                                  skipped_steps=bad_total, lr=optimizer.param_groups[0]["lr"], device=device)
                 if log_file is not None:
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
@@ -399,7 +467,16 @@ def train(cfg: TrainConfig) -> Path:
                 tick_stats.zero_()
                 tick_start, tick_step = time.perf_counter(), step
             if step % steps_per_snap == 0 or step == total_steps:
-                snapshot()
+                if dist_info.is_main:                                          # rank 0 writes; the others wait
+                    # The last grid in full, the earlier ones smaller: snapshots are sampling-bound.
+                    n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)
+                    snapshot(run_dir, step, net, ema,
+                             {"optimizer": optimizer.state_dict(), "step": step, "bad_steps": bad_total,
+                              "batch": cfg.batch},
+                             {"network": net_kwargs, "kimg": step * cfg.batch / 1000,
+                              "config": dataclasses.asdict(cfg), "dataset": dataset.describe()},
+                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts)
+                barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir, step, step * cfg.batch / 1000) from None
     finally:

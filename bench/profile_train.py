@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-import train as train_cli
 from ambient import checkpoint, hostcpu, loss, training
+from ambient import train as train_cli
 
 STEP_PHASES = ("data", "forward", "backward", "optimiser", "ema", "nonfinite_check")
 SNAP_PHASES = ("sample_grid", "checkpoint")

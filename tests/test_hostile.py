@@ -26,9 +26,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import sample
-import train
 from ambient import eval as ambient_eval
+from ambient import sample, train
 from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, list_checkpoints,
                                 load_checkpoint, save_checkpoint)
 from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle

@@ -22,8 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import train
-from ambient import training
+from ambient import train, training
 from ambient.checkpoint import (CheckpointError, _meta_digest, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 read_meta, save_checkpoint)
 from ambient.distributed import init_distributed

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import sample
-import train
+from ambient import sample, train
 from ambient.checkpoint import latest_checkpoint, list_checkpoints
+from ambient.images import generate
+from ambient.networks import build_network
 from ambient.training import TrainConfig
 from ambient.training import train as run_training
 
@@ -142,3 +143,16 @@ def test_triton_kernels_give_the_torch_loss_curve(tmp_path, monkeypatch):
         curves[backend] = [json.loads(line)["loss"] for line in (tmp_path / backend / "log.jsonl").read_text().splitlines()]
     assert len(curves["torch"]) == 4
     np.testing.assert_allclose(curves["triton"], curves["torch"], rtol=2e-4)
+
+
+def test_class_indices_give_the_numbers_of_one_hot_labels():
+    """Training and sampling pass class indices; EDMPrecond turns them into the one-hot vectors, bit for bit."""
+    torch.manual_seed(0)
+    net = build_network("tiny", 8, 1, label_dim=10, model_channels=8).eval()
+    idx, x, sigma = torch.tensor([3, 0, 9, 3]), torch.randn(4, 1, 8, 8), torch.tensor([0.1, 1.0, 5.0, 20.0])
+    with torch.no_grad():
+        assert torch.equal(net(x, sigma, idx), net(x, sigma, torch.nn.functional.one_hot(idx, 10).float()))
+    grids = [torch.cat([img for _, img in generate(net, range(5), (1, 8, 8), batch=2, num_steps=3, class_labels=labels)])
+             for labels in (lambda s: torch.tensor(s) % 10,
+                            lambda s: torch.nn.functional.one_hot(torch.tensor(s) % 10, 10).float())]
+    assert torch.equal(*grids)
