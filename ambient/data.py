@@ -3,7 +3,7 @@
 `split_clean_noisy` decides once and for all which images of a base data set (`ambient.sources`) are
 clean and which are noisy, and the noise level of each noisy one; `AmbientDataset` gives every noisy image
 a fixed noise draw z_i, so y_i = x0_i + sigma_n * z_i is the same in every epoch, DataLoader worker, rank,
-process and resume (DESIGN.md, "Data corruption is fixed"); on a noisy data set it takes the stored
+process and resume (docs/design.md, "Data corruption is fixed"); on a noisy data set it takes the stored
 images and their stored sigma_n as they are.
 
 All randomness comes from counter-based Philox generators keyed by (seed, purpose) with the image index
@@ -19,11 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources import BaseDataset, Stream, as_int, check_item, is_noisy_dataset, load_dataset, philox, to_signal
-
-# load_dataset and is_noisy_dataset live in ambient.sources; train.py, ambient/training.py and ambient/study.py
-# (rewritten elsewhere in the same refactor) import them from here, so they stay importable from here.
-__all__ = ["DEFAULT_SIGMA_N", "AmbientDataset", "Split", "is_noisy_dataset", "load_dataset", "split_clean_noisy"]
+from .sources import BaseDataset, Stream, as_int, check_item, philox, to_signal
 
 DEFAULT_SIGMA_N = 0.2       # noise level of synthetic noisy images unless one is given
 

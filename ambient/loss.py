@@ -1,4 +1,4 @@
-"""The ambient diffusion loss (DESIGN.md, "Ambient loss").
+"""The ambient diffusion loss (docs/design.md, "Ambient loss").
 
 Each stored sample is y = x0 + sigma_n * z (sigma_n = 0 for clean images). Per sample:
     1. ln s ~ N(P_mean, P_std^2), then s = max(s, sigma_n)            ("clamp", paper-faithful)

@@ -37,6 +37,7 @@ from typing import Any
 from . import cli
 from .checkpoint import list_checkpoints
 from .eval import METRICS, write_json
+from .networks import PRESETS
 from .study_report import table1_pairs, write_results
 
 IMPORT_ROOT = Path(__file__).resolve().parents[1]     # the folder `ambient` was imported from
@@ -296,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixes which images are clean or noisy, and their noise, for every point and seed")
     g = p.add_argument_group("training (passed to ambient.train)")
     g.add_argument("--kimg", type=cli.positive_float, default=Settings.kimg)
-    g.add_argument("--preset", choices=("tiny", "ddpmpp", "ncsnpp"), default=Settings.preset)
+    g.add_argument("--preset", choices=tuple(PRESETS), default=Settings.preset)
     g.add_argument("--model-channels", type=cli.positive_int)
     g.add_argument("--batch", type=cli.positive_int, default=Settings.batch)
     g.add_argument("--train-args", default="",
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = list(a.points)
     if a.table1 is not None:
         if a.table1 == 0:
-            from .data import load_dataset
+            from .sources import load_dataset
             a.table1 = len(load_dataset(a.data))
         pairs += list(table1_pairs(a.table1).values())
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .data import is_noisy_dataset
+from .sources import is_noisy_dataset
 from .training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
 

@@ -19,17 +19,17 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from kernels import attention_unavailable
-from kernels._backend import resolve_backend
+from kernels import BACKENDS, attention_unavailable, resolve_backend
 
 from . import checkpoint as ckpt
 from . import cli, hostcpu
-from .data import DEFAULT_SIGMA_N, AmbientDataset, load_dataset
+from .data import DEFAULT_SIGMA_N, AmbientDataset
 from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .images import generate, save_grid
 from .loading import checkpoint_template
 from .loss import AmbientLoss
-from .networks import EDMPrecond, build_network
+from .networks import PRESETS, EDMPrecond, build_network
+from .sources import load_dataset
 
 SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
 
@@ -67,7 +67,7 @@ class TrainConfig:
     max_shift: int = option(0, "random circular shifts up to this many pixels", type=cli.nonneg_int)
     workers: int | None = option(None, "DataLoader workers (default 0 on CPU, 4 on CUDA)", type=cli.nonneg_int)
 
-    preset: str = option("tiny", None, choices=("tiny", "ddpmpp", "ncsnpp"), group="network and loss")
+    preset: str = option("tiny", None, choices=tuple(PRESETS), group="network and loss")
     model_channels: int | None = option(None, "override the preset's base width", type=cli.positive_int)
     dropout: float | None = option(None, "override the preset's dropout", type=cli.fraction)
     sigma_sampling: str = option("clamp", None, choices=("clamp", "truncate"))      # clamp: the paper's
@@ -93,7 +93,7 @@ class TrainConfig:
                                        "torchrun, else all available cores)", type=cli.positive_int)
     tf32: bool = option(True, "disable TF32 matmuls on CUDA", name="--no-tf32", action="store_false")
     kernels: str = option("auto", "auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for "
-                                  "the rest", choices=("auto", "triton", "torch", "xformers"))  # kernels._backend
+                                  "the rest", choices=BACKENDS)
     compile: bool = option(False, "torch.compile the network", action="store_true")
     max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", type=cli.positive_int)
 
@@ -389,7 +389,7 @@ def train(cfg: TrainConfig) -> Path:
     loader = iter(torch.utils.data.DataLoader(EpochIndexed(dataset), batch_size=batch_gpu, sampler=sampler,
                                               num_workers=workers, pin_memory=device.type == "cuda",
                                               persistent_workers=workers > 0))
-    eps_from_torch = resolve_backend(cfg.kernels, torch.empty(0, device=device)) == "torch"
+    eps_from_torch = resolve_backend(cfg.kernels, device) == "torch"
     sample_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
     numel = math.prod(sample_shape)
     total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch)

@@ -78,7 +78,7 @@ def report(out: Path) -> str:
     results = [json.loads(p.read_text()) for p in (out / "kernels.json", out / "train.json") if p.exists()]
     parts += ["## Kernel microbenchmarks and trainer throughput (bench/run.py)", "",
               "The triton, torch, compile, sdpa and xformers rows of each op and shape side by side; targets from "
-              "DESIGN.md.", "", "```", summary_table(results) if results else "(no kernels.json or train.json)",
+              "docs/design.md.", "", "```", summary_table(results) if results else "(no kernels.json or train.json)",
               "```", ""]
     parts += ["## xformers", "", _text(out / "xformers.txt", "Not probed (no xformers.txt)."), ""]
     text, _ = loss_check(read_losses(out / "run-triton"), read_losses(out / "run-torch"))

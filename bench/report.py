@@ -1,4 +1,4 @@
-"""The result format's summary: one table of benchmark rows, with the DESIGN.md targets on a GPU.
+"""The result format's summary: one table of benchmark rows, with the docs/design.md targets on a GPU.
 
     python -m bench.report RESULT.json [MORE.json ...] [--sections sections.tsv]
 
@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 SCHEMA = "ambient-bench/1"
-# DESIGN.md "Measuring", GPU targets.
+# docs/design.md "Measuring", GPU targets.
 MEMORY_BOUND_TARGET = 0.85     # noise, loss: fraction of the measured device copy bandwidth
 STEP_SPEEDUP_TARGET = 2.0      # DDPM++ step, bf16, over the fp32 eager EDM-style step
 
@@ -28,7 +28,7 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def target(row: dict[str, Any], rows_by_id: dict[str, dict[str, Any]]) -> str | None:
-    """Whether a CUDA row meets its DESIGN.md target (None: the row has none)."""
+    """Whether a CUDA row meets its docs/design.md target (None: the row has none)."""
     if row.get("status") != "ok":
         return None
     if row.get("backend") == "triton" and row["op"] in ("noise_injection", "ambient_loss_fwd_bwd"):

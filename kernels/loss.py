@@ -1,4 +1,4 @@
-"""Per-sample ambient loss (DESIGN.md, "Ambient loss", steps 3-4).
+"""Per-sample ambient loss (docs/design.md, "Ambient loss", steps 3-4).
 
     a      = sigma_n^2 / s^2
     h      = (1 - a) * D + a * x_t                      (double Tweedie)

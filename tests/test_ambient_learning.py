@@ -4,7 +4,6 @@ Clean data: an isotropic mixture in 2-D. Training sees only noisy samples y = x0
 For s >= sigma_n the trained denoiser must approach the clean posterior mean E[x0 | x0 + s eps],
 and be clearly closer to it than to the denoiser of the noisy distribution, E[y | y + s eps].
 """
-import math
 
 import torch
 

@@ -7,7 +7,6 @@ functions too (a circle a lazy import hides still ties the two modules together)
 import ast
 from pathlib import Path
 
-import pytest
 import torch
 
 import kernels
@@ -104,8 +103,6 @@ def test_no_import_circles():
     assert not found, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in found)
 
 
-@pytest.mark.xfail(strict=True, reason="ambient/training.py still imports kernels._backend.resolve_backend; it is "
-                                       "rewritten apart (issue 15 part 2): drop this mark with that change")
 def test_the_trainer_uses_kernels_only_through_its_package():
     """ambient/ and the scripts import `kernels`, never one of its modules (bench/ looks inside on purpose)."""
     graph = import_graph(REPO)

@@ -36,7 +36,7 @@ def installed(tmp_path_factory) -> Path:
     return root / "site"
 
 
-@pytest.mark.parametrize("module", ["ambient.study", "ambient.eval"])
+@pytest.mark.parametrize("module", ["ambient.train", "ambient.sample", "ambient.study", "ambient.eval"])
 def test_module_runs_from_a_non_editable_install(installed, tmp_path, module):
     env = dict(os.environ, PYTHONPATH=str(installed))
     run = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env, capture_output=True,

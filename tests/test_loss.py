@@ -12,7 +12,7 @@ SD = 0.5
 
 
 def formula_loss64(D, x_t, y, s, sn, weighting):
-    """DESIGN.md steps 3-4 written out in float64, independently of kernels/."""
+    """docs/design.md steps 3-4 written out in float64, independently of kernels/."""
     D, x_t, y, s, sn = (t.double() for t in (D, x_t, y, s, sn))
     out = []
     for i in range(len(y)):

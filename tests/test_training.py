@@ -134,7 +134,7 @@ def test_triton_kernels_give_the_torch_loss_curve(tmp_path, monkeypatch):
     both runs take the torch-drawn noise; the kernels then see identical inputs.
     """
     import ambient.training as training
-    monkeypatch.setattr(training, "resolve_backend", lambda backend, tensor: "torch")
+    monkeypatch.setattr(training, "resolve_backend", lambda backend, device: "torch")
     curves = {}
     for backend in ("torch", "triton"):
         cfg = train.parse_args(FAST + ["--run-dir", str(tmp_path / backend), "--kimg", "0.064", "--tick-kimg", "0.016",
