@@ -4,6 +4,7 @@ import itertools
 import math
 import operator
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Callable
@@ -123,3 +124,13 @@ def check_destination(dest: str | os.PathLike, *, option: str, archive: bool = F
 
 def _empty(text: str):
     raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
+
+
+def invocation(module: str) -> list[str]:
+    """How this process was started, for the usage line and printed commands: ["python", SCRIPT] when it runs the
+    checkout's script shim of `module` (e.g. train.py for ambient.train), else ["python", "-m", module]."""
+    script = module.rsplit(".", 1)[-1] + ".py"
+    started_as_module = getattr(sys.modules.get("__main__"), "__spec__", None) is not None
+    if not started_as_module and Path(sys.argv[0]).name == script:
+        return ["python", sys.argv[0]]
+    return ["python", "-m", module]

@@ -24,7 +24,8 @@ MAX_GRID = 4096        # images in one PNG grid (held in memory); more go to a f
 
 def main(argv: list[str] | None = None) -> int:
     """Sample from a command line; the exit status: 0 done, 1 an error (one line)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=" ".join(cli.invocation("ambient.sample")), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint directory, or a run directory (its newest checkpoint)")
     p.add_argument("--out", required=True, help="*.png (grid), *.npz, or a folder for one PNG per image")
     p.add_argument("--seeds", type=cli.int_range, default=cli.int_range("0-63"), help="e.g. 0-63 or 1,5,7-9")

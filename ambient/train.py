@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import cli
 from .checkpoint import CheckpointError
 from .sources import is_noisy_dataset
 from .training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
@@ -23,7 +24,8 @@ from .training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, as its `option` metadata says, and --all-clean."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=" ".join(cli.invocation("ambient.train")), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     groups, group = {}, p
     for f in dataclasses.fields(TrainConfig):
         if "help" not in f.metadata:
@@ -75,16 +77,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**{**given, "clean_fraction": clean_fraction, "n_noisy": 0 if a.all_clean else a.n_noisy})
 
 
-def invocation() -> list[str]:
-    """How this process was started: ["python", "-m", "ambient.train"], or ["python", SCRIPT] for a train.py
-    script (the checkout's shim, as typed); the module form when main() was called from other code."""
-    main_module = sys.modules.get("__main__")
-    spec = getattr(main_module, "__spec__", None)
-    if spec is None and Path(sys.argv[0]).name == "train.py":
-        return ["python", sys.argv[0]]
-    return ["python", "-m", "ambient.train"]
-
-
 def resume_command(argv: list[str], run_dir: str | Path) -> str:
     """The command line that continues run_dir: these arguments with --run-dir RUN --resume auto."""
     kept, skip = [], False
@@ -93,7 +85,7 @@ def resume_command(argv: list[str], run_dir: str | Path) -> str:
             skip = not skip and "=" not in arg
             continue
         kept.append(arg)
-    return shlex.join([*invocation(), *kept, "--run-dir", str(run_dir), "--resume", "auto"])
+    return shlex.join([*cli.invocation("ambient.train"), *kept, "--run-dir", str(run_dir), "--resume", "auto"])
 
 
 def main(argv: list[str] | None = None) -> int:
