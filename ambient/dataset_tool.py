@@ -40,7 +40,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -50,9 +49,18 @@ import torch
 from PIL import Image
 
 from ambient import cli
+from ambient.atomic import atomic_path
 from ambient.data import AmbientDataset
-from ambient.sources import (LABELS_FILE, NAMED_DATASETS, ImageSource, is_array, load_dataset, sigma_n_value,
-                             subset_indices, to_signal)
+from ambient.sources import (
+    LABELS_FILE,
+    NAMED_DATASETS,
+    ImageSource,
+    is_array,
+    load_dataset,
+    sigma_n_value,
+    subset_indices,
+    to_signal,
+)
 
 # (pixels (H, W, C): uint8, written as a PNG, or float32 on the [-1, 1] scale, written as a .npy;
 #  label or -1; where the image came from; sigma_n, None for a data set of clean images)
@@ -145,34 +153,18 @@ def _is_zip(dest: str) -> bool:
 def _atomic_output(dest: str) -> Iterator[Callable[[str, bytes], None]]:
     """`write(name, data)` into a hidden partial folder / zip beside `dest`, renamed to `dest` when the
     block ends and removed when it raises: a failure leaves nothing behind."""
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    partial = os.path.join(parent, f".{os.path.basename(os.path.normpath(dest))}.partial-{os.getpid()}")
-    archive = zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) if _is_zip(dest) else None
-    write: Callable[[str, bytes], None]
-    if archive is not None:
-        write = archive.writestr
-    else:
-        os.makedirs(partial)
+    with atomic_path(os.path.normpath(dest)) as partial:
+        if _is_zip(dest):
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+                yield archive.writestr
+        else:
+            partial.mkdir()
 
-        def write(name: str, data: bytes) -> None:
-            os.makedirs(os.path.dirname(os.path.join(partial, name)), exist_ok=True)
-            with open(os.path.join(partial, name), "wb") as f:
-                f.write(data)
+            def write(name: str, data: bytes) -> None:
+                (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                (partial / name).write_bytes(data)
 
-    try:
-        yield write
-        if archive is not None:
-            archive.close()
-        os.replace(partial, dest)
-    except BaseException:
-        if archive is not None:
-            archive.close()
-        if os.path.isdir(partial):
-            shutil.rmtree(partial)
-        elif os.path.exists(partial):
-            os.remove(partial)
-        raise
+            yield write
 
 
 def _write_dataset(dest: str, items: Iterator[_Item], *, has_labels: bool, class_names: list[str] | None = None,
@@ -316,7 +308,7 @@ def _read_raw(source: ImageSource, name: str) -> np.ndarray:
         raise ValueError(f"{where} is lossy-compressed, which alters its noise; give noisy images as "
                          ".npy, PNG or TIFF")
     if lower.endswith(_TIFF_EXTENSIONS):
-        import tifffile   # scikit-image's TIFF reader; Pillow reads 16-bit RGB TIFF as 8-bit
+        import tifffile  # scikit-image's TIFF reader; Pillow reads 16-bit RGB TIFF as 8-bit
 
         try:
             with source.open(name) as f:

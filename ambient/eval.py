@@ -13,10 +13,8 @@ that copy a training image (memorisation); FID is clean-fid's "clean" FID agains
 or EDM zip. The metrics JSON and the samples .npz are written atomically (temp file + rename).
 """
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from . import cli, metrics
+from .atomic import atomic_path, write_json
 from .checkpoint import CheckpointError
 from .images import from_uint8, generate, to_uint8
 from .loading import load_network
@@ -34,10 +33,11 @@ METRICS = ("fd_mnist", "fid")
 
 
 def _labels(label_dim: int):
-    """Class labels seed mod label_dim for conditional models (as sample.py does), else None."""
+    """Class indices seed mod label_dim for conditional models (as ambient.sample does; EDMPrecond makes them
+    one-hot), else None."""
     if not label_dim:
         return None
-    return lambda seeds: torch.nn.functional.one_hot(torch.tensor(list(seeds)) % label_dim, label_dim).float()
+    return lambda seeds: torch.tensor(list(seeds)) % label_dim
 
 
 def reference_images(ref: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -62,11 +62,8 @@ def training_images(meta: dict) -> torch.Tensor | None:
 
 def _save_samples(pixels: np.ndarray, path: str | os.PathLike) -> None:
     """The generated images as uint8 (N, H, W, C) in an .npz (key "images"; image i is seed i), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, images=pixels)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, images=pixels)
 
 
 def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric: str = "fd_mnist",
@@ -131,23 +128,6 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
                resolution=shape[1], ref=None if ref is None else str(ref),
                seconds=round(time.perf_counter() - start, 1))
     return out
-
-
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write `data` as indented JSON through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)                    # mkstemp makes the file private; metrics are for reading
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def summary(m: dict) -> str:

@@ -1,7 +1,6 @@
 """Generating images from seeds, and writing them as a PNG grid, a folder of PNGs or an .npz."""
 import contextlib
 import itertools
-import os
 import zipfile
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_path
 from .sampler import edm_sampler
 
 
@@ -72,12 +72,8 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -
     for i, img in enumerate(arr):
         r, q = divmod(i, ncol)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")      # atomic: a killed run leaves no half PNG
-    try:
+    with atomic_path(path) as tmp:                              # a killed run leaves no half PNG
         _pil(grid).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_pngs(images: torch.Tensor, seeds: Sequence[int], folder: str | Path) -> None:
@@ -93,8 +89,6 @@ def npz_writer(path: str | Path) -> Iterator[Callable[[str, Sequence[int], np.dt
     """An .npz written one array at a time, each streamed: `with npz_writer(p) as add, add(name, shape, dtype) as f:
     f.write(rows.tobytes())`. np.load reads it as any .npz; nothing is held in memory. Atomic (temp file + rename):
     an interrupted write leaves nothing behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
 
     def add(name: str, shape: Sequence[int], dtype: np.dtype) -> IO[bytes]:
         f = archive.open(f"{name}.npy", "w", force_zip64=True)
@@ -102,10 +96,6 @@ def npz_writer(path: str | Path) -> Iterator[Callable[[str, Sequence[int], np.dt
                                                  "fortran_order": False, "shape": tuple(shape)})
         return f
 
-    try:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            yield add
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        yield add
 

@@ -7,7 +7,6 @@ estimated from n samples is biased upwards, so a number means little without the
 halves all pass through the same resize to the classifier's 32x32 input (`classifier_input`).
 """
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .atomic import atomic_path
 
 # Bump when the architecture, data split or training recipe changes: it invalidates cached weights.
 CLASSIFIER_VERSION = "v1"
@@ -133,16 +134,9 @@ def _train_classifier(device: torch.device) -> FeatureNet:
 def _save_atomic(net: FeatureNet, path: Path) -> None:
     """Write the weights to a temp file in the same folder, then rename it over `path`."""
     from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={"version": CLASSIFIER_VERSION, "train_seconds": f"{net.train_seconds:.3f}"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def classifier_path(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from . import cli
+from .atomic import write_json
 from .checkpoint import list_checkpoints
-from .eval import METRICS, write_json
+from .eval import METRICS
 from .networks import PRESETS
 from .study_report import table1_pairs, write_results
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scaling
-from .eval import write_json
+from .atomic import write_json
 
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",

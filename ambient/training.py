@@ -9,7 +9,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from kernels import BACKENDS, attention_unavailable, resolve_backend
 
 from . import checkpoint as ckpt
 from . import cli, hostcpu
+from .atomic import write_json
 from .data import DEFAULT_SIGMA_N, AmbientDataset
 from .distributed import DistInfo, GlobalOrderSampler, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .images import generate, save_grid
@@ -373,11 +373,9 @@ def train(cfg: TrainConfig) -> Path:
         step, bad_total = resume(resume_from, net, ema, optimizer, network=net_kwargs, dataset=dataset.describe(),
                                  batch=cfg.batch, device=device)
     if dist_info.is_main:
-        tmp = run_dir / ".config.json.tmp"
         host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
                 "precision_reason": precision_why}
-        tmp.write_text(json.dumps({**dataclasses.asdict(cfg), **host}, indent=2))
-        os.replace(tmp, run_dir / "config.json")
+        write_json({**dataclasses.asdict(cfg), **host}, run_dir / "config.json")
     barrier()
 
     ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \

@@ -65,6 +65,7 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
 import kernels
+from ambient.atomic import write_json
 from ambient.loss import AmbientLoss
 from ambient.training import step_seed
 from bench.presets import PRESET_DATA, attention_layers
@@ -346,10 +347,7 @@ def compile_all(launches: list[Launch], jobs: int, use_cache: bool = True,
         for done, (i, result) in enumerate(zip(todo, pool.map(_compile_task, tasks)), 1):
             results[i] = result
             if "error" not in result:
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = folder / f"{keys[i]}.json.tmp{os.getpid()}"
-                tmp.write_text(json.dumps(result))
-                os.replace(tmp, folder / f"{keys[i]}.json")
+                write_json(result, folder / f"{keys[i]}.json", indent=None)
             if done % 50 == 0 or done == len(todo):
                 log(f"  compiled {done}/{len(todo)} ({time.monotonic() - start:.0f} s)")
     return results

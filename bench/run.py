@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -21,9 +20,9 @@ from typing import Any
 
 import torch
 
+from ambient.atomic import write_json
 from bench import bench_kernels, bench_train
-from bench.harness import (Timing, Workload, calibrations, cpu_clock_ok, machine_info, measure, pin_allocator,
-                           summarise)
+from bench.harness import Timing, Workload, calibrations, cpu_clock_ok, machine_info, measure, pin_allocator, summarise
 from bench.report import SCHEMA, summary_table
 
 # Rounds of the CPU loop per section: (quick, full).
@@ -61,10 +60,7 @@ def _save(result: dict[str, Any], path: str | None) -> None:
     """Write atomically, so a run cut short by a timeout leaves what it had measured."""
     if not path:
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    write_json(result, path, indent=1)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
