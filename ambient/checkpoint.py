@@ -27,8 +27,9 @@ import os
 import shutil
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -308,7 +309,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", templa
     try:
         out["state"] = torch.load(path / "state.pt", map_location=device, weights_only=True)
     except Exception as e:  # an unpickling error means a file that is not ours; say which
-        raise CheckpointError(f"checkpoint {path}: state.pt cannot be loaded safely ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint {path}: state.pt cannot be loaded safely ({type(e).__name__}: {e})") from None
     if net is not None and resume:
         _check_state(path, out["state"], net)
     return out
@@ -321,7 +323,7 @@ def latest_checkpoint(run_dir: str | Path, template: Template | None = None) -> 
             read_meta(path, template=template)
             return path
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}")
+            warnings.warn(f"skipping {e}", stacklevel=2)
     return None
 
 

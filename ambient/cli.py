@@ -5,9 +5,8 @@ import math
 import operator
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable
 
 
 def _number(text: str, kind: type, what: str) -> float:

@@ -1,7 +1,8 @@
 """torch.distributed set-up from the torchrun environment, and the data order shared by all ranks."""
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,7 +38,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
         # a prefix per restart keeps the new group from connecting to them.
         store, _, _ = next(dist.rendezvous("env://", rank, world))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=dist.PrefixStore(f"ambient/{attempt}", store),
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                store=dist.PrefixStore(f"ambient/{attempt}", store),
                                 rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank, world, local_rank, dev)
 

@@ -88,7 +88,7 @@ def em_means(x: np.ndarray, var: np.ndarray, init: np.ndarray, *, max_iter: int 
         raise ValueError(f"x must be (S, N, d) and init (S, k, d), got {x.shape} and {init.shape}")
     inv_var = 1.0 / var
     mu = init.copy()
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 it is returned after the loop
         logits = _logits(x, mu, inv_var)
         r = np.exp(logits - logits.max(-1, keepdims=True))                    # (S, N, k)
         wgt = r * (inv_var / r.sum(-1))[..., None]                             # responsibility / variance
@@ -277,7 +277,7 @@ def fit_decay(sigma: Sequence[float], w: Sequence[float], ci_low: Sequence[float
     out: dict = {"n_levels": len(sigma)}
     for name, form in DECAY_FORMS.items():
         def residuals(p: np.ndarray) -> np.ndarray:
-            return (np.log(w) - form(sigma, math.exp(p[0]), math.exp(p[1]))) / se
+            return (np.log(w) - form(sigma, math.exp(p[0]), math.exp(p[1]))) / se  # noqa: B023 used in this iteration
         fits = [least_squares(residuals, np.log([s, e])) for s in (0.5, 1.0, 2.0) for e in (0.5, 1.0, 2.0, 4.0)]
         best = min(fits, key=lambda f: f.cost)
         chi2 = float(2 * best.cost)

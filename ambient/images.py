@@ -2,8 +2,9 @@
 import contextlib
 import itertools
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Callable, Iterator, Sequence
+from typing import IO
 
 import numpy as np
 import torch

@@ -15,7 +15,8 @@ def checkpoint_template(meta: dict[str, Any]) -> EDMPrecond:
     return network_template(meta["network"])
 
 
-def load_network(path: str | Path, *, which: str = "ema", device: str | torch.device = "cpu") -> tuple[EDMPrecond, dict]:
+def load_network(path: str | Path, *, which: str = "ema",
+                 device: str | torch.device = "cpu") -> tuple[EDMPrecond, dict]:
     """The `which` ("ema" or "net") weights of a checkpoint or a run's newest checkpoint that fits its own
     network record, in eval mode, and its meta."""
     if which not in ("ema", "net"):

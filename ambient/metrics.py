@@ -10,8 +10,8 @@ import os
 import time
 import warnings
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -164,7 +164,7 @@ def get_feature_extractor(cache_dir: str | os.PathLike | None = None, device: st
             net.train_seconds = float(meta["train_seconds"]) if "train_seconds" in meta else None
             return net.to(device).eval()
         except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
-            warnings.warn(f"unreadable classifier cache {path} ({exc}); retraining")
+            warnings.warn(f"unreadable classifier cache {path} ({exc}); retraining", stacklevel=2)
     net = _train_classifier(device)
     _save_atomic(net, path)
     return net

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.nn.functional import silu
@@ -80,7 +81,8 @@ class Conv2d(torch.nn.Module):
         self.down = down
         self.fused_resample = fused_resample
         fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
-        self.weight = (torch.nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight)
+        self.weight = (torch.nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans)
+                                          * init_weight)
                        if kernel else None)
         self.bias = torch.nn.Parameter(weight_init([out_channels], **fans) * init_bias) if kernel and bias else None
         f = torch.as_tensor(list(resample_filter), dtype=torch.float32)
@@ -152,7 +154,8 @@ class UNetBlock(torch.nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.emb_channels = emb_channels
-        self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        self.num_heads = (0 if not attention
+                          else num_heads if num_heads is not None else out_channels // channels_per_head)
         if self.num_heads and out_channels % self.num_heads:
             raise ValueError(f"UNetBlock: {out_channels} channels not divisible by {self.num_heads} heads")
         self.dropout = dropout
@@ -161,7 +164,8 @@ class UNetBlock(torch.nn.Module):
         self.attn_backend = _check_backend(attn_backend)
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init)
+        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter,
+                            **init)
         self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, kernel=3, **init_zero)
@@ -419,7 +423,8 @@ class EDMPrecond(torch.nn.Module):
             return torch.zeros([x.shape[0], self.label_dim], device=x.device)
         if not class_labels.is_floating_point():
             if class_labels.ndim != 1:
-                raise ValueError(f"integer class_labels must be a (B,) tensor of indices, got {tuple(class_labels.shape)}")
+                raise ValueError(
+                    f"integer class_labels must be a (B,) tensor of indices, got {tuple(class_labels.shape)}")
             class_labels = torch.nn.functional.one_hot(class_labels.long(), self.label_dim)
         class_labels = class_labels.to(device=x.device, dtype=torch.float32)
         if class_labels.numel() not in (self.label_dim, x.shape[0] * self.label_dim):

@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s-min", type=cli.nonneg_float, default=0.0)
     p.add_argument("--s-max", type=cli.nonneg_float, default=float("inf"))
     p.add_argument("--s-noise", type=cli.positive_float, default=1.0)
-    p.add_argument("--sigma-stop", type=cli.positive_float, help="stop early at this noise level, return the denoised estimate")
-    p.add_argument("--class", dest="class_idx", type=cli.nonneg_int, help="class label (conditional models; default: seed mod classes)")
+    p.add_argument("--sigma-stop", type=cli.positive_float,
+                   help="stop early at this noise level, return the denoised estimate")
+    p.add_argument("--class", dest="class_idx", type=cli.nonneg_int,
+                   help="class label (conditional models; default: seed mod classes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     if a.steps < 2:

@@ -1,5 +1,5 @@
 """EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2)."""
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

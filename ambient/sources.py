@@ -176,7 +176,7 @@ class ArrayDataset(BaseDataset):
         return self.images[i].copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 1, R, R) uint8, labels) of an embedded set, loaded once per process, read-only."""
     if name == "mnist":
@@ -229,7 +229,7 @@ class ImageSource:
                     raise ValueError(f"{self.path}: zip entry {name!r} escapes the data set's folder")
         else:
             files = []
-            for root, dirs, names in os.walk(self.path):
+            for root, _dirs, names in os.walk(self.path):
                 rel = os.path.relpath(root, self.path)
                 files += [n if rel == "." else os.path.join(rel, n).replace(os.sep, "/") for n in names]
         self.files = sorted(n for n in files if not _is_hidden(n))

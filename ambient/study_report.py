@@ -167,7 +167,8 @@ def snapshot_table(rows: Sequence[dict], metric: str) -> str:
         cells = []
         for k in kimgs:
             v = [json.loads(r["snapshots"])[k] for r in group if k in json.loads(r["snapshots"])]
-            cells.append("" if not v else f"{v[0]:.2f}" if len(v) == 1 else f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}")
+            cells.append("" if not v else f"{v[0]:.2f}" if len(v) == 1
+                         else f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}")
         copies = [r["memorised"] for r in group if r["memorised"] is not None]
         lines.append(f"| {c} | {m} | {f'{s:g}' if m else '-'} | {' | '.join(cells)} | "
                      f"{f'{np.mean(copies):.1%}' if copies else ''} |")

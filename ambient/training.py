@@ -46,8 +46,9 @@ def option(default: Any, help: str | None, **flag: Any) -> Any:
 @dataclass
 class TrainConfig:
     """Everything a run depends on; each field is also a flag of `python -m ambient.train` (--field-name unless
-    its option() says otherwise), and its help text speaks of the command line. Here n_clean or n_noisy left None means "the rest"; the command line
-    alone makes --clean-fraction 0.1 the default when no other way to choose the clean images is given."""
+    its option() says otherwise), and its help text speaks of the command line. Here n_clean or n_noisy left None
+    means "the rest"; the command line alone makes --clean-fraction 0.1 the default when no other way to choose the
+    clean images is given."""
     data: str = option("mnist", "mnist (embedded, default), digits, or an EDM data set folder/zip; "
                                 "a noisy data set (sigma_n in its dataset.json) is used as stored", group="data")
     n_clean: int | None = option(None, "number of clean images (default: --clean-fraction 0.1; "
@@ -299,7 +300,8 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
     elif cfg.run_dir:
         run_dir = Path(cfg.run_dir)
         if cfg.resume == "auto":
-            resume_from = ckpt.latest_checkpoint(run_dir, checkpoint_template)   # None: start afresh (an elastic restart before the first snapshot)
+            # None: start afresh (an elastic restart before the first snapshot)
+            resume_from = ckpt.latest_checkpoint(run_dir, checkpoint_template)
         elif run_dir.is_dir() and any(run_dir.iterdir()):
             raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
                                   f"that run, or choose a new --run-dir")

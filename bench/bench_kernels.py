@@ -113,7 +113,7 @@ def _preset_cases(preset: str, device: torch.device, img_batch: int, attn_batch:
         q, k, v = (torch.randn(b, h, n, d, device=device, generator=gen).to(dtype).requires_grad_() for _ in range(3))
         grad_o = torch.randn(q.shape, device=device, generator=gen).to(dtype)
         cases.append(("attention_fwd_bwd", (b, h, n, d), dtype,
-                      {name: _bind(fn, lambda f: _grad_of(f, (q, k, v), grad_o, (q, k, v)))
+                      {name: _bind(fn, lambda f: _grad_of(f, (q, k, v), grad_o, (q, k, v)))  # noqa: B023 called at once
                        for name, fn in attn.items()},
                       12 * b * h * n * n * d, "FLOP"))
     return cases
@@ -123,7 +123,7 @@ def kernel_workloads(device: torch.device, presets: list[str], *, smoke: bool = 
     """The microbenchmark workloads; backends that cannot run here become rows with status "n/a"."""
     has_triton = device.type == "cuda"
     if smoke and not has_triton:
-        from kernels._triton_utils import INTERPRET   # imports Triton: only when it may be used
+        from kernels._triton_utils import INTERPRET  # imports Triton: only when it may be used
         has_triton = INTERPRET
     out: list[Workload] = []
     for preset in presets:

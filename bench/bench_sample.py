@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = hostcpu.this_host_kind()
     print(f"host {kind} ({hostcpu.cpu_model()}), {a.threads} thread(s), {clock} clock, {a.rounds} rounds")
     for r in rows:
-        print(f"{r['id']:<36} {r['img_per_s']:>7.2f} img/s" + (f"  (wall {r['img_per_s_wall']:.2f})" if clock == "cpu" else ""))
+        print(f"{r['id']:<36} {r['img_per_s']:>7.2f} img/s"
+              + (f"  (wall {r['img_per_s_wall']:.2f})" if clock == "cpu" else ""))
     if a.out:
         Path(a.out).write_text(json.dumps({"host_kind": kind, "threads": a.threads, "rows": rows}, indent=1) + "\n")
     return 0

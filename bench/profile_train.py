@@ -5,9 +5,9 @@
     python -m bench.profile_train -- --precision bf16
 
 Runs ambient.training.train itself (no copy of the loop) with one torch thread and wraps the pieces it calls
-in timers: setup (until the first batch), data loading (the DataLoader iterator), forward (AmbientLoss: noise levels, noise injection,
-network, loss), backward, optimiser (Adam.step), EMA (update_ema), non-finite check (grads_finite), sample
-grid (generate + save_grid) and checkpoint (save_checkpoint). Each phase is timed by the main thread's CPU
+in timers: setup (until the first batch), data loading (the DataLoader iterator), forward (AmbientLoss: noise levels,
+noise injection, network, loss), backward, optimiser (Adam.step), EMA (update_ema), non-finite check (grads_finite),
+sample grid (generate + save_grid) and checkpoint (save_checkpoint). Each phase is timed by the main thread's CPU
 time, which other processes on a loaded machine do not inflate (wall time beside it); nested calls count
 once, in the outermost phase. "other" is the rest of train(): loss bookkeeping, logging, lr, the host loop. The table
 projects the full run (80 kimg by default) from the per-step and per-snapshot figures.
@@ -121,7 +121,8 @@ def profile(train_args: list[str], kimg: float, full_kimg: float | None = None) 
             "full_kimg": full_kimg, "full_steps": full_steps, "full_snapshots": full_snaps,
             "train_cpu_s": round(cpu, 2), "train_wall_s": round(wall, 2),
             "full_run_cpu_min_one_thread": round(total, 1),
-            "step_img_per_cpu_s": round(cfg.batch / sum(rows[n]["cpu_ms_per"] / 1e3 for n in STEP_PHASES + ("other",)), 1),
+            "step_img_per_cpu_s": round(
+                cfg.batch / sum(rows[n]["cpu_ms_per"] / 1e3 for n in STEP_PHASES + ("other",)), 1),
             "full_grid_images": grid_images, "phases": rows}
 
 

@@ -46,7 +46,8 @@ def pairs() -> list[tuple[str, Workload, Workload]]:
     def ema_foreach() -> None:
         with torch.no_grad():
             ema_params = list(ema.parameters())
-            torch._foreach_copy_(ema_params, torch._foreach_lerp([p.detach() for p in net.parameters()], ema_params, 0.99))
+            torch._foreach_copy_(ema_params,
+                                 torch._foreach_lerp([p.detach() for p in net.parameters()], ema_params, 0.99))
     out.append(("ema", Workload("ema/loop", lambda: update_ema(ema, net, 0.99)), Workload("ema/foreach", ema_foreach)))
 
     opts = {}
@@ -55,7 +56,8 @@ def pairs() -> list[tuple[str, Workload, Workload]]:
         for p in model.parameters():
             p.grad = torch.randn_like(p) * 1e-3
         opts[name] = torch.optim.Adam(model.parameters(), lr=1e-6, foreach=foreach)
-    out.append(("adam", Workload("adam/cpu-default", opts["default"].step), Workload("adam/foreach", opts["foreach"].step)))
+    out.append(("adam", Workload("adam/cpu-default", opts["default"].step),
+                Workload("adam/foreach", opts["foreach"].step)))
 
     steps = {}
     for fmt in ("contiguous", "channels_last"):

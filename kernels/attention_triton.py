@@ -382,7 +382,8 @@ def attention_bwd_launch(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tenso
 
 
 @torch.library.custom_op("ambient::attention_fwd", mutates_args=())
-def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, lse) of softmax(q k^T * scale) v."""
     return attention_fwd_launch(q, k, v, scale)
 

@@ -44,7 +44,7 @@ def _distribution() -> tuple[str, list[str]] | None:
 
 def _torch_requirement(version: str, requires: list[str]) -> str | None:
     """The reason when xformers' declared torch requirement excludes the installed torch."""
-    from packaging.requirements import Requirement   # installed with matplotlib and scikit-image (setup.py)
+    from packaging.requirements import Requirement  # installed with matplotlib and scikit-image (setup.py)
     for line in requires:
         requirement = Requirement(line)
         if requirement.name == "torch" and not requirement.specifier.contains(torch.__version__, prereleases=True):

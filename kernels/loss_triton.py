@@ -46,7 +46,8 @@ def _loss_kernel(d_ptr, x_ptr, y_ptr, sigma_ptr, sigma_n_ptr, partial_ptr, grad_
 
 def loss_launch(denoised: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
                 sigma_n: torch.Tensor, *, sigma_data: float = 0.5, weighting: str = "edm", compute_grad: bool = True,
-                grad_out: torch.Tensor | None = None, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                grad_out: torch.Tensor | None = None,
+                block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel; returns (loss (B,) float32, unscaled float32 gradient or None).
 
     `grad_out` (a contiguous float32 buffer shaped like denoised) and `block` are for tests.

@@ -43,7 +43,8 @@ def _noise_kernel(y_ptr, eps_ptr, sigma_ptr, sigma_n_ptr, out_ptr, net_in_ptr, p
 
 def noise_launch(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor, *, seed: int, offset: int = 0,
                  eps: torch.Tensor | None = None, sigma_data: float | None = None, out: torch.Tensor | None = None,
-                 net_in: torch.Tensor | None = None, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 net_in: torch.Tensor | None = None,
+                 block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel; returns (x_t, c_in * x_t or None). `out`, `net_in`, `block` are for tests.
 
     The net input is written only when `sigma_data` is given. seed must lie in [0, 2^63).

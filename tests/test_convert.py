@@ -22,8 +22,14 @@ import torch
 
 import sample
 from ambient import convert
-from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, load_checkpoint,
-                                save_checkpoint)
+from ambient.checkpoint import (
+    CheckpointError,
+    _meta_digest,
+    _sha256,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
 from ambient.loading import load_network
 

@@ -25,7 +25,8 @@ import os, sys
 log = open(sys.argv.pop(1) + f".rank{os.environ.get('RANK', 0)}", "w", buffering=1)
 def hook(event, args):
     if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and (
-            (isinstance(args[1], str) and any(c in args[1] for c in "wax+")) or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR)):
+            (isinstance(args[1], str) and any(c in args[1] for c in "wax+"))
+            or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR)):
         log.write(f"{event} {args[0]}\\n")
     elif event in ("os.mkdir", "os.rename", "os.remove", "shutil.rmtree"):
         log.write(f"{event} {args[0]}\\n")
@@ -83,7 +84,8 @@ def test_two_processes_match_one_and_only_rank0_writes(tmp_path):
     script = tmp_path / "audited_train.py"
     script.write_text(AUDITED_TRAIN)
     audit = tmp_path / "audit"
-    proc = run([str(script), str(audit)] + FAST + ["--run-dir", str(two), "--kimg", "0.08", "--batch-gpu", "4"], nproc=2)
+    proc = run([str(script), str(audit)] + FAST + ["--run-dir", str(two), "--kimg", "0.08", "--batch-gpu", "4"],
+               nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_close_weights(weights(one), weights(two))
     assert "2 process(es)" in proc.stdout and "batch 16 = 2 x 2 x 4" in proc.stdout

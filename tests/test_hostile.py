@@ -28,8 +28,15 @@ from safetensors.torch import load_file, save_file
 
 from ambient import eval as ambient_eval
 from ambient import sample, train
-from ambient.checkpoint import (CheckpointError, _meta_digest, _sha256, latest_checkpoint, list_checkpoints,
-                                load_checkpoint, save_checkpoint)
+from ambient.checkpoint import (
+    CheckpointError,
+    _meta_digest,
+    _sha256,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
 from ambient.loading import load_network
 from ambient.sources import MAX_CLASSES, load_dataset
@@ -534,7 +541,8 @@ def test_seed_ranges_take_no_memory_and_are_read_lazily(trained):
 
 def test_npz_is_streamed_and_reads_back_as_before(trained, tmp_path):
     out, folder = tmp_path / "s.npz", tmp_path / "pngs"
-    assert sample.main(["--ckpt", str(trained), "--steps", "2", "--seeds", "3-9", "--batch", "3", "--out", str(out)]) == 0
+    assert sample.main(["--ckpt", str(trained), "--steps", "2", "--seeds", "3-9", "--batch", "3",
+                        "--out", str(out)]) == 0
     assert sample.main(["--ckpt", str(trained), "--steps", "2", "--seeds", "3-9", "--batch", "3",
                         "--out", str(folder)]) == 0
     data = np.load(out)

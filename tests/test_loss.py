@@ -46,7 +46,8 @@ def test_equals_edm_loss_for_clean_data():
     """sigma_n = 0: lambda(s) * ||D(y + s eps; s) - y||^2 exactly (EDM's loss)."""
     B = 6
     y, eps = torch.randn(B, 1, 11, 13), torch.randn(B, 1, 11, 13)
-    net = lambda x, s, labels: 0.7 * x + s.view(-1, 1, 1, 1) * 0.1            # any deterministic denoiser
+    def net(x, s, labels):  # any deterministic denoiser
+        return 0.7 * x + s.view(-1, 1, 1, 1) * 0.1
     normal = torch.randn(B)
     loss, s = AmbientLoss()(net, y, torch.zeros(B), normal, seed=0, eps=eps)
     s_edm = torch.exp(normal * 1.2 - 1.2)
@@ -87,7 +88,8 @@ def test_sigma_sampling_clamp_and_truncate():
     assert ks.pvalue > 1e-4
     # clean samples: both modes are the plain log-normal
     zero = torch.zeros(n)
-    assert torch.allclose(sample_sigma(zero, normal, mode="truncate"), sample_sigma(zero, normal, mode="clamp"), rtol=1e-5)
+    assert torch.allclose(sample_sigma(zero, normal, mode="truncate"), sample_sigma(zero, normal, mode="clamp"),
+                          rtol=1e-5)
 
 
 def test_bad_options_are_refused():

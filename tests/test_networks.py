@@ -175,8 +175,8 @@ def test_preconditioning_matches_formulas(sigma_form, monkeypatch):
     s = torch.exp(torch.empty(b, dtype=torch.float64).uniform_(math.log(0.002), math.log(80)))
     if sigma_form in ("float", "scalar"):
         s = s[:1].expand(b)
-    sigma = {"float": float(s[0]), "scalar": s[0].float(), "vector": s.float(), "column": s.float()[:, None, None, None]}[
-        sigma_form]
+    sigma = {"float": float(s[0]), "scalar": s[0].float(), "vector": s.float(),
+             "column": s.float()[:, None, None, None]}[sigma_form]
 
     def fake_f(z, c_noise):  # an arbitrary known function of the model inputs
         return torch.tanh(z) * 1.7 + torch.sin(3 * c_noise)[:, None, None, None] - 0.3 * z ** 2
@@ -195,7 +195,8 @@ def test_preconditioning_matches_formulas(sigma_form, monkeypatch):
     assert rel_err(d, ref) < 1e-5
 
 
-@pytest.mark.parametrize("heads,n_heads,adaptive", [(dict(num_heads=3), 3, False), (dict(channels_per_head=12), 4, True)])
+@pytest.mark.parametrize("heads,n_heads,adaptive",
+                         [(dict(num_heads=3), 3, False), (dict(channels_per_head=12), 4, True)])
 def test_attention_block_matches_edm_einsum(heads, n_heads, adaptive):
     torch.manual_seed(1)
     c, emb_c = 48, 20

@@ -23,8 +23,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ambient import train, training
-from ambient.checkpoint import (CheckpointError, _meta_digest, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                read_meta, save_checkpoint)
+from ambient.checkpoint import (
+    CheckpointError,
+    _meta_digest,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from ambient.distributed import init_distributed
 from ambient.training import train as run_training
 

@@ -25,7 +25,8 @@ def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor):
 def test_time_steps_formula():
     t = edm_time_steps(18)
     assert len(t) == 19 and t[-1] == 0
-    assert torch.isclose(t[0], torch.tensor(80.0, dtype=torch.float64)) and torch.isclose(t[17], torch.tensor(0.002, dtype=torch.float64))
+    assert torch.isclose(t[0], torch.tensor(80.0, dtype=torch.float64))
+    assert torch.isclose(t[17], torch.tensor(0.002, dtype=torch.float64))
     assert (t[:-1][1:] < t[:-1][:-1]).all()
 
 

@@ -20,8 +20,8 @@ from ambient.training import train as run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8x8 digits, tiny UNet: a few seconds per run on two cores.
-FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4", "--no-progress",
-        "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05"]
+FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
+        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05"]
 
 
 def fast_config(run_dir: Path, **kw) -> TrainConfig:
@@ -140,7 +140,8 @@ def test_triton_kernels_give_the_torch_loss_curve(tmp_path, monkeypatch):
         cfg = train.parse_args(FAST + ["--run-dir", str(tmp_path / backend), "--kimg", "0.064", "--tick-kimg", "0.016",
                                        "--snap-kimg", "1", "--kernels", backend, "--grid-size", "1"])
         run_training(cfg)
-        curves[backend] = [json.loads(line)["loss"] for line in (tmp_path / backend / "log.jsonl").read_text().splitlines()]
+        curves[backend] = [json.loads(line)["loss"]
+                           for line in (tmp_path / backend / "log.jsonl").read_text().splitlines()]
     assert len(curves["torch"]) == 4
     np.testing.assert_allclose(curves["triton"], curves["torch"], rtol=2e-4)
 
@@ -152,7 +153,8 @@ def test_class_indices_give_the_numbers_of_one_hot_labels():
     idx, x, sigma = torch.tensor([3, 0, 9, 3]), torch.randn(4, 1, 8, 8), torch.tensor([0.1, 1.0, 5.0, 20.0])
     with torch.no_grad():
         assert torch.equal(net(x, sigma, idx), net(x, sigma, torch.nn.functional.one_hot(idx, 10).float()))
-    grids = [torch.cat([img for _, img in generate(net, range(5), (1, 8, 8), batch=2, num_steps=3, class_labels=labels)])
+    grids = [torch.cat([img for _, img in generate(net, range(5), (1, 8, 8), batch=2, num_steps=3,
+                                                   class_labels=labels)])
              for labels in (lambda s: torch.tensor(s) % 10,
                             lambda s: torch.nn.functional.one_hot(torch.tensor(s) % 10, 10).float())]
     assert torch.equal(*grids)
