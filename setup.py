@@ -25,7 +25,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "fid": ["torchvision", "clean-fid"],
-        "test": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff"],
-        "dev": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
     },
 )
