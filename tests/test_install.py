@@ -4,7 +4,7 @@ The package is built from a copy of the checkout (a build leaves build/ and *.eg
 offline, without dependencies or build isolation, into a folder that PYTHONPATH names; the commands run
 from an empty folder, so neither the checkout nor an editable install can supply the modules.
 """
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -16,8 +16,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL_SKIPPED = {".git", "docs", "data", "runs", "out", "build"}   # history, study results, large outputs
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools")
-                                is None, reason="building the package needs pip and setuptools")
+def _installed(name: str) -> bool:
+    """Whether a distribution is installed, asked of its metadata: importlib.util.find_spec("pip") would make
+    setuptools' distutils shim step aside for the rest of the session, and a later torch.compile (inductor
+    imports setuptools) would then fail on the standard library's distutils."""
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not (_installed("pip") and _installed("setuptools")),
+                                reason="building the package needs pip and setuptools")
 
 
 def _skip(folder: str, names: list[str]) -> list[str]:
