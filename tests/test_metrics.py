@@ -274,7 +274,10 @@ def test_fd_mnist_at_16x16_resizes_samples_reference_and_floor_alike(cache_dir, 
     real, ref = small[perm[:700]], small[perm[700:]]
     clean, noisy = (metrics.fd_mnist(real + s * torch.randn(real.shape, generator=gen), reference=ref,
                                      cache_dir=cache_dir, kid_subsets=1, n_boot=0) for s in (0.0, 0.6))
-    assert clean["floor_n"] == 700 and clean["fd_mnist"] < 1.5 * clean["fd_mnist_floor"] < noisy["fd_mnist"] / 5
+    # The floor of two 700-image halves itself varies 3.9-10.2 over seeds and real-vs-reference FD 2.3-5.2 (up to
+    # 1.65x the floor, measured): near the floor means within 2.5x of it; sigma 0.6 noise is 40x or more above.
+    assert clean["floor_n"] == 700 and clean["fd_mnist"] < 2.5 * clean["fd_mnist_floor"]
+    assert noisy["fd_mnist"] > 20 * max(clean["fd_mnist"], clean["fd_mnist_floor"])
     with pytest.raises(ValueError, match="same resolution"):
         metrics.fd_mnist(real, reference=images[:100], cache_dir=cache_dir)
     with pytest.raises(ValueError, match="pass reference images of their resolution"):
