@@ -13,6 +13,7 @@ that copy a training image (memorisation); FID is clean-fid's "clean" FID agains
 or EDM zip. The metrics JSON and the samples .npz are written atomically (temp file + rename).
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -69,15 +70,16 @@ def _save_samples(pixels: np.ndarray, path: str | os.PathLike) -> None:
 def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric: str = "fd_mnist",
              ref: str | os.PathLike | None = None, inception_path: str | os.PathLike | None = None,
              batch: int = 100, weights: str = "ema", cache_dir: str | os.PathLike | None = None,
-             device: str = "cpu", progress: bool = True, samples_out: str | os.PathLike | None = None) -> dict:
-    """Metrics of the images a checkpoint generates from seeds 0..n-1 with `steps` Heun steps.
+             device: str = "cpu", progress: bool = True, samples_out: str | os.PathLike | None = None,
+             sigma_min: float = 0.002) -> dict:
+    """Metrics of the images a checkpoint generates from seeds 0..n-1 with `steps` Heun steps down to `sigma_min`.
 
     Every image is first clamped to [-1, 1] and quantised to 8 bits, as a saved PNG would be (EDM's
     generate.py), so no metric sees values that no saved image could hold.
     fd_mnist (1-channel models of any resolution; `ref`: the real images at the model's resolution, default
     the embedded MNIST-5k for 32x32): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
-    "class_histogram", "memorised", "nn_ratio", ...}; fid: {"fid", "ref"}; both also carry "n", "steps",
-    "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
+    "class_histogram", "background_noise", "memorised", "nn_ratio", ...}; fid: {"fid", "ref"}; both also carry
+    "n", "steps", "sigma_min", "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -105,7 +107,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
     def batches() -> Iterator[torch.Tensor]:
         from tqdm import tqdm
         stream = generate(net, range(n), shape, batch=batch, device=device, class_labels=_labels(net.label_dim),
-                          num_steps=steps)
+                          num_steps=steps, sigma_min=sigma_min)
         with tqdm(total=n, unit="img", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
             for _, images in stream:
                 bar.update(len(images))
@@ -116,6 +118,8 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
         images = torch.cat(list(batches()))
         out = metrics.fd_mnist(images, reference=reference, cache_dir=cache_dir, device=device)
         out["class_histogram"] = out["class_histogram"].tolist()
+        with contextlib.suppress(ValueError):    # images with no dark background (not MNIST-like) have none
+            out["background_noise"] = metrics.background_noise(images)
         train = training_images(meta)
         if train is not None and train.shape[1:] == images.shape[1:]:
             out.update(metrics.memorisation(images, train))
@@ -124,8 +128,8 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
                "ref": str(ref)}
     if samples_out is not None:
         _save_samples(np.concatenate(pixels), samples_out)
-    out.update(metric=metric, n=n, steps=steps, weights=weights, ckpt=str(ckpt), kimg=meta.get("kimg"),
-               resolution=shape[1], ref=None if ref is None else str(ref),
+    out.update(metric=metric, n=n, steps=steps, sigma_min=sigma_min, weights=weights, ckpt=str(ckpt),
+               kimg=meta.get("kimg"), resolution=shape[1], ref=None if ref is None else str(ref),
                seconds=round(time.perf_counter() - start, 1))
     return out
 
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", required=True, help="checkpoint directory, or a run directory (its newest checkpoint)")
     p.add_argument("--n", type=cli.positive_int, default=1000, help="number of images (seeds 0..n-1)")
     p.add_argument("--steps", type=cli.positive_int, default=18, help="Heun sampler steps")
+    p.add_argument("--sigma-min", type=cli.positive_float, default=0.002,
+                   help="the sampler's last noise level; its final step returns the denoised estimate there")
     p.add_argument("--out", default="metrics.json", help="metrics JSON file")
     p.add_argument("--metric", choices=METRICS, default="fd_mnist")
     p.add_argument("--ref", help="reference images: a folder or EDM data set zip (--metric fid: required; "
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.check_output(a.out, overwrite=True)                  # before any sampling
         m = evaluate(a.ckpt, n=a.n, steps=a.steps, metric=a.metric, ref=a.ref, inception_path=a.inception_path,
                      batch=a.batch, weights=a.weights, cache_dir=a.cache_dir, device=a.device,
-                     progress=not a.no_progress, samples_out=a.samples_out)
+                     progress=not a.no_progress, samples_out=a.samples_out, sigma_min=a.sigma_min)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
