@@ -1,11 +1,11 @@
 """Install the `ambient` trainer and its `kernels` package."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="ambient",
     version="0.1.0",
     description="Ambient diffusion trainer (clean + noisy data) with fused Triton kernels and data-scaling-law tools",
-    packages=["ambient", "kernels"],
+    packages=find_packages(include=["ambient", "ambient.*", "kernels"]),
     python_requires=">=3.11",      # tomllib (ambient.study)
     # A range, so a cluster's own CUDA build of torch satisfies it; on this CPU machine the
     # README pins torch 2.14.1 + torchvision 0.29.1 (they lie on local disk).

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cli
-from .checkpoint import CheckpointError
-from .images import generate, npz_writer, save_grid, save_pngs, to_uint8
-from .loading import load_network
+from ambient.common import cli
+from ambient.common.images import npz_writer, save_grid, save_pngs, to_uint8
+from ambient.io import CheckpointError, load_network
+from ambient.model import generate, seed_classes
 
 MAX_GRID = 4096        # images in one PNG grid (held in memory); more go to a folder or an .npz
 
@@ -56,11 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    res, ch, label_dim = net.img_resolution, net.img_channels, net.label_dim
-    labels = None
-    if label_dim:
-        def labels(seeds):                        # class indices: EDMPrecond makes them one-hot
-            return torch.tensor([a.class_idx if a.class_idx is not None else s % label_dim for s in seeds])
+    res, ch = net.img_resolution, net.img_channels
+    labels = seed_classes(net.label_dim, a.class_idx)      # class indices: EDMPrecond makes them one-hot
     kw = dict(num_steps=a.steps, sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho, S_churn=a.churn,
               S_min=a.s_min, S_max=a.s_max, S_noise=a.s_noise, sigma_stop=a.sigma_stop)
     from tqdm import tqdm

@@ -65,9 +65,9 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
 import kernels
-from ambient.atomic import write_json
-from ambient.loss import AmbientLoss
-from ambient.training import step_seed
+from ambient.common.atomic import write_json
+from ambient.data.streams import step_seed
+from ambient.model.loss import AmbientLoss
 from bench.presets import PRESET_DATA, attention_layers
 from bench.report import format_table
 

@@ -3,7 +3,7 @@
     python -m bench.bench_sample                         # tiny 32x32 MNIST net, 18 Heun steps, about 3 minutes
     python -m bench.bench_sample --threads 2 --out s.json
 
-Times `ambient.images.generate` exactly as the two CLIs call it: sample.py with --batch 64, ambient.eval with
+Times `ambient.model.generate` exactly as the two CLIs call it: sample.py with --batch 64, ambient.eval with
 --batch 100 (then the 8-bit quantisation every metric sees), 18 Heun steps, EMA network in eval mode, on
 the CPU. Image i is a function of seed i whatever the batch (tests/test_training.py checks that). One thread
 (the default) is timed by the thread's CPU clock in bench/harness.py's rounds, robust to load; with more
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ambient import hostcpu
-from ambient.images import generate, quantise
+from ambient.common.images import quantise
+from ambient.model import generate
 from ambient.networks import build_network
+from ambient.train import hostcpu
 from bench.harness import Workload, calibrations, cpu_clock_ok, measure, pin_allocator, summarise
 
 # (row id, images, batch, quantised as eval does): the CLIs' defaults.

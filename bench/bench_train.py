@@ -1,11 +1,10 @@
 """Trainer throughput: img/s, peak memory and MFU of a full training step.
 
-The step is `ambient.training.train`'s inner step rebuilt from the same public pieces:
-build_network + set_attn_backend, AmbientLoss (noise levels, noise injection, preconditioned
-forward, ambient loss), loss.sum() / batch backward, the non-finite gradient check (grads_finite),
-make_optimizer's Adam (fused on CUDA, foreach on a CPU), update_ema, torch.compile of the network
-with --compile, micro-batches (gradient accumulation) when a batch does not fit. It leaves out
-what is not the step: data loading (the batch stays resident on the device), the per-noise-level
+The step is the trainer's own, `ambient.train.train_step` on a `build_state` of a TrainConfig: noise
+levels, noise injection, the preconditioned forward and the ambient loss, backward, the non-finite gradient
+check, Adam (fused on CUDA, foreach on a CPU) with the learning-rate ramp-up, the EMA with its ramp-up,
+torch.compile with --compile, micro-batches (gradient accumulation) when a batch does not fit. It leaves
+out what is not the step: data loading (the batch stays resident on the device), the per-noise-level
 loss bookkeeping, logging, checkpoints and sample grids.
 
 MFU = model FLOPs (3 x `bench.flops.forward_flops`: forward, backward twice that) per second
@@ -14,15 +13,13 @@ known datasheet peak also over that.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ambient.loss import AmbientLoss
-from ambient.networks import build_network
-from ambient.training import grads_finite, make_optimizer, step_seed, update_ema
+from ambient.train import TrainConfig, build_state, train_step
+from ambient.train.step import TrainState
 from bench.flops import forward_flops
 from bench.harness import Workload, references
 from bench.presets import PRESET_DATA
@@ -39,40 +36,23 @@ class TrainStep:
     def __init__(self, preset: str, batch: int, precision: str, backend: str, compile: bool, device: torch.device,
                  tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0):
         channels, res = PRESET_DATA[preset]
-        torch.manual_seed(0)
-        self.net = build_network(preset, res, channels).to(device).train()
-        self.net.set_attn_backend(backend)
-        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.optimizer = make_optimizer(self.net, lr, device)
-        self.loss_fn = AmbientLoss(backend=backend)
-        self.model = torch.compile(self.net) if compile else self.net
-        self.device, self.precision, self.backend, self.tf32 = device, precision, backend, tf32
-        self.batch = batch
-        self.beta = 0.5 ** (batch / (ema_halflife_kimg * 1000))
+        cfg = TrainConfig(preset=preset, batch=batch, precision=precision, kernels=backend, compile=compile,
+                          tf32=tf32, lr=lr, ema_halflife_kimg=ema_halflife_kimg)
+        self.state: TrainState = build_state(cfg, cfg.network_kwargs(res, channels, 0), device, (channels, res, res))
+        self.state.distribute(rank=0, world_size=1)
+        self.net = self.state.net
+        self.device, self.tf32, self.batch = device, tf32, batch
         self.sigma_n = torch.where(torch.arange(batch) % 10 == 0, 0.0, 0.2)      # on the CPU, as from the loader
         clean = torch.rand(batch, channels, res, res) * 2 - 1
         self.y = (clean + self.sigma_n[:, None, None, None] * torch.randn_like(clean)).to(device)
+        self.labels = torch.full((batch,), -1)
         self.step = 0
         self.info: dict[str, Any] = {"batch_gpu": batch}   # result-row fields; batch_gpu shrinks on out-of-memory
 
     def _step(self, batch_gpu: int) -> None:
-        seed = step_seed(0, self.step)
-        normals = torch.randn(self.batch, generator=torch.Generator().manual_seed(seed))
-        numel = self.y[0].numel()
-        eps_all = None
-        if self.backend == "torch":
-            eps_all = torch.randn(self.y.shape, generator=torch.Generator(self.device).manual_seed(seed),
-                                  device=self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        for first in range(0, self.batch, batch_gpu):
-            part = slice(first, first + batch_gpu)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                loss, _ = self.loss_fn(self.model, self.y[part], self.sigma_n[part], normals[part], seed=seed,
-                                       offset=first * numel, eps=eps_all[part] if eps_all is not None else None)
-            (loss.sum() / self.batch).backward()
-        if grads_finite(self.net):
-            self.optimizer.step()
-            update_ema(self.ema, self.net, self.beta)
+        micro = [{"image": self.y[i:i + batch_gpu], "sigma_n": self.sigma_n[i:i + batch_gpu],
+                  "label": self.labels[i:i + batch_gpu]} for i in range(0, self.batch, batch_gpu)]
+        train_step(self.state, micro, self.step)
         self.step += 1
 
     def __call__(self) -> None:
@@ -86,7 +66,7 @@ class TrainStep:
                 except torch.cuda.OutOfMemoryError:
                     if self.info["batch_gpu"] == 1:
                         raise
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.state.optimizer.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
                     self.info["batch_gpu"] //= 2
         finally:

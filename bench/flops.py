@@ -5,7 +5,7 @@ import itertools
 
 import torch
 
-from ambient.networks import Conv2d, EDMPrecond, Linear, UNetBlock
+from ambient.model.networks import Conv2d, EDMPrecond, Linear, UNetBlock
 
 
 def _conv_macs(m: Conv2d, x: torch.Tensor, y: torch.Tensor) -> int:

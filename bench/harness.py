@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ambient.hostcpu import cpu_flags, cpu_model, host_kind, native_bf16  # noqa: F401 - re-exported for bench/
+from ambient.train.hostcpu import cpu_flags, cpu_model, host_kind, native_bf16  # noqa: F401 - re-exported for bench/
 
 
 @dataclass

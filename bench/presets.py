@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from ambient.networks import UNetBlock, build_network
+from ambient.model.networks import UNetBlock, build_network
 
 # The data each preset trains on: (channels, resolution) — DDPM++ and NCSN++ on CIFAR-10, tiny on MNIST-5k.
 PRESET_DATA = {"ddpmpp": (3, 32), "ncsnpp": (3, 32), "tiny": (1, 32)}

@@ -4,77 +4,52 @@
     python -m bench.profile_train --kimg 1.6 --out p.json  # shorter; any train.py option after `--`
     python -m bench.profile_train -- --precision bf16
 
-Runs ambient.training.train itself (no copy of the loop) with one torch thread and wraps the pieces it calls
-in timers: setup (until the first batch), data loading (the DataLoader iterator), forward (AmbientLoss: noise levels,
-noise injection, network, loss), backward, optimiser (Adam.step), EMA (update_ema), non-finite check (grads_finite),
-sample grid (generate + save_grid) and checkpoint (save_checkpoint). Each phase is timed by the main thread's CPU
-time, which other processes on a loaded machine do not inflate (wall time beside it); nested calls count
-once, in the outermost phase. "other" is the rest of train(): loss bookkeeping, logging, lr, the host loop. The table
-projects the full run (80 kimg by default) from the per-step and per-snapshot figures.
+Runs ambient.train.train itself (no copy of the loop) with one torch thread and its `timer` argument, which
+times the phases the loop and its step name: setup (until the first batch), data loading, forward (noise levels,
+noise injection, network, loss), backward, optimiser (Adam.step), EMA, non-finite check, sample grid (generation
++ PNG) and checkpoint. Each phase is timed by the main thread's CPU time, which other processes on a loaded
+machine do not inflate (wall time beside it). "other" is the rest of train(): loss bookkeeping, logging, lr, the
+host loop. The table projects the full run (80 kimg by default) from the per-step and per-snapshot figures.
 """
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ambient import checkpoint, hostcpu, loss, training
-from ambient import train as train_cli
+from ambient.train import cli as train_cli
+from ambient.train import hostcpu, train
 
 STEP_PHASES = ("data", "forward", "backward", "optimiser", "ema", "nonfinite_check")
 SNAP_PHASES = ("sample_grid", "checkpoint")
 
 
 class Phases:
-    """Accumulates (thread CPU, wall) seconds and calls per phase; only the outermost timed call counts."""
+    """The timer train() takes: accumulates (thread CPU, wall) seconds and calls per phase."""
 
     def __init__(self) -> None:
         self.cpu: dict[str, float] = {}
         self.wall: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.first: tuple[float, float] | None = None     # (thread CPU, wall) when the first phase began
-        self._depth = 0
 
-    def wrap(self, name: str, fn: Callable, consume: bool = False) -> Callable:
-        """fn timed as phase `name`; `consume`: fn returns an iterator, timed as it is drained into a list."""
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self._depth += 1
-            cpu, wall = time.thread_time(), time.perf_counter()
-            self.first = self.first or (cpu, wall)
-            try:
-                out = fn(*args, **kwargs)
-                return list(out) if consume else out
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
-                    self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-                    self.calls[name] = self.calls.get(name, 0) + 1
-        return timed
-
-
-def instrument(phases: Phases) -> None:
-    """Wrap the pieces train() calls (class and module attributes, so the loop itself is unchanged)."""
-    it = torch.utils.data.dataloader._BaseDataLoaderIter
-    it.__next__ = phases.wrap("data", it.__next__)
-    loss.AmbientLoss.__call__ = phases.wrap("forward", loss.AmbientLoss.__call__)
-    torch.Tensor.backward = phases.wrap("backward", torch.Tensor.backward)
-    torch.optim.Adam.step = phases.wrap("optimiser", torch.optim.Adam.step)
-    training.update_ema = phases.wrap("ema", training.update_ema)
-    training.grads_finite = phases.wrap("nonfinite_check", training.grads_finite)
-    training.generate = phases.wrap("sample_grid", training.generate, consume=True)
-    training.save_grid = phases.wrap("sample_grid", training.save_grid)
-    checkpoint.save_checkpoint = phases.wrap("checkpoint", checkpoint.save_checkpoint)
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        self.first = self.first or (cpu, wall)
+        try:
+            yield
+        finally:
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.calls[name] = self.calls.get(name, 0) + 1
 
 
 def snapshots(total_steps: int, steps_per_snap: int) -> int:
@@ -90,9 +65,8 @@ def profile(train_args: list[str], kimg: float, full_kimg: float | None = None) 
                                                  str(kimg), "--threads", "1", "--no-progress",
                                                  "--run-dir", str(Path(tmp) / "run")])
         phases = Phases()
-        instrument(phases)
         cpu0, wall0 = time.thread_time(), time.perf_counter()
-        training.train(cfg)
+        train(cfg, timer=phases)
         cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
         config = json.loads((Path(tmp) / "run" / "config.json").read_text())
     steps = math.ceil(kimg * 1000 / cfg.batch)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ambient.atomic import write_json
+from ambient.common.atomic import write_json
 from bench import bench_kernels, bench_train
 from bench.harness import Timing, Workload, calibrations, cpu_clock_ok, machine_info, measure, pin_allocator, summarise
 from bench.report import SCHEMA, summary_table

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from ambient import hostcpu
-from ambient.images import SeededNormals, generate
+from ambient.model.generate import SeededNormals, generate
 from ambient.networks import build_network
 from ambient.sampler import edm_sampler
-from ambient.training import update_ema
+from ambient.train import hostcpu
+from ambient.train.step import update_ema
 from bench.bench_train import TrainStep
 from bench.harness import Workload, calibrations, measure, pin_allocator, summarise
 

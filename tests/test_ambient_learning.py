@@ -7,7 +7,7 @@ and be clearly closer to it than to the denoiser of the noisy distribution, E[y 
 
 import torch
 
-from ambient.loss import AmbientLoss
+from ambient.model.loss import AmbientLoss
 
 MEANS = torch.tensor([[0.5, 0.5], [-0.5, 0.5], [0.5, -0.5], [-0.6, -0.4]], dtype=torch.float64)
 STD0 = 0.1          # component std of the clean data

@@ -1,11 +1,11 @@
-"""ambient.atomic: the rename happens only when the write finished; a failed write leaves the old file and no
+"""ambient.common.atomic: the rename happens only when the write finished; a failed write leaves the old file and no
 temporary behind, for files and folders alike."""
 import json
 
 import numpy as np
 import pytest
 
-from ambient.atomic import atomic_path, write_json
+from ambient.common.atomic import atomic_path, write_json
 
 
 def _listing(folder):

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import sample
-from ambient import convert
-from ambient.checkpoint import (
+from ambient.io import convert, load_network
+from ambient.io.checkpoint import (
     CheckpointError,
     _meta_digest,
     _sha256,
@@ -30,8 +30,7 @@ from ambient.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
-from ambient.loading import load_network
+from ambient.io.convert import ConversionError, UnsafePickleError, convert_edm_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +51,7 @@ import torch
 fake_root, out_dir, jobs, module_src = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 sys.path.insert(0, fake_root)
 from torch_utils import persistence
-from ambient import networks
+from ambient.model import networks
 
 class EDMLoss:                                   # another persistent object of EDM's pickles
     def __init__(self):

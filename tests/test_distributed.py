@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ambient.checkpoint import latest_checkpoint, list_checkpoints, read_meta
-from ambient.distributed import GlobalOrderSampler, epoch_permutation
+from ambient.data.order import GlobalOrderSampler, epoch_permutation
+from ambient.io.checkpoint import latest_checkpoint, list_checkpoints, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.04", "--grid-size", "4",

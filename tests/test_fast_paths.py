@@ -6,8 +6,8 @@ from PIL import Image
 import train
 from ambient.networks import build_network
 from ambient.sampler import edm_sampler
-from ambient.training import make_optimizer
-from ambient.training import train as run_training
+from ambient.train import train as run_training
+from ambient.train.step import make_optimizer
 
 
 def test_intermediate_grids_are_small_and_the_last_is_full(tmp_path):

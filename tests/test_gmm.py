@@ -6,7 +6,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from ambient import gmm
+from ambient.study import gmm
 
 
 def mean_errors(rows):

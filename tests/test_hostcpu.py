@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import train
-from ambient import hostcpu
-from ambient.training import train as run_training
+from ambient.train import hostcpu
+from ambient.train import train as run_training
 
 
 @pytest.mark.parametrize("kind, precision", [("cpu-avx2", "fp32"), ("cpu-avx512", "fp32"),

@@ -26,9 +26,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ambient import eval as ambient_eval
-from ambient import sample, train
-from ambient.checkpoint import (
+from ambient import sample
+from ambient.data.sources import MAX_CLASSES, load_dataset
+from ambient.eval import evaluate as ambient_eval
+from ambient.io import load_network
+from ambient.io.checkpoint import (
     CheckpointError,
     _meta_digest,
     _sha256,
@@ -37,9 +39,8 @@ from ambient.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ambient.convert import ConversionError, UnsafePickleError, convert_edm_pickle
-from ambient.loading import load_network
-from ambient.sources import MAX_CLASSES, load_dataset
+from ambient.io.convert import ConversionError, UnsafePickleError, convert_edm_pickle
+from ambient.train import cli as train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
@@ -360,7 +361,7 @@ GOOD = {f"{i}.png": png_bytes(30 * i) for i in range(4)}
 def test_zip_bombs_are_refused_without_reading_them(tmp_path, members, bomb, message):
     path = zip_set(tmp_path / "bomb.zip", members, bomb, bomb_bytes=200 << 20)
     assert os.path.getsize(path) < 2 << 20
-    code = ("import resource, sys; from ambient.sources import load_dataset\n"
+    code = ("import resource, sys; from ambient.data import load_dataset\n"
             "try:\n    print(load_dataset(sys.argv[1]))\nexcept ValueError as e:\n    print(e)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
 
@@ -530,8 +531,8 @@ def test_sample_writes_into_a_new_nested_folder(trained, tmp_path, capsys):
 
 
 def test_seed_ranges_take_no_memory_and_are_read_lazily(trained):
-    from ambient.cli import int_range
-    from ambient.images import generate
+    from ambient.common.cli import int_range
+    from ambient.model import generate
     seeds = int_range("0-999999999999,5")
     assert len(seeds) == 10**12 + 1 and seeds[10**12 - 1] == 10**12 - 1 and seeds[-1] == 5
     net, _ = load_network(trained)

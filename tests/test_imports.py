@@ -1,5 +1,6 @@
-"""The import graph of the project's modules (ambient/, kernels/, bench/, the top-level scripts) has no circles, and
-the trainer uses kernels/ only through its package.
+"""The import graph of the project's modules (ambient/, kernels/, bench/, the top-level scripts) has no circles, the
+sub-packages of ambient/ import only downward (docs/design.md, "Layout"), and the trainer uses kernels/ only through
+its package.
 
 Read from the source with `ast`, so nothing is imported: every `import` and `from ... import` counts, those inside
 functions too (a circle a lazy import hides still ties the two modules together).
@@ -13,6 +14,10 @@ import kernels
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ambient", "kernels", "bench")
+# The layers of ambient/, lowest first: a sub-package imports only from lower layers (and kernels); the modules
+# beside the packages (command lines, public paths) sit above them all and nothing in a package imports them.
+LAYERS = {"ambient.common": 0, "ambient.data": 1, "ambient.model": 1, "ambient.io": 2, "ambient.train": 3,
+          "ambient.eval": 3, "ambient.study": 4}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -98,9 +103,51 @@ def test_the_graph_reads_imports_of_every_kind(tmp_path):
 
 def test_no_import_circles():
     graph = import_graph(REPO)
-    assert {"kernels.loss", "bench.run", "ambient.training"} <= graph.keys()
+    assert {"kernels.loss", "bench.run", "ambient.train.step"} <= graph.keys()
     found = circles(graph)
     assert not found, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in found)
+
+
+def layer(module: str) -> str | None:
+    """The sub-package of ambient/ that `module` belongs to (None: a module beside them, or outside ambient/)."""
+    return next((p for p in LAYERS if module == p or module.startswith(p + ".")), None)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Edges "a -> b" from a sub-package of ambient/ to one of the same or a higher layer (other than its own), or
+    to a module beside the packages; and from kernels/ into ambient/."""
+    found = []
+    for name, deps in graph.items():
+        if name.startswith("kernels"):
+            found += [f"{name} -> {d}" for d in deps if d.startswith("ambient")]
+        if (mine := layer(name)) is None:
+            continue
+        for dep in deps:
+            theirs = layer(dep)
+            if theirs == mine or dep.startswith("kernels"):
+                continue
+            if theirs is None or LAYERS[theirs] >= LAYERS[mine]:
+                found.append(f"{name} -> {dep}")
+    return sorted(found)
+
+
+def test_the_layers_import_only_downward():
+    graph = import_graph(REPO)
+    assert {layer(name) for name in graph} >= set(LAYERS)         # every layer exists
+    assert not [n for n in graph if n.startswith("ambient.") and layer(n) is None and n.count(".") > 1]
+    upward = upward_imports(graph)
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_catches_upward_and_sideways_imports():
+    graph = {"ambient.data.a": {"ambient.common.x", "kernels"}, "ambient.model.b": {"ambient.common.x"},
+             "ambient.train.c": {"ambient.data.a", "ambient.model.b"}, "ambient.sample": {"ambient.train.c"}}
+    assert upward_imports(graph) == []
+    graph["ambient.data.a"] |= {"ambient.model.b"}                 # sideways: data and model are one layer
+    graph["ambient.model.b"] |= {"ambient.train.c", "ambient.sample"}   # upward, and to a command line
+    graph["kernels.k"] = {"ambient.model.b"}
+    assert upward_imports(graph) == ["ambient.data.a -> ambient.model.b", "ambient.model.b -> ambient.sample",
+                                     "ambient.model.b -> ambient.train.c", "kernels.k -> ambient.model.b"]
 
 
 def test_the_trainer_uses_kernels_only_through_its_package():

@@ -14,7 +14,7 @@ import torch
 
 import kernels
 import train
-from ambient.networks import UNetBlock
+from ambient.model.networks import UNetBlock
 from kernels import attention_xformers
 from kernels.testing import DEVICE, relative_error
 

@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 import kernels
-from ambient.loss import AmbientLoss, sample_sigma
+from ambient.model.loss import AmbientLoss, sample_sigma
 
 SD = 0.5
 

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import linalg
 from scipy.stats import ortho_group
 
-from ambient import metrics
+from ambient.eval import metrics
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -285,7 +285,7 @@ def test_fd_mnist_at_16x16_resizes_samples_reference_and_floor_alike(cache_dir, 
 
 
 def test_quantise_is_what_a_saved_png_holds():
-    from ambient.images import from_uint8, quantise, to_uint8
+    from ambient.common.images import from_uint8, quantise, to_uint8
     x = torch.randn(7, 1, 5, 3) * 1.5
     q = quantise(x)
     assert q.min() >= -1 and q.max() <= 1.0 + 1e-6
@@ -313,7 +313,7 @@ def test_memorisation_counts_copies_and_not_new_images(mnist):
 
 
 def test_background_noise_recovers_known_noise(mnist):
-    from ambient.images import quantise
+    from ambient.common.images import quantise
     images, _ = mnist
     gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
     small = torch.nn.functional.avg_pool2d(images[torch.randperm(5000, generator=gen)[:333]], 2)   # 16x16 digits

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import ambient.networks as nw
-from ambient.networks import EDMPrecond, GroupNorm, UNetBlock, build_network
+import ambient.model.networks as nw
+from ambient.model.networks import EDMPrecond, GroupNorm, UNetBlock, build_network
 from bench.flops import forward_flops
 
 # A small DDPM++-style configuration at a non-power-of-two resolution (24 -> 12 -> 6).

@@ -17,12 +17,13 @@ from PIL import Image
 
 import sample
 import train
-from ambient.checkpoint import list_checkpoints
+from ambient.common.images import to_signal
 from ambient.data import AmbientDataset
-from ambient.dataset_tool import estimate_sigma_n
-from ambient.dataset_tool import main as dataset_tool
-from ambient.sources import is_noisy_dataset, load_dataset, to_signal
-from ambient.training import train as run_training
+from ambient.data.sources import is_noisy_dataset, load_dataset
+from ambient.data.tool import estimate_sigma_n
+from ambient.data.tool import main as dataset_tool
+from ambient.io.checkpoint import list_checkpoints
+from ambient.train import train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
 

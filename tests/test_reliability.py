@@ -22,8 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ambient import train, training
-from ambient.checkpoint import (
+from ambient.io.checkpoint import (
     CheckpointError,
     _meta_digest,
     latest_checkpoint,
@@ -32,8 +31,11 @@ from ambient.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from ambient.distributed import init_distributed
-from ambient.training import train as run_training
+from ambient.model import AmbientLoss
+from ambient.train import cli as train
+from ambient.train import loop as training
+from ambient.train import train as run_training
+from ambient.train.distributed import init_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
@@ -133,7 +135,7 @@ def test_leftovers_of_killed_writers_are_ignored_then_removed(tmp_path):
 # train.py on a slow disk: each fsync of a checkpoint write waits, so a kill can land inside the write.
 SLOW_DISK_TRAIN = """
 import os, sys, time
-import ambient.checkpoint as ckpt
+import ambient.io.checkpoint as ckpt
 fsync = ckpt._fsync
 ckpt._fsync = lambda path: (time.sleep(float(os.environ["SLOW_FSYNC_S"])), fsync(path))[1]
 sys.argv[0] = "train.py"
@@ -207,14 +209,14 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tm
 
 def nan_loss_on(monkeypatch, bad_calls) -> list[int]:
     """Make AmbientLoss return NaN losses on the calls for which bad_calls(call_index) is true; returns the log."""
-    original, calls = training.AmbientLoss.__call__, []
+    original, calls = AmbientLoss.__call__, []
 
     def poisoned(self, *args, **kwargs):
         loss, sigma = original(self, *args, **kwargs)
         calls.append(len(calls))
         return (loss * float("nan"), sigma) if bad_calls(calls[-1]) else (loss, sigma)
 
-    monkeypatch.setattr(training.AmbientLoss, "__call__", poisoned)
+    monkeypatch.setattr(AmbientLoss, "__call__", poisoned)
     return calls
 
 

@@ -1,11 +1,11 @@
-"""Tests for ambient.scaling: the effective-sample-size power-law fit and the worth of a noisy image."""
+"""Tests for ambient.study.scaling: the effective-sample-size power-law fit and the worth of a noisy image."""
 import math
 
 import numpy as np
 import pytest
 
-from ambient import scaling
-from ambient.scaling import fit_worth, fit_worth_by_sigma, worth_sentence
+from ambient.study import scaling
+from ambient.study.scaling import fit_worth, fit_worth_by_sigma, worth_sentence
 
 N_CLEAN = (37, 100, 300, 1000, 3000)
 N_NOISY = (0, 250, 1000, 4000, 9000)

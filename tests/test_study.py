@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from ambient import checkpoint, metrics, study
-from ambient import eval as ev
-from ambient import study_report as report
+from ambient.eval import evaluate as ev
+from ambient.eval import metrics
+from ambient.io import checkpoint
 from ambient.networks import build_network
+from ambient.study import report
+from ambient.study import runner as study
+from ambient.train import TrainConfig
+from ambient.train import cli as train_cli
 
 POINTS = ["--points", "16:0,8:8"]
 MICRO = ["--data", "mnist", *POINTS, "--sigma-n", "0.2", "--model-channels", "8", "--batch", "16",
@@ -186,8 +190,27 @@ def test_grid_points_share_clean_runs_and_table1_pairs():
     assert s.launcher()[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert s.launcher()[-2:] == study.Settings().launcher()[1:] == ["-m", "ambient.train"]   # no path to train.py
     # Training seeds vary the training only: the clean/noisy split and the noise come from the data seed.
-    args = study.Settings(data_seed=3).train_args_for(study.Point(100, 900, 0.2, 5), study.Path("r"))
+    args = study.Settings(train={"data_seed": 3}).train_args_for(study.Point(100, 900, 0.2, 5), study.Path("r"))
     assert args[args.index("--seed") + 1] == "5" and args[args.index("--data-seed") + 1] == "3"
+
+
+def test_the_training_options_are_the_trainers_own(capsys):
+    """The study declares no training field of its own: its options are TrainConfig's (same defaults), a point's
+    flags are its TrainConfig written back (config_flags), and --train-args cannot override what a point sets."""
+    a = study.parse_args(["--dir", "d"])
+    assert {k: getattr(a, k) for k in study.SHARED} == {k: getattr(TrainConfig(), k) for k in study.SHARED}
+    s = study.Settings(train={"kimg": 40.0, "data": "digits", "precision": "fp32"})
+    args = s.train_args_for(study.Point(10, 90, 0.2000001, 1), study.Path("r"))
+    cfg = train_cli.parse_args(args)
+    assert (cfg.kimg, cfg.data, cfg.precision, cfg.n_clean, cfg.n_noisy, cfg.sigma_n, cfg.seed, cfg.resume,
+            cfg.progress) == (40.0, "digits", "fp32", 10, 90, (0.2000001,), 1, "auto", False)
+    assert study.Point(10, 90, 0.2, 0).name != study.Point(10, 90, 0.2000001, 0).name      # distinct levels
+    with pytest.raises(study.StudyError, match="--n-clean, --seed would set every point alike"):
+        study.Settings(train={"n_clean": 50, "seed": 7})
+    for extra, message in (("--seed 7 --n-clean 50", "--n-clean, --seed would set every point alike"),
+                           ("--kimg 5", "--train-args sets --kimg: give the study's own option")):
+        assert study.main(["--dir", "d", "--n-clean", "10", "--n-noisy", "0", "--train-args", extra]) == 2
+        assert message in capsys.readouterr().err
 
 
 def _rows(values):

@@ -1,14 +1,16 @@
 """The trainer's command line is derived from TrainConfig: every field has a flag (or is excluded on purpose),
 each flag lands in its field, and the CLIs run as modules."""
 import dataclasses
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ambient import train
-from ambient.training import TrainConfig
+from ambient.data import DATA_OPTIONS, make_dataset
+from ambient.train import TrainConfig, config_flags
+from ambient.train import cli as train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fields without a flag, on purpose: sample_steps (the snapshot grids are previews at EDM's 18 Heun steps; images
@@ -18,6 +20,7 @@ FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 # field: (the flag's value, the field's value); the flag's name comes from the parser.
 VALUES = {
     "data": ("digits", "digits"), "n_clean": ("5", 5), "n_noisy": ("6", 6), "clean_fraction": ("0.3", 0.3),
+    "all_clean": (None, True),
     "sigma_n": ("0.1,0.4", (0.1, 0.4)), "sigma_share": ("1", (1.0,)), "p_clean": ("0.5", 0.5),
     "keep_fraction": ("0.5", 0.5), "data_seed": ("3", 3), "cond": (None, True), "xflip": (None, True),
     "max_shift": ("2", 2), "workers": ("1", 1), "preset": ("ddpmpp", "ddpmpp"), "model_channels": ("32", 32),
@@ -30,6 +33,15 @@ VALUES = {
     "keep_ckpts": ("5", 5), "grid_size": ("9", 9), "snap_grid_size": ("4", 4), "device": ("cpu", "cpu"),
     "progress": (None, False),
 }
+
+
+# Flags a field's flag needs beside it to be valid (the library's rules: keep_fraction is the Bernoulli mode's).
+COMPANIONS = {"keep_fraction": ["--p-clean", "0.5"]}
+
+
+def parsed(argv: list[str]) -> TrainConfig:
+    """The TrainConfig the parser makes of `argv`, before parse_args checks the library's rules."""
+    return TrainConfig(**vars(train.build_parser().parse_args(argv)))
 
 
 def flags() -> dict[str, list[str]]:
@@ -46,7 +58,7 @@ def test_every_field_has_a_flag_or_is_excluded_on_purpose():
 @pytest.mark.parametrize("name", sorted(set(FIELDS) - NO_FLAG))
 def test_each_flag_lands_in_its_field(name):
     text, expected = VALUES[name]
-    argv = flags()[name][:1] + ([text] if text is not None else [])
+    argv = flags()[name][:1] + ([text] if text is not None else []) + COMPANIONS.get(name, [])
     assert getattr(train.parse_args(argv), name) == expected != getattr(TrainConfig(), name), argv
 
 
@@ -59,11 +71,35 @@ def test_ema_rampup_ratio_takes_a_number_or_none(capsys):
     assert e.value.code == 2 and "argument --ema-rampup-ratio: must be > 0" in capsys.readouterr().err
 
 
-def test_the_transforming_flags():
-    assert train.parse_args([]).clean_fraction == 0.1                      # the paper's 10% clean by default
-    assert train.parse_args(["--n-clean", "5"]).clean_fraction is None     # unless another mode is chosen
-    cfg = train.parse_args(["--all-clean"])
-    assert cfg.n_noisy == 0 and cfg.clean_fraction is None
+def test_the_default_split_lives_in_the_library():
+    """`python train.py` and `train(TrainConfig())` are one run: the paper's 10% clean + 90% noisy at sigma_n 0.2."""
+    assert train.parse_args([]) == TrainConfig()
+    for cfg in (TrainConfig(data="digits"), train.parse_args(["--data", "digits"])):
+        ds = make_dataset(**cfg.data_options())
+        assert (ds.n_clean, ds.n_noisy, ds.counts_by_sigma) == (180, 1617, {0.2: 1617})     # round(0.1 x 1797)
+    assert make_dataset("digits", n_clean=5).n_clean == 5                  # another way chosen: no default
+    everything = make_dataset(**train.parse_args(["--data", "digits", "--all-clean"]).data_options())
+    assert (everything.n_clean, everything.n_noisy) == (1797, 0)
+    with pytest.raises(ValueError, match="one way to say which images are clean, not n_clean/n_noisy and all_clean"):
+        make_dataset("digits", n_clean=5, all_clean=True)
+
+
+def test_data_options_are_config_fields():
+    assert set(DATA_OPTIONS) <= set(FIELDS) and set(TrainConfig().data_options()) == set(DATA_OPTIONS)
+
+
+def test_config_flags_is_the_inverse_of_the_parser():
+    rng = random.Random()
+    for _ in range(20):
+        names = rng.sample(sorted(VALUES), 8)
+        values = {n: VALUES[n][1] for n in names}
+        values["sigma_n"] = (0.2, 0.2000001)                         # floats written exactly
+        argv = config_flags(values)
+        assert {k: getattr(parsed(argv), k) for k in values} == values, argv
+        assert parsed(config_flags(dataclasses.asdict(parsed(argv)))) == parsed(argv)     # a whole config too
+    assert config_flags({"ema_rampup_ratio": None, "model_channels": None}) == ["--ema-rampup-ratio", "none"]
+    with pytest.raises(ValueError, match="sample_steps"):
+        config_flags({"sample_steps": 4})
 
 
 def test_a_field_declared_without_option_is_refused(monkeypatch):

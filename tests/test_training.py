@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ambient import sample, train
-from ambient.checkpoint import latest_checkpoint, list_checkpoints
-from ambient.images import generate
+from ambient import sample
+from ambient.io.checkpoint import latest_checkpoint, list_checkpoints
+from ambient.model import generate
 from ambient.networks import build_network
-from ambient.training import TrainConfig
-from ambient.training import train as run_training
+from ambient.train import TrainConfig
+from ambient.train import cli as train
+from ambient.train import train as run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8x8 digits, tiny UNet: a few seconds per run on two cores.
@@ -133,8 +134,8 @@ def test_triton_kernels_give_the_torch_loss_curve(tmp_path, monkeypatch):
     The Triton path normally draws its noise in-kernel (a different stream from torch's), so here
     both runs take the torch-drawn noise; the kernels then see identical inputs.
     """
-    import ambient.training as training
-    monkeypatch.setattr(training, "resolve_backend", lambda backend, device: "torch")
+    import ambient.train.step as step
+    monkeypatch.setattr(step, "resolve_backend", lambda backend, device: "torch")
     curves = {}
     for backend in ("torch", "triton"):
         cfg = train.parse_args(FAST + ["--run-dir", str(tmp_path / backend), "--kimg", "0.064", "--tick-kimg", "0.016",

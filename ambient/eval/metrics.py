@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from ambient.common.atomic import atomic_path
+from ambient.common.images import to_uint8
+from ambient.data import load_dataset
 
 # Bump when the architecture, data split or training recipe changes: it invalidates cached weights.
 CLASSIFIER_VERSION = "v1"
@@ -74,10 +76,8 @@ class FeatureNet(nn.Module):
 
 def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST-5k as float images in [-1, 1], shape (5000, 1, 32, 32), and int64 labels."""
-    from ambient.sources import load_dataset
     ds = load_dataset("mnist")
-    images, labels = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(images).float() / 127.5 - 1, torch.tensor(labels)
+    return ds.signals(), torch.as_tensor(ds.labels, dtype=torch.int64)
 
 
 def _split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,7 +462,7 @@ def _check_image_source(path: Path) -> None:
 
 def _stream_features(batches: Iterable[torch.Tensor], model: Callable, batch_size: int,
                      device: torch.device) -> np.ndarray:
-    """Features of image batches in [-1, 1]: quantised to 0..255 as a PNG would be, made RGB, resized
+    """Features of image batches in [-1, 1]: quantised to 8 bits as a PNG would be (to_uint8), made RGB, resized
     with clean-fid's "clean" resizer (PIL bicubic to 299x299), fed through `model`."""
     from cleanfid.fid import get_batch_features
     from cleanfid.resize import build_resizer
@@ -472,8 +472,8 @@ def _stream_features(batches: Iterable[torch.Tensor], model: Callable, batch_siz
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] not in (1, 3):
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise ValueError(f"generated batches must be (B, 1 or 3, H, W) tensors in [-1, 1], got {shape}")
-        pix = ((batch.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).expand(-1, 3, -1, -1)
-        pix = pix.permute(0, 2, 3, 1).numpy()
+        pix = to_uint8(batch.detach().float().cpu())
+        pix = np.repeat(pix, 3 // pix.shape[3], axis=3)         # gray -> RGB
         for i in range(0, len(pix), batch_size):
             resized = np.stack([resize(img) for img in pix[i:i + batch_size]])
             feats.append(get_batch_features(torch.from_numpy(resized).permute(0, 3, 1, 2), model, device))

@@ -23,22 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cli, metrics
-from .atomic import atomic_path, write_json
-from .checkpoint import CheckpointError
-from .images import from_uint8, generate, to_uint8
-from .loading import load_network
-from .sources import NAMED_DATASETS, load_dataset
+from ambient.common import cli
+from ambient.common.atomic import atomic_path, write_json
+from ambient.common.images import from_uint8, to_uint8
+from ambient.data import NAMED_DATASETS, data_options, load_dataset, make_dataset
+from ambient.io import CheckpointError, load_network
+from ambient.model import generate, seed_classes
+
+from . import metrics
 
 METRICS = ("fd_mnist", "fid")
-
-
-def _labels(label_dim: int):
-    """Class indices seed mod label_dim for conditional models (as ambient.sample does; EDMPrecond makes them
-    one-hot), else None."""
-    if not label_dim:
-        return None
-    return lambda seeds: torch.tensor(list(seeds)) % label_dim
 
 
 def reference_images(ref: str | os.PathLike, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -47,18 +41,20 @@ def reference_images(ref: str | os.PathLike, shape: tuple[int, int, int]) -> tor
     if base.image_shape != tuple(shape):
         raise ValueError(f"reference {ref} holds {'x'.join(map(str, base.image_shape))} images, the model makes "
                          f"{'x'.join(map(str, shape))}: use the data set it was trained on (or its source)")
-    return torch.stack([base[i][0] for i in range(len(base))]).to(torch.float32) / 127.5 - 1
+    return base.signals()
 
 
 def training_images(meta: dict) -> torch.Tensor | None:
-    """The clean versions of the images a checkpoint was trained on (clean and noisy), in [-1, 1], rebuilt
-    from its recorded training configuration; None when the checkpoint records none or its data is gone."""
-    from .training import TrainConfig, make_dataset
+    """The images a checkpoint was trained on, in [-1, 1] as its data set stores them (the clean versions of a
+    synthetic corruption; a noisy data set's images with their noise), rebuilt from its recorded data options;
+    None when it records none, its data is gone, or the rebuilt data is not what it was trained on."""
     try:
-        ds = make_dataset(TrainConfig(**meta["config"]))
+        ds = make_dataset(**data_options(meta["config"]))
     except (KeyError, TypeError, ValueError, OSError):
         return None
-    return torch.stack([ds.base[int(i)][0] for i in ds.indices]).to(torch.float32) / 127.5 - 1
+    if ds.describe() != meta.get("dataset"):
+        return None
+    return ds.base.signals(ds.indices)
 
 
 def _save_samples(pixels: np.ndarray, path: str | os.PathLike) -> None:
@@ -106,7 +102,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
 
     def batches() -> Iterator[torch.Tensor]:
         from tqdm import tqdm
-        stream = generate(net, range(n), shape, batch=batch, device=device, class_labels=_labels(net.label_dim),
+        stream = generate(net, range(n), shape, batch=batch, device=device, class_labels=seed_classes(net.label_dim),
                           num_steps=steps, sigma_min=sigma_min)
         with tqdm(total=n, unit="img", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
             for _, images in stream:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ambient.common.atomic import write_json
+from ambient.common.plotting import pyplot
+
 from . import scaling
-from .atomic import write_json
 
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
@@ -175,17 +177,10 @@ def snapshot_table(rows: Sequence[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
     """PNG: the metric against n_clean, one line per n_noisy (mean over seeds; bars: sd over seeds, or the
     bootstrap sd with one seed), one panel per sigma_n; the real-vs-real floor dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     sigmas = sorted({r["sigma_n"] for r in rows if r["n_noisy"]}) or [0.0]
     fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 4), squeeze=False, sharey=True)
     for ax, s in zip(axes[0], sigmas):
@@ -213,7 +208,7 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
 def plot_worth(eqs: Sequence[dict], path: Path) -> Path:
     """PNG: the worth of a noisy image (equivalent clean count) against n_clean, one line per sigma_n, with
     the seed-bootstrap CI; bounds drawn as open triangles pointing the way the true value lies."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, s in enumerate(sorted({e["sigma_n"] for e in eqs})):
         sel = sorted((e for e in eqs if e["sigma_n"] == s), key=lambda e: e["n_clean"])

@@ -11,12 +11,10 @@
   (sigma_n 0) as images.
 
 Every file is read with a size cap, so a corrupt or hostile file fails with its name instead of a
-traceback or an allocation. The Philox generators of the data (`philox`, keyed by (seed, `Stream`)) are
-defined here, one `Stream` per purpose for this module and `ambient.data`, which corrupts these images.
+traceback or an allocation. Every read goes through here, so every reader knows both formats.
 """
 from __future__ import annotations
 
-import enum
 import functools
 import io
 import json
@@ -32,22 +30,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ambient.common.images import to_signal
+
+from .streams import Stream, philox
+
 NAMED_DATASETS = ("mnist", "digits")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARRAY_EXTENSION = ".npy"    # a float image of a noisy data set, (H, W) or (H, W, C), on the [-1, 1] scale
 LABELS_FILE = "dataset.json"
 MAX_CLASSES = 1 << 16       # labels are class indices below this (a one-hot per image has that many entries)
-
-
-class Stream(enum.IntEnum):
-    """The purpose of a Philox stream, its key's second word: one per purpose, so the streams never overlap."""
-
-    SUBSET = 1      # load_dataset(max_size=...)
-    SELECT = 2      # which images are used / clean (ambient.data.split_clean_noisy)
-    LEVEL = 3       # which noise level each noisy image gets
-    BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
-    NOISE = 5       # the fixed noise z_i of image i (ambient.data.AmbientDataset)
-    AUGMENT = 6     # flips and shifts of image i in an epoch
 
 
 # Errors PIL / zipfile / json raise for unreadable, truncated or corrupt files (MemoryError: a file asking for
@@ -57,17 +48,6 @@ _READ_ERRORS = (OSError, SyntaxError, EOFError, zipfile.BadZipFile, Image.Decomp
 # A file of a data set is read whole, so its size is capped: before the image size is known at
 # MAX_FILE_BYTES, then relative to it (file_bytes_limit), and dataset.json by the number of files.
 MAX_FILE_BYTES = 64 << 20
-
-
-def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.random.Generator:
-    """Generator whose whole output is a pure function of (seed, stream, index, epoch).
-
-    The key is (seed, stream); index and epoch sit in the two upper counter words, so each tuple owns
-    2**128 counter blocks that no other tuple reaches.
-    """
-    key = np.array([seed, stream], dtype=np.uint64)
-    counter = np.array([0, 0, index, epoch], dtype=np.uint64)
-    return np.random.Generator(np.random.Philox(key=key, counter=counter))
 
 
 def as_int(name: str, value: Any, *, minimum: int = 0) -> int:
@@ -128,17 +108,22 @@ class BaseDataset(Dataset):
         i = check_item(i, len(self))
         return torch.from_numpy(self._read(i)), int(self.labels[i])
 
+    def as_signal(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """An image of this set (from `base[i]`) on the model's [-1, 1] scale in `dtype`: 8-bit images through
+        `to_signal`, a noisy set's float images as they are. Every reader of images goes through here."""
+        return pixels.to(dtype) if self.sigma_n is not None else to_signal(pixels, dtype)
+
+    def signals(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """Images `indices` (default all) on the [-1, 1] scale, float32 (N, C, H, W)."""
+        indices = range(len(self)) if indices is None else indices
+        return torch.stack([self.as_signal(self[int(i)][0]) for i in indices])
+
     def _read(self, i: int) -> np.ndarray:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, size={len(self)}, "
                 f"shape={self.image_shape}, label_dim={self.label_dim})")
-
-
-def to_signal(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels on the model's [-1, 1] scale (0 -> -1, 255 -> 1), in float64."""
-    return pixels.to(torch.float64) / 127.5 - 1.0
 
 
 def check_item(i: int, n: int) -> int:
@@ -520,7 +505,7 @@ class ImageFolderDataset(BaseDataset):
         else:
             array = self.source.read_array(name)
             if self.sigma_n is not None:  # a clean image of a noisy data set: the same scale as the arrays
-                array = to_signal(torch.from_numpy(array)).to(torch.float32).numpy()
+                array = to_signal(torch.from_numpy(array), torch.float64).to(torch.float32).numpy()
         array = array.transpose(2, 0, 1)
         if array.shape != self.image_shape:
             raise ValueError(f"{self.source.where(name)} changed since the data set was opened: "

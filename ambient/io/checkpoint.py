@@ -12,10 +12,10 @@ first, then deleted, so a process killed at any moment never leaves a half-delet
 `checkpoint-*`. Work directories (`.tmp-*`, `.trash-*`) carry their writer's pid and host, and
 the next save on that host removes those whose writer is dead. meta.json records its own
 checksum (mandatory) besides those of the other files; on load everything is verified, and
-`latest_checkpoint` skips a damaged checkpoint with a warning in favour of the previous one. Given a
-`template` (the network a checkpoint's meta.json describes, built on the meta device), the content is
-checked too before anything is loaded: weight names, shapes and dtypes, the counters and the optimizer
-state, so a checkpoint whose checksums agree but whose content does not fit (forged, or written by another
+`latest_checkpoint` skips a damaged checkpoint with a warning in favour of the previous one. With
+`check_network`, the content is checked too against the network its meta.json describes (built on the meta
+device, `ambient.io.templates`) before anything is loaded: weight names, shapes and dtypes, the counters and the
+optimizer state, so a checkpoint whose checksums agree but whose content does not fit (forged, or written by another
 version) is one CheckpointError, and skipped like a damaged one. A write that fails (a full disk) removes
 its partial directory and raises one CheckpointError naming the file system.
 """
@@ -27,7 +27,6 @@ import os
 import shutil
 import socket
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from .templates import checkpoint_template, state_mismatch
+
 PREFIX = "checkpoint-"
 TENSOR_FILES = ("net.safetensors", "ema.safetensors")
 DATA_FILES = (*TENSOR_FILES, "state.pt")
 WORK_PREFIXES = (".tmp-", ".trash-")       # a checkpoint being written / being deleted
 META_CHECKSUM = "meta_sha256"
 # meta.json -> the network its weights must fit (on the meta device); ValueError if it describes none.
-Template = Callable[[dict[str, Any]], torch.nn.Module]
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                        "U8": torch.uint8, "BOOL": torch.bool}
@@ -190,9 +190,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
-def read_meta(path: str | Path, verify: bool = True, template: Template | None = None) -> dict[str, Any]:
+def read_meta(path: str | Path, verify: bool = True, check_network: bool = False) -> dict[str, Any]:
     """meta.json of a checkpoint; with `verify`, check its own checksum and every file's size and checksum;
-    with a `template`, also that the weight files' names, shapes and dtypes fit it (their headers only)."""
+    with `check_network`, also that the weight files' names, shapes and dtypes (their headers only) fit the
+    network it records."""
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -216,14 +217,15 @@ def read_meta(path: str | Path, verify: bool = True, template: Template | None =
                 ok = False
             if not ok:
                 raise CheckpointError(f"checkpoint {path} is damaged: {name} does not match its recorded size/checksum")
-    if template is not None:
-        _check_weights(path, _template(path, meta, template))
+    if check_network:
+        _check_weights(path, _template(path, meta))
     return meta
 
 
-def _template(path: Path, meta: dict[str, Any], template: Template) -> torch.nn.Module:
+def _template(path: Path, meta: dict[str, Any]) -> torch.nn.Module:
+    """The network `meta` records, on the meta device; CheckpointError when it cannot be built."""
     try:
-        return template(meta)
+        return checkpoint_template(meta)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path} does not describe a network that can be built: {e}") from None
 
@@ -241,7 +243,6 @@ def _header(file: Path) -> dict[str, torch.Tensor]:
 
 def _check_weights(path: Path, net: torch.nn.Module) -> None:
     """The weight files' names, shapes and dtypes (headers only) against the network `net` of the meta.json."""
-    from .networks import state_mismatch
     expected = net.state_dict()
     for name in TENSOR_FILES:
         problem = state_mismatch(expected, _header(path / name))
@@ -286,18 +287,18 @@ def _check_state(path: Path, state: Any, net: torch.nn.Module) -> None:
             raise bad(f"holds an optimizer state for parameter {i} that does not fit its shape {tuple(params[i])}")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", template: Template | None = None,
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", check_network: bool = False,
                     resume: bool = False) -> dict[str, Any]:
     """Verified checkpoint as {"net", "ema", "state", "meta"}; never unpickles code.
 
-    With a `template`, its weights are checked to fit the network its meta.json describes before they
+    With `check_network`, its weights are checked to fit the network its meta.json describes before they
     are loaded, and with `resume` its training state too (counters, optimizer); CheckpointError otherwise.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint not found: {path}")
     meta = read_meta(path)
-    net = None if template is None else _template(path, meta, template)
+    net = _template(path, meta) if check_network else None
     if net is not None:
         _check_weights(path, net)
     out = {"meta": meta}
@@ -316,25 +317,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", templa
     return out
 
 
-def latest_checkpoint(run_dir: str | Path, template: Template | None = None) -> Path | None:
-    """Newest checkpoint of a run that verifies (and fits `template`); damaged ones are skipped with a warning."""
+def latest_checkpoint(run_dir: str | Path, check_network: bool = False) -> Path | None:
+    """Newest checkpoint of a run that verifies (with `check_network`: and fits its network); damaged ones are
+    skipped with a warning."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            read_meta(path, template=template)
+            read_meta(path, check_network=check_network)
             return path
         except CheckpointError as e:
             warnings.warn(f"skipping {e}", stacklevel=2)
     return None
 
 
-def resolve_checkpoint(path: str | Path, template: Template | None = None) -> Path:
+def resolve_checkpoint(path: str | Path, check_network: bool = False) -> Path:
     """A checkpoint directory from a checkpoint or run directory path (the run's newest good one)."""
     path = Path(path)
     if (path / "meta.json").is_file():
         return path
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or run directory: {path}")
-    found = latest_checkpoint(path, template)
+    found = latest_checkpoint(path, check_network)
     if found is None:
         raise CheckpointError(f"no complete checkpoint in {path}")
     return found

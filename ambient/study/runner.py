@@ -12,7 +12,7 @@ as metrics-STEP.json, to show whether the metric still moves). `--seeds` are tra
 images are clean or noisy and their noise are fixed by `--data-seed` for every point, so the spread
 over seeds is training noise alone. A point whose metrics file exists is skipped; an interrupted point
 continues from its last checkpoint. Subprocesses import the same `ambient` as the study (PYTHONPATH),
-so a study can run from a `git worktree` at a fixed commit. Results (ambient.study_report): results.csv,
+so a study can run from a `git worktree` at a fixed commit. Results (ambient.study.report): results.csv,
 results.json, a figure of the metric against n_clean per n_noisy, Table 1 per sigma_n with 2-sigma
 verdicts, the equivalent clean count and worth of every mixed point (table and figure), the
 effective-sample fit, the metric at the last snapshots, each point's last sample grid (samples/NAME.png)
@@ -30,18 +30,25 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cli
-from .atomic import write_json
-from .checkpoint import list_checkpoints
-from .eval import METRICS
-from .networks import PRESETS
-from .study_report import table1_pairs, write_results
+from ambient.common import cli
+from ambient.common.atomic import write_json
+from ambient.data import load_dataset
+from ambient.eval import METRICS
+from ambient.io import list_checkpoints
+from ambient.train import config_flags
+from ambient.train.cli import add_flags, given_flags
+from ambient.train.config import flag_name
 
-IMPORT_ROOT = Path(__file__).resolve().parents[1]     # the folder `ambient` was imported from
+from .report import table1_pairs, write_results
+
+IMPORT_ROOT = Path(__file__).resolve().parents[2]     # the folder `ambient` was imported from
+SHARED = ("data", "data_seed", "preset", "model_channels", "batch", "kimg")     # training options of the study
+POINT_FIELDS = ("n_clean", "n_noisy", "clean_fraction", "all_clean", "p_clean", "keep_fraction", "sigma_n",
+                "sigma_share", "seed", "run_dir", "outdir", "resume")            # set by each point
 _print_lock = threading.Lock()
 
 
@@ -64,7 +71,7 @@ class Point:
 
     @property
     def name(self) -> str:
-        noise = f"_s{self.sigma_n:g}" if self.n_noisy else ""
+        noise = f"_s{self.sigma_n!r}" if self.n_noisy else ""        # repr: distinct levels, distinct names
         return f"c{self.n_clean}_n{self.n_noisy}{noise}_seed{self.seed}"
 
 
@@ -89,14 +96,8 @@ def make_points(n_clean: Sequence[int] = (), n_noisy: Sequence[int] = (), sigma_
 
 @dataclass
 class Settings:
-    """What every point shares: training arguments, evaluation, launcher."""
-    data: str = "mnist"
-    data_seed: int = 0
-    kimg: float = 40.0
-    preset: str = "tiny"
-    model_channels: int | None = None
-    batch: int = 64
-    train_args: tuple[str, ...] = ()
+    """What every point shares: training options, evaluation, launcher."""
+    train: dict[str, Any] = field(default_factory=dict)    # TrainConfig fields every point shares, e.g. {"kimg": 40}
     eval_n: int = 1000
     eval_steps: int = 18
     metric: str = "fd_mnist"
@@ -106,17 +107,19 @@ class Settings:
     nproc: int = 1
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        clash = sorted(set(self.train) & set(POINT_FIELDS))
+        if clash:
+            raise StudyError(f"{', '.join(map(flag_name, clash))} would set every point alike, but each point of a "
+                             "study sets its own (n_clean, n_noisy, sigma_n, seed and its run directory)")
+
     def train_args_for(self, p: Point, run_dir: Path) -> list[str]:
-        """The trainer's arguments for point `p` (without the launcher)."""
-        args = ["--data", self.data, "--n-clean", str(p.n_clean), "--n-noisy", str(p.n_noisy)]
+        """The trainer's arguments for point `p` (without the launcher): its TrainConfig as flags."""
+        point = {"n_clean": p.n_clean, "n_noisy": p.n_noisy, "seed": p.seed, "progress": False,
+                 "run_dir": str(run_dir), "resume": "auto"}
         if p.n_noisy:
-            args += ["--sigma-n", f"{p.sigma_n:g}"]
-        args += ["--seed", str(p.seed), "--data-seed", str(self.data_seed), "--preset", self.preset]
-        if self.model_channels is not None:
-            args += ["--model-channels", str(self.model_channels)]
-        args += ["--batch", str(self.batch), "--kimg", f"{self.kimg:g}", *self.train_args, "--no-progress",
-                 "--run-dir", str(run_dir), "--resume", "auto"]
-        return args
+            point["sigma_n"] = (p.sigma_n,)
+        return config_flags({**self.train, **point})
 
     def launcher(self) -> list[str]:
         if self.nproc > 1:
@@ -285,7 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
                                     "options given on the command line win")
     p.add_argument("--results", help="folder for results.csv/json, table.md and the figure (default: --dir)")
     g = p.add_argument_group("points")
-    g.add_argument("--data", default="mnist", help="mnist, digits, or an EDM data set folder / zip")
     g.add_argument("--n-clean", type=_listed(cli.nonneg_int), default=[], help="e.g. 500,1000,5000")
     g.add_argument("--n-noisy", type=_listed(cli.nonneg_int), default=[], help="e.g. 0,4500")
     g.add_argument("--points", type=_listed(_pair), default=[],
@@ -294,15 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's Table 1 points for N images (default N: the data set size)")
     g.add_argument("--sigma-n", type=_listed(cli.positive_float), default=[0.2], help="noise levels, e.g. 0.2,0.4")
     g.add_argument("--seeds", type=_seeds, default=[0], help="training seeds, e.g. 0-2 (one model per seed and point)")
-    g.add_argument("--data-seed", type=cli.nonneg_int, default=Settings.data_seed,
-                   help="fixes which images are clean or noisy, and their noise, for every point and seed")
-    g = p.add_argument_group("training (passed to ambient.train)")
-    g.add_argument("--kimg", type=cli.positive_float, default=Settings.kimg)
-    g.add_argument("--preset", choices=tuple(PRESETS), default=Settings.preset)
-    g.add_argument("--model-channels", type=cli.positive_int)
-    g.add_argument("--batch", type=cli.positive_int, default=Settings.batch)
+    g = p.add_argument_group("training (ambient.train's own options, the same for every point; --data-seed fixes "
+                             "which images are clean or noisy, and their noise, for every point and seed)")
+    add_flags(g, SHARED)
     g.add_argument("--train-args", default="",
-                   help="more ambient.train options, e.g. '--precision bf16 --snap-kimg 10'")
+                   help="more ambient.train options, e.g. '--precision bf16 --snap-kimg 10' (not those a point sets)")
     g = p.add_argument_group("evaluation and execution")
     g.add_argument("--eval-n", type=cli.positive_int, default=Settings.eval_n, help="images per evaluation")
     g.add_argument("--eval-steps", type=cli.positive_int, default=Settings.eval_steps)
@@ -365,7 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = list(a.points)
     if a.table1 is not None:
         if a.table1 == 0:
-            from .sources import load_dataset
             a.table1 = len(load_dataset(a.data))
         pairs += list(table1_pairs(a.table1).values())
     try:
@@ -373,11 +370,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s = Settings(data=a.data, data_seed=a.data_seed, kimg=a.kimg, preset=a.preset,
-                 model_channels=a.model_channels, batch=a.batch, train_args=tuple(shlex.split(a.train_args)),
-                 eval_n=a.eval_n, eval_steps=a.eval_steps, metric=a.metric, ref=a.ref,
-                 inception_path=a.inception_path, eval_snapshots=a.eval_snapshots, nproc=a.nproc,
-                 threads=a.threads if a.threads is not None or a.jobs == 1 else 1)   # concurrent jobs: one thread each
+    extra = given_flags(shlex.split(a.train_args))
+    if own := sorted(set(extra) & set(SHARED)):
+        print(f"error: --train-args sets {', '.join(map(flag_name, own))}: give the study's own option instead",
+              file=sys.stderr)
+        return 2
+    try:
+        s = Settings(train={**{k: getattr(a, k) for k in SHARED}, **extra}, eval_n=a.eval_n, eval_steps=a.eval_steps,
+                     metric=a.metric, ref=a.ref, inception_path=a.inception_path, eval_snapshots=a.eval_snapshots,
+                     nproc=a.nproc, threads=a.threads if a.threads is not None or a.jobs == 1 else 1)  # jobs: 1 thread
+    except StudyError as e:
+        print(f"error: --train-args: {e}", file=sys.stderr)
+        return 2
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
     results = Path(a.results or study_dir)

@@ -8,12 +8,9 @@ import platform
 
 import torch
 
-# Host kinds where a bf16-autocast training step of the tiny preset was measured faster than fp32, side by side
-# in one process, one thread (bench/bench_train.py's step): cpu-avx512-bf16 (AMD EPYC Zen 4) 1.16x at batch 32
-# (bench/baselines/cpu-avx512-bf16.json); cpu-avx512-amx (Intel Xeon with AMX) 1.07x at batch 32
-# (bench/baselines/cpu-avx512-amx.json), 1.10x at the default run's batch 64 (5 rounds, one process, issue 13).
-# Without native bf16 (cpu-avx2, cpu-avx512) bf16 autocast is emulated: 8x slower than fp32 on an AVX2 EPYC
-# (issue 13), 8-18x in bench/README.md.
+# Host kinds where a bf16-autocast training step of the tiny preset was measured faster than fp32, side by side in
+# one process (bench/bench_train.py's step; the figures: docs/default-run/README.md and bench/baselines/). Without
+# native bf16 (cpu-avx2, cpu-avx512) bf16 autocast is emulated and several times slower than fp32.
 BF16_FASTER = frozenset({"cpu-avx512-bf16", "cpu-avx512-amx"})
 
 

@@ -1,25 +1,27 @@
 """The ambient training data: a base data set with a fixed clean/noisy split and fixed noise.
 
-`split_clean_noisy` decides once and for all which images of a base data set (`ambient.sources`) are
+`split_clean_noisy` decides once and for all which images of a base data set (`ambient.data.sources`) are
 clean and which are noisy, and the noise level of each noisy one; `AmbientDataset` gives every noisy image
 a fixed noise draw z_i, so y_i = x0_i + sigma_n * z_i is the same in every epoch, DataLoader worker, rank,
 process and resume (docs/design.md, "Data corruption is fixed"); on a noisy data set it takes the stored
 images and their stored sigma_n as they are.
 
 All randomness comes from counter-based Philox generators keyed by (seed, purpose) with the image index
-(and epoch) in the counter, so every draw is a pure function of its key; the global RNGs are never used.
+(and epoch) in the counter (`ambient.data.streams`), so every draw is a pure function of its key; the global
+RNGs are never used. `check_split_options` holds the rules on how the clean images are chosen.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources import BaseDataset, Stream, as_int, check_item, philox, to_signal
+from .sources import BaseDataset, as_int, check_item
+from .streams import Stream, philox
 
 DEFAULT_SIGMA_N = 0.2       # noise level of synthetic noisy images unless one is given
 
@@ -41,13 +43,6 @@ def _as_key(name: str, value: Any) -> int:
     if result >= 2**64:
         raise ValueError(f"{name} must be < 2**64, got {value}")
     return result
-
-
-_RESAMPLING_REFUSAL = (
-    "resampling augmentations (rotation, scaling, sub-pixel shifts, EDM's augment_pipe) interpolate "
-    "between pixels, which shrinks and correlates the fixed noise of noisy images, so y - x0 would no "
-    "longer be N(0, sigma_n^2 I) as the ambient loss assumes; only xflip and integer max_shift are "
-    "allowed")
 
 
 def _noise_levels(sigma_n: float | Sequence[float]) -> tuple[float, ...]:
@@ -97,6 +92,48 @@ def _exact_counts(n_clean: int | None, n_noisy: int | None, n: int) -> tuple[int
     return clean, noisy
 
 
+def check_split_options(*, noisy_set: str | None = None, n_clean: int | None = None, n_noisy: int | None = None,
+                        clean_fraction: float | None = None, p_clean: float | None = None,
+                        keep_fraction: float = 1.0, all_clean: bool = False,
+                        sigma_n: float | Sequence[float] | None = None, sigma_share: Sequence[float] | None = None,
+                        name: Callable[[str], str] = str) -> None:
+    """The rules on how a run says which images are clean and how the others are corrupted; ValueError naming
+    the options at fault, each as `name(field)` (the command line passes its flag names).
+
+    - one way to choose the clean images: exact counts (n_clean / n_noisy), clean_fraction, p_clean (the
+      paper's Bernoulli mode, with keep_fraction) or all_clean;
+    - keep_fraction belongs to the Bernoulli mode;
+    - a noisy data set (`noisy_set`, its name) is used as stored: no option that corrupts clean images applies,
+      only n_clean (how many of its clean images to keep);
+    - sigma_share has one share per level of sigma_n.
+    Every caller checks through here: AmbientDataset, split_clean_noisy, make_dataset and the command lines.
+    """
+    modes = [mode for mode, given in (
+        (f"{name('n_clean')}/{name('n_noisy')}", n_clean is not None or n_noisy is not None),
+        (name("clean_fraction"), clean_fraction is not None), (name("p_clean"), p_clean is not None),
+        (name("all_clean"), all_clean)) if given]
+    if len(modes) > 1:
+        raise ValueError(f"choose one way to say which images are clean, not {' and '.join(modes)}")
+    if keep_fraction != 1.0 and p_clean is None:
+        raise ValueError(f"{name('keep_fraction')} applies to the Bernoulli mode ({name('p_clean')}); with exact "
+                         f"counts choose the images with {name('n_clean')} / {name('n_noisy')}")
+    if noisy_set is not None:
+        synthetic = [name(field) for field, given in (
+            ("n_noisy", n_noisy is not None), ("sigma_n", sigma_n is not None),
+            ("sigma_share", sigma_share is not None), ("clean_fraction", clean_fraction is not None),
+            ("p_clean", p_clean is not None), ("keep_fraction", keep_fraction != 1.0),
+            ("all_clean", all_clean)) if given]
+        if synthetic:
+            raise ValueError(f"{', '.join(synthetic)} choose(s) which clean images to corrupt and how, but {noisy_set} "
+                             f"is a noisy data set: its images carry their own noise and sigma_n (dataset.json) and "
+                             f"are used as stored; only {name('n_clean')} applies (it keeps that many of the set's "
+                             f"clean images)")
+    n_levels = 1 if sigma_n is None or np.ndim(sigma_n) == 0 else len(sigma_n)  # type: ignore[arg-type]
+    if sigma_share is not None and len(sigma_share) != n_levels:
+        raise ValueError(f"{name('sigma_share')} has {len(sigma_share)} entries but {name('sigma_n')} has "
+                         f"{n_levels} levels")
+
+
 class Split(NamedTuple):
     """Which images of a base data set are clean, which are noisy, and the noise level of each noisy one."""
 
@@ -134,18 +171,13 @@ def split_clean_noisy(n: int, *, n_clean: int | None = None, n_noisy: int | None
         raise ValueError("sigma_share must give at least one share")
     if abs(shares.sum() - 1.0) > 1e-6:
         raise ValueError(f"sigma_share must sum to 1, got {list(sigma_share)} (sum {shares.sum():.9g})")
+    check_split_options(n_clean=n_clean, n_noisy=n_noisy, p_clean=p_clean, keep_fraction=keep_fraction)
     order = philox(seed, Stream.SELECT).permutation(n)
     if p_clean is None:
-        if _as_fraction("keep_fraction", keep_fraction) != 1.0:
-            raise ValueError("keep_fraction applies to the Bernoulli mode (p_clean); with exact "
-                             "counts choose the images with n_clean / n_noisy")
         k_clean, k_noisy = _exact_counts(n_clean, n_noisy, n)
         clean, noisy = order[:k_clean], order[k_clean:k_clean + k_noisy]
     else:
         p_clean, keep_fraction = _as_fraction("p_clean", p_clean), _as_fraction("keep_fraction", keep_fraction)
-        if n_clean is not None or n_noisy is not None:
-            raise ValueError("give either p_clean (Bernoulli mode) or n_clean / n_noisy (exact "
-                             "counts), not both")
         # round() absorbs float representation error, e.g. 0.29 * 100 = 28.999999999999996.
         n_kept = math.floor(round(keep_fraction * n, 9))
         if n_kept < 1:
@@ -171,15 +203,17 @@ class AmbientDataset(Dataset):
     x0 + sigma_n * z, never clipped or quantised.
 
     A noisy data set (`base.sigma_n` not None) is used as stored: every noisy image with its own
-    sigma_n, no noise added; the synthetic options are refused, and n_clean keeps that many of its
-    clean images (a prefix of the seeded permutation; default all).
+    sigma_n, no noise added; the synthetic options are refused (`check_split_options`), and n_clean keeps
+    that many of its clean images (a prefix of the seeded permutation; default all).
 
     Augmentation (xflip, integer circular shifts up to max_shift) is a pure function of
-    (seed, epoch, index); call `set_epoch` before each epoch's DataLoader iterator is created (with
-    persistent_workers the workers keep the epoch they were started with). The shift is circular
-    (torch.roll) for every image: it only permutes pixels, so iid noise stays iid N(0, sigma_n^2) —
+    (seed, epoch, index); `set_epoch` selects the epoch (the trainer's `ambient.data.order.EpochIndexed` sets
+    it per item from the sampler's (index, epoch), so no DataLoader worker keeps an epoch of its own). The
+    shift is circular (torch.roll) for every image: it only permutes pixels, so iid noise stays iid N(0, sigma_n^2) —
     zero padding would create noiseless pixels, interpolation would shrink and correlate the noise —
-    and clean and noisy images are treated alike. EDM's resampling augment_pipe is refused.
+    and clean and noisy images are treated alike. Resampling augmentations (rotation, scaling, sub-pixel
+    shifts, EDM's augment_pipe) are not offered: they interpolate between pixels, which shrinks and correlates
+    the fixed noise, so y - x0 would no longer be N(0, sigma_n^2 I) as the ambient loss assumes.
 
     Items: {"image": float32 (C, H, W), "sigma_n": float (0.0 clean), "label": int (-1 none),
     "index": base index}, ordered by base index.
@@ -188,9 +222,7 @@ class AmbientDataset(Dataset):
     def __init__(self, base: BaseDataset, *, n_clean: int | None = None, n_noisy: int | None = None,
                  sigma_n: float | Sequence[float] | None = None, sigma_share: Sequence[float] | None = None,
                  seed: int = 0, p_clean: float | None = None, keep_fraction: float = 1.0,
-                 xflip: bool = False, max_shift: int = 0, augment_pipe: object | None = None) -> None:
-        if augment_pipe is not None:
-            raise ValueError(f"augment_pipe is not supported: {_RESAMPLING_REFUSAL}")
+                 xflip: bool = False, max_shift: int = 0) -> None:
         n = len(base)
         if n == 0:
             raise ValueError("the base data set is empty")
@@ -204,15 +236,11 @@ class AmbientDataset(Dataset):
                              f"got {max_shift}")
         self.p_clean = None if p_clean is None else _as_fraction("p_clean", p_clean)
         self.keep_fraction = _as_fraction("keep_fraction", keep_fraction)
+        check_split_options(noisy_set=base.name if self.stored else None, n_clean=n_clean, n_noisy=n_noisy,
+                            p_clean=p_clean, keep_fraction=self.keep_fraction, sigma_n=sigma_n,
+                            sigma_share=sigma_share)
 
         if self.stored:
-            synthetic = [k for k, v in (("n_noisy", n_noisy), ("sigma_n", sigma_n), ("sigma_share", sigma_share),
-                                        ("p_clean", p_clean)) if v is not None]
-            synthetic += ["keep_fraction"] if self.keep_fraction != 1.0 else []
-            if synthetic:
-                raise ValueError(f"{', '.join(synthetic)} set how clean images are corrupted, but {base.name} is "
-                                 "a noisy data set: its images carry their own noise and sigma_n, which are "
-                                 "used as stored (n_clean still keeps that many of its clean images)")
             order = philox(self.seed, Stream.SELECT).permutation(n)
             stored_clean = order[base.sigma_n[order] == 0]
             k_clean = len(stored_clean) if n_clean is None else as_int("n_clean", n_clean)
@@ -226,8 +254,6 @@ class AmbientDataset(Dataset):
         else:
             self.sigma_levels = _noise_levels(DEFAULT_SIGMA_N if sigma_n is None else sigma_n)
             n_levels = len(self.sigma_levels)
-            if sigma_share is not None and len(sigma_share) != n_levels:
-                raise ValueError(f"sigma_share has {len(sigma_share)} entries but sigma_n has {n_levels} levels")
             split = split_clean_noisy(n, n_clean=n_clean, n_noisy=n_noisy, p_clean=p_clean,
                                       keep_fraction=keep_fraction, seed=self.seed,
                                       sigma_share=np.full(n_levels, 1.0 / n_levels) if sigma_share is None
@@ -289,13 +315,10 @@ class AmbientDataset(Dataset):
         base_index = int(self.indices[i])
         sigma = float(self.sigma_n_of[i])
         pixels, label = self.base[base_index]
-        if self.stored:
-            image = pixels      # float32 on the [-1, 1] scale, with its stored noise
-        else:
-            image = to_signal(pixels)
-            if sigma > 0:
-                image = image + sigma * self._noise(base_index)
-            image = image.to(torch.float32)
+        image = self.base.as_signal(pixels, torch.float64)   # a noisy set's image holds its stored noise
+        if sigma > 0 and not self.stored:
+            image = image + sigma * self._noise(base_index)
+        image = image.to(torch.float32)
         return {"image": self._augment(image, base_index), "sigma_n": sigma, "label": label,
                 "index": base_index}
 

@@ -1,18 +1,11 @@
 """Rebuild a trained network from a checkpoint directory (weights only, no code executed)."""
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from ambient.model.networks import EDMPrecond, build_network
+
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .networks import EDMPrecond, build_network, network_template
-
-
-def checkpoint_template(meta: dict[str, Any]) -> EDMPrecond:
-    """The network a checkpoint's meta.json records, on the meta device (no memory): what its content must fit."""
-    if "network" not in meta:
-        raise ValueError("meta.json records no network configuration")
-    return network_template(meta["network"])
 
 
 def load_network(path: str | Path, *, which: str = "ema",
@@ -21,7 +14,7 @@ def load_network(path: str | Path, *, which: str = "ema",
     network record, in eval mode, and its meta."""
     if which not in ("ema", "net"):
         raise ValueError(f"which must be 'ema' or 'net', got {which!r}")
-    ckpt = load_checkpoint(resolve_checkpoint(path, checkpoint_template), device, checkpoint_template)
+    ckpt = load_checkpoint(resolve_checkpoint(path, check_network=True), device, check_network=True)
     net = build_network(**ckpt["meta"]["network"]).to(device)        # its weights are there and fit it
     net.load_state_dict(ckpt[which])
     return net.eval().requires_grad_(False), ckpt["meta"]

@@ -46,7 +46,7 @@ class AmbientLoss:
     sigma_data: float = 0.5         # expected std of the clean data
     sigma_sampling: str = "clamp"   # "clamp" (paper) or "truncate"
     weighting: str = "edm"          # "edm": lambda(s); "ambient": also s^4/(s^2 - sigma_n^2)^2
-    backend: str = "auto"           # kernels backend: "auto" | "triton" | "torch"
+    backend: str = "auto"           # kernels backend, one of kernels.BACKENDS
 
     def __post_init__(self) -> None:
         if self.sigma_sampling not in SIGMA_SAMPLINGS:

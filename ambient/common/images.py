@@ -1,6 +1,12 @@
-"""Generating images from seeds, and writing them as a PNG grid, a folder of PNGs or an .npz."""
+"""Pixels: the one conversion between 8-bit images and the model's [-1, 1] scale, and writing images as a PNG
+grid, a folder of PNGs or an .npz (docs/design.md, "Pixels").
+
+    to the model:  x = u / 127.5 - 1                        (0 -> -1, 255 -> 1), in the caller's dtype
+    back:          u = trunc(clamp(x * 127.5 + 128, 0, 255)), the nearest byte (EDM's generate.py)
+
+so from 8 bits and back returns every u exactly.
+"""
 import contextlib
-import itertools
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -11,47 +17,21 @@ import torch
 from PIL import Image
 
 from .atomic import atomic_path
-from .sampler import edm_sampler
-
-
-class SeededNormals:
-    """randn_like with one generator per image seed, so image i does not depend on its batch."""
-
-    def __init__(self, seeds: Sequence[int], device: torch.device | str):
-        self.gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-    def randn(self, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in self.gens])
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return self.randn(x.shape[1:], x.device).to(x.dtype)
-
-
-def generate(net: Callable, seeds: Sequence[int], shape: Sequence[int], *, batch: int = 64,
-             device: torch.device | str = "cpu", class_labels: Callable[[Sequence[int]], torch.Tensor] | None = None,
-             **sampler_kwargs) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yields (seeds, images in [-1, 1] float32 on CPU) batch by batch; image i is a function of seed i alone.
-
-    `seeds` is read lazily, one batch at a time (any iterable, e.g. a range of a billion).
-    """
-    remaining = iter(seeds)
-    while chunk := list(itertools.islice(remaining, batch)):
-        rnd = SeededNormals(chunk, device)
-        latents = rnd.randn(shape, device)
-        labels = class_labels(chunk).to(device) if class_labels is not None else None
-        images = edm_sampler(net, latents, labels, randn_like=rnd.randn_like, **sampler_kwargs)
-        yield chunk, images.float().cpu()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as EDM's generate.py saves images: x * 127.5 + 128,
-    clipped to [0, 255] and truncated."""
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8: x * 127.5 + 128, clipped to [0, 255] and truncated."""
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def to_signal(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 pixels (any layout) on the model's scale, u / 127.5 - 1, computed in `dtype`."""
+    return pixels.to(dtype) / 127.5 - 1
+
+
 def from_uint8(pixels: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1] by u / 127.5 - 1, as training data is read."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1] (to_signal)."""
+    return to_signal(torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2))
 
 
 def quantise(images: torch.Tensor) -> torch.Tensor:

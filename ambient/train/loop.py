@@ -1,0 +1,274 @@
+"""The training loop: read it top to bottom in `train`. One step is `ambient.train.step.train_step`; around it
+the loop reads the data, logs, writes snapshots (a sample grid and a checkpoint), resumes and stops.
+"""
+import dataclasses
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ambient.common.atomic import write_json
+from ambient.common.images import save_grid
+from ambient.data import AmbientDataset, make_dataset
+from ambient.data.order import EpochIndexed, GlobalOrderSampler
+from ambient.io import checkpoint as ckpt
+from ambient.model import EDMPrecond, generate, seed_classes
+
+from . import hostcpu
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from .step import Timer, build_state, train_step, untimed
+
+SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) during training: where the run stopped; the run directory stays consistent."""
+
+    def __init__(self, run_dir: Path, step: int, kimg: float):
+        last = ckpt.latest_checkpoint(run_dir)
+        super().__init__(f"interrupted at step {step} ({kimg:g} kimg) of {run_dir}; "
+                         + (f"it continues from {last.name}" if last else "no checkpoint had been written yet"))
+        self.run_dir = run_dir
+
+
+def resume(path: Path, net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+           network: dict[str, Any], dataset: str, batch: int, device: torch.device) -> tuple[int, int]:
+    """Continue from checkpoint `path`: (step, bad_steps), with its weights and optimizer state loaded.
+
+    Nothing is loaded into the run until the checkpoint is known to continue it: made for the same `network`
+    (from meta.json, before its weight files are even read), with an optimizer state (not a converted network),
+    on the same `dataset` (description) and global `batch`.
+    """
+    made_for = ckpt.read_meta(path, verify=False).get("network")    # load_checkpoint verifies it next
+    if made_for != network:
+        raise ckpt.CheckpointError(f"checkpoint {path} was made for network {made_for}, not {network}")
+    state = ckpt.load_checkpoint(path, device, check_network=True, resume=True)   # content checked
+    if not state["state"]["optimizer"]:
+        raise ckpt.CheckpointError(f"checkpoint {path} holds weights only (a converted network?), no "
+                                   f"optimizer state to resume training from")
+    if state["meta"].get("dataset") != dataset:
+        raise ckpt.CheckpointError(f"checkpoint {path} was trained on {state['meta'].get('dataset')!r}, "
+                                   f"not {dataset!r}; resume with the same data options")
+    if int(state["state"]["batch"]) != batch:
+        raise ValueError(f"checkpoint {path} was trained with --batch {state['state']['batch']}; "
+                         f"resume with the same global batch (got {batch})")
+    net.load_state_dict(state["net"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["state"]["optimizer"])
+    return int(state["state"]["step"]), int(state["state"]["bad_steps"])
+
+
+def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, steps: int, *, skipped_steps: int,
+                lr: float, device: torch.device) -> dict[str, Any]:
+    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
+
+    `stats` holds the loss sums and sample counts per SIGMA_BINS range (summed over ranks): the mean loss is
+    sum / count, overall and per range (0 for an empty range).
+    """
+    per_bin = (stats[0] / stats[1].clamp(min=1)).tolist()
+    return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum() / stats[1].sum()),
+            "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
+            "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
+            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
+
+
+def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, state: dict[str, Any],
+             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int, timer: Timer = untimed) -> None:
+    """Write step `step`: the EMA's sample grid of seeds 0..n_grid-1 (phase "sample_grid"), then the checkpoint
+    of `net`, `ema`, the training `state` and `meta` ("checkpoint"). The grid comes first: a resume redoes both."""
+    shape = (ema.img_channels, ema.img_resolution, ema.img_resolution)
+    path = run_dir / f"samples-{step:09d}.png"
+    with timer("sample_grid"):
+        grid = torch.cat([img for _, img in generate(ema, range(n_grid), shape, device=next(ema.parameters()).device,
+                                                     class_labels=seed_classes(ema.label_dim),
+                                                     num_steps=sample_steps)])
+        try:
+            save_grid(grid, path)
+        except OSError as e:
+            raise ckpt.write_error(path, e) from None
+    with timer("checkpoint"):
+        ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
+
+
+def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None for a fresh run); creates the directory.
+
+    A fresh run never goes into a directory that already holds a run.
+    """
+    resume_from = None
+    if cfg.resume not in (None, "auto"):
+        resume_from = ckpt.resolve_checkpoint(cfg.resume, check_network=True)
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else resume_from.parent
+    elif cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        if cfg.resume == "auto":
+            # None: start afresh (an elastic restart before the first snapshot)
+            resume_from = ckpt.latest_checkpoint(run_dir, check_network=True)
+        elif run_dir.is_dir() and any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
+                                  f"that run, or choose a new --run-dir")
+    else:
+        if cfg.resume == "auto":
+            raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
+        outdir = Path(cfg.outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
+        data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
+        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{data_name}-{cfg.preset}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_from
+
+
+def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None]:
+    """`choose_run_dir` decided by rank 0 alone (the others would see its new files) and shared with all."""
+    decision: tuple = (None, None, None)          # run_dir, resume_from, error
+    if dist_info.is_main:
+        try:
+            decision = (*choose_run_dir(cfg), None)
+        except (ValueError, FileExistsError, ckpt.CheckpointError) as e:
+            decision = (None, None, e)
+    run_dir, resume_from, error = broadcast_object(decision)
+    if error is not None:
+        raise error
+    return run_dir, resume_from
+
+
+def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, batch_gpu: int,
+                start: int) -> Any:
+    """This process's micro-batches of `batch_gpu` items, forever, from global image position `start` on."""
+    device = dist_info.device
+    workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
+    sampler = GlobalOrderSampler(len(dataset), cfg.batch, dist_info.rank, dist_info.world_size, cfg.data_seed,
+                                 start=start)
+    return iter(torch.utils.data.DataLoader(EpochIndexed(dataset), batch_size=batch_gpu, sampler=sampler,
+                                            num_workers=workers, pin_memory=device.type == "cuda",
+                                            persistent_workers=workers > 0))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
+    """Train until cfg.kimg thousand images; returns the run directory. `timer(phase)` times the phases of the
+    run ("data", the step's phases, "sample_grid", "checkpoint"), as bench/profile_train.py does."""
+    dist_info = init_distributed(cfg.device)
+    device = dist_info.device
+    # Precision and threads chosen for this host unless given; recorded in config.json and the first line.
+    precision, precision_why = (cfg.precision, "given") if cfg.precision not in (None, "auto") else \
+        hostcpu.auto_precision(device)
+    threads = cfg.threads or hostcpu.default_threads(dist_info.world_size)
+    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(cfg, precision=precision, threads=threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    batch_rank = cfg.batch // dist_info.world_size
+    batch_gpu = min(cfg.batch_gpu or batch_rank, batch_rank)
+    if cfg.batch % dist_info.world_size or batch_rank % batch_gpu:
+        raise ValueError(f"--batch {cfg.batch} must split evenly into {dist_info.world_size} rank(s) x "
+                         f"micro-batches of --batch-gpu {batch_gpu}")
+    rounds = batch_rank // batch_gpu
+
+    # Data, then the network, EMA, optimiser and loss (checked before the run directory is made).
+    dataset = make_dataset(**cfg.data_options())
+    net_kwargs = cfg.network_kwargs(dataset.resolution, dataset.num_channels, dataset.label_dim)
+    sample_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
+    state = build_state(cfg, net_kwargs, device, sample_shape)
+
+    # Run directory and resume.
+    run_dir, resume_from = prepare_run_dir(cfg, dist_info)
+    step, bad_total = 0, 0
+    if resume_from is not None:
+        step, bad_total = resume(resume_from, state.net, state.ema, state.optimizer, network=net_kwargs,
+                                 dataset=dataset.describe(), batch=cfg.batch, device=device)
+    if dist_info.is_main:
+        host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
+                "precision_reason": precision_why, "dataset": dataset.describe()}
+        write_json({**dataclasses.asdict(cfg), **host}, run_dir / "config.json")
+    barrier()
+
+    state.distribute(dist_info.rank, dist_info.world_size)
+    loader = data_loader(dataset, cfg, dist_info, batch_gpu, start=step * cfg.batch)
+    total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch)
+    steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
+    steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
+
+    if dist_info.is_main:
+        print(f"run {run_dir}: {dataset.describe()}; {sum(p.numel() for p in state.net.parameters()) / 1e6:.2f}M "
+              f"parameters; {dist_info.world_size} process(es) on {device.type}, batch {cfg.batch} = "
+              f"{dist_info.world_size} x {rounds} x {batch_gpu}, {precision} ({precision_why}), {threads} thread(s), "
+              f"kernels={cfg.kernels}", flush=True)
+    bar = None
+    if cfg.progress and dist_info.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+    log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
+    tick_start, tick_step, bad_run = time.perf_counter(), step, 0
+    # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
+    tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
+    bins = torch.tensor(SIGMA_BINS, device=device)
+
+    try:
+        while step < total_steps:
+            with timer("data"):
+                batch = [next(loader) for _ in range(rounds)]
+            stats = train_step(state, batch, step, timer)
+            which = torch.bucketize(stats.sigma, bins, right=True) - 1
+            tick_stats[0].index_add_(0, which, stats.loss.double())
+            tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+            if stats.finite:
+                bad_run = 0
+            else:
+                bad_total, bad_run = bad_total + 1, bad_run + 1
+                if dist_info.is_main:
+                    print(f"step {step}: non-finite loss or gradient, step skipped ({bad_run} in a row)", flush=True)
+                if bad_run >= cfg.max_bad_steps:
+                    last = ckpt.latest_checkpoint(run_dir)
+                    raise TrainingDiverged(f"{bad_run} consecutive steps had non-finite gradients (at step {step}); "
+                                           f"stopping. " + (f"The last good checkpoint, {last}, is intact." if last
+                                                            else "No checkpoint had been written yet."))
+            step += 1
+            if bar is not None:
+                bar.update(1)
+
+            # Log, snapshot.
+            if step % steps_per_tick == 0 or step == total_steps:
+                all_reduce_sum(tick_stats)
+                rec = tick_record(step, cfg.batch, tick_stats, time.perf_counter() - tick_start, step - tick_step,
+                                  skipped_steps=bad_total, lr=stats.lr, device=device)
+                if log_file is not None:
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+                tick_stats.zero_()
+                tick_start, tick_step = time.perf_counter(), step
+            if step % steps_per_snap == 0 or step == total_steps:
+                if dist_info.is_main:                                          # rank 0 writes; the others wait
+                    # The last grid in full, the earlier ones smaller: snapshots are sampling-bound.
+                    n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)
+                    snapshot(run_dir, step, state.net, state.ema,
+                             {"optimizer": state.optimizer.state_dict(), "step": step, "bad_steps": bad_total,
+                              "batch": cfg.batch},
+                             {"network": net_kwargs, "kimg": step * cfg.batch / 1000,
+                              "config": dataclasses.asdict(cfg), "dataset": dataset.describe()},
+                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts, timer=timer)
+                barrier()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_dir, step, step * cfg.batch / 1000) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
+    return run_dir
