@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ambient.model.generate import SeededNormals, generate
+from ambient.model.generation import SeededNormals, generate
 from ambient.networks import build_network
 from ambient.sampler import edm_sampler
 from ambient.train import hostcpu

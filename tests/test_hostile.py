@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ambient import sample
 from ambient.data.sources import MAX_CLASSES, load_dataset
-from ambient.eval import evaluate as ambient_eval
+from ambient.eval import evaluation as ambient_eval
 from ambient.io import load_network
 from ambient.io.checkpoint import (
     CheckpointError,

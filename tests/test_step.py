@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from ambient.data import make_dataset
 from ambient.data.order import EpochIndexed, GlobalOrderSampler
 from ambient.train import build_state, train_step
-from ambient.train.step import ema_beta
 from ambient.train import cli as train
 from ambient.train import train as run_training
+from ambient.train.step import ema_beta
 from bench import profile_train
 from bench.bench_train import TrainStep
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambient.eval import evaluate as ev
+from ambient.eval import evaluation as ev
 from ambient.eval import metrics
 from ambient.io import checkpoint
 from ambient.networks import build_network

@@ -3,6 +3,6 @@ noise, clean-fid FID) and the evaluation of a checkpoint. `python -m ambient.eva
 
 Imports ambient.common, ambient.data, ambient.model and ambient.io; never the training loop.
 """
-from .evaluate import METRICS, evaluate, reference_images, summary, training_images
+from .evaluation import METRICS, evaluate, reference_images, summary, training_images
 
 __all__ = ["METRICS", "evaluate", "reference_images", "summary", "training_images"]

@@ -1,7 +1,7 @@
-"""python -m ambient.eval: evaluate a checkpoint (ambient.eval.evaluate)."""
+"""python -m ambient.eval: evaluate a checkpoint (ambient.eval.evaluation)."""
 import sys
 
-from .evaluate import main
+from .evaluation import main
 
 if __name__ == "__main__":
     sys.exit(main())

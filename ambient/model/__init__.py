@@ -2,7 +2,7 @@
 
 Imports only ambient.common and kernels.
 """
-from .generate import generate, seed_classes
+from .generation import generate, seed_classes
 from .loss import SIGMA_SAMPLINGS, AmbientLoss, sample_sigma
 from .networks import PRESETS, EDMPrecond, SongUNet, build_network
 from .sampler import edm_sampler, edm_time_steps
