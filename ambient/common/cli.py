@@ -44,6 +44,14 @@ def or_none(parse: Callable[[str], float]) -> Callable[[str], float | None]:
     return parse_or_none
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """Comma-separated names, e.g. "lr,seed" (option names with - or _)."""
+    names = tuple(part.strip().replace("-", "_") for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing")
+    return names
+
+
 def float_list(text: str) -> tuple[float, ...]:
     """"0.1,0.4" -> (0.1, 0.4); every entry finite and >= 0."""
     return tuple(nonneg_float(part.strip()) for part in text.split(",") if part.strip()) or _empty(text)

@@ -120,7 +120,8 @@ def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: str | Path, step: int, net: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
                     state: dict[str, Any], meta: dict[str, Any], keep: int = 3) -> Path:
-    """Write checkpoint `step` atomically into run_dir and keep only the newest `keep` of them.
+    """Write checkpoint `step` atomically into run_dir and keep only `keep` of them: this one and the newest
+    keep - 1 others (never pruning the checkpoint just written, whatever other steps the directory holds).
 
     A failed write (CheckpointError naming the file system, e.g. a full disk) or an interrupted one
     removes its partial directory and leaves the existing checkpoints as they were.
@@ -155,7 +156,8 @@ def save_checkpoint(run_dir: str | Path, step: int, net: dict[str, torch.Tensor]
             raise write_error(final, e) from None
         raise
     _fsync(run_dir)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+    others = [c for c in list_checkpoints(run_dir) if c != final]     # the one just written always stays
+    for old in others[:max(len(others) - (keep - 1), 0)]:
         _remove_dir(old)
     return final
 

@@ -65,8 +65,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The TrainConfig of a command line; a usage error (exit 2) for flags that contradict each other, by the
     library's own rules (ambient.data.check_split_options, ambient.train.distributed.check_device)."""
     p = build_parser()
-    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    a = p.parse_args(argv)
     try:
+        cfg = TrainConfig(**vars(a))
         check_split_options(noisy_set=cfg.data if is_noisy_dataset(cfg.data) else None, n_clean=cfg.n_clean,
                             n_noisy=cfg.n_noisy, clean_fraction=cfg.clean_fraction, p_clean=cfg.p_clean,
                             keep_fraction=cfg.keep_fraction, all_clean=cfg.all_clean, sigma_n=cfg.sigma_n,

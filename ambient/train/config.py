@@ -81,6 +81,9 @@ class TrainConfig:
     outdir: str = option("runs", None)
     resume: str | None = option(None, "'auto' (continue --run-dir if it has a checkpoint), a run or a checkpoint "
                                       "directory")
+    allow_change: tuple[str, ...] | None = option(None, "on resume, the settings that may differ from the run's own, "
+                                                        "e.g. lr,seed (recorded as changes at that step)",
+                                                  type=cli.name_list)
     tick_kimg: float = option(5.0, "log interval", type=cli.positive_float)
     snap_kimg: float = option(20.0, "checkpoint + sample grid interval", type=cli.positive_float)
     keep_ckpts: int = option(3, None, type=cli.positive_int)
@@ -92,6 +95,11 @@ class TrainConfig:
     sample_steps: int = option(18, "Heun steps of the snapshot sample grids", name=None)
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
     progress: bool = option(True, None, name="--no-progress", action="store_false")
+
+    def __post_init__(self) -> None:
+        fields = {f.name for f in dataclasses.fields(self)}
+        if unknown := sorted(set(self.allow_change or ()) - fields):
+            raise ValueError(f"--allow-change names no setting: {', '.join(unknown)}")
 
     def data_options(self) -> dict[str, Any]:
         """The arguments of ambient.data.make_dataset: the training data of this run."""

@@ -20,8 +20,9 @@ from ambient.model import EDMPrecond, generate, seed_classes
 
 from . import hostcpu
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
-from .step import Timer, build_state, train_step, untimed
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .rundir import cut_log, prepare_run_dir, resume_changes
+from .step import Timer, TrainState, build_state, train_step, untimed
 
 SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
 
@@ -40,31 +41,36 @@ class TrainingInterrupted(Exception):
         self.run_dir = run_dir
 
 
-def resume(path: Path, net: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
-           network: dict[str, Any], dataset: str, batch: int, device: torch.device) -> tuple[int, int]:
-    """Continue from checkpoint `path`: (step, bad_steps), with its weights and optimizer state loaded.
+def resume(path: Path, state: TrainState, cfg: TrainConfig, *, network: dict[str, Any],
+           dataset: str) -> tuple[int, int, list[dict[str, Any]]]:
+    """Continue from checkpoint `path`: (step, bad_steps, the run's changes), with its weights and optimizer state
+    loaded into `state`.
 
     Nothing is loaded into the run until the checkpoint is known to continue it: made for the same `network`
     (from meta.json, before its weight files are even read), with an optimizer state (not a converted network),
-    on the same `dataset` (description) and global `batch`.
+    on the same `dataset` (description) and global batch, with what defines the run unchanged unless allowed
+    (rundir.resume_changes).
     """
+    batch, device = cfg.batch, state.device
     made_for = ckpt.read_meta(path, verify=False).get("network")    # load_checkpoint verifies it next
     if made_for != network:
         raise ckpt.CheckpointError(f"checkpoint {path} was made for network {made_for}, not {network}")
-    state = ckpt.load_checkpoint(path, device, check_network=True, resume=True)   # content checked
-    if not state["state"]["optimizer"]:
+    saved = ckpt.load_checkpoint(path, device, check_network=True, resume=True)   # content checked
+    if not saved["state"]["optimizer"]:
         raise ckpt.CheckpointError(f"checkpoint {path} holds weights only (a converted network?), no "
                                    f"optimizer state to resume training from")
-    if state["meta"].get("dataset") != dataset:
-        raise ckpt.CheckpointError(f"checkpoint {path} was trained on {state['meta'].get('dataset')!r}, "
+    if saved["meta"].get("dataset") != dataset:
+        raise ckpt.CheckpointError(f"checkpoint {path} was trained on {saved['meta'].get('dataset')!r}, "
                                    f"not {dataset!r}; resume with the same data options")
-    if int(state["state"]["batch"]) != batch:
-        raise ValueError(f"checkpoint {path} was trained with --batch {state['state']['batch']}; "
+    if int(saved["state"]["batch"]) != batch:
+        raise ValueError(f"checkpoint {path} was trained with --batch {saved['state']['batch']}; "
                          f"resume with the same global batch (got {batch})")
-    net.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["state"]["optimizer"])
-    return int(state["state"]["step"]), int(state["state"]["bad_steps"])
+    step = int(saved["state"]["step"])
+    changes = resume_changes(cfg, saved["meta"], step)
+    state.net.load_state_dict(saved["net"])
+    state.ema.load_state_dict(saved["ema"])
+    state.optimizer.load_state_dict(saved["state"]["optimizer"])
+    return step, int(saved["state"]["bad_steps"]), changes
 
 
 def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, steps: int, *, skipped_steps: int,
@@ -75,7 +81,8 @@ def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, step
     sum / count, overall and per range (0 for an empty range).
     """
     per_bin = (stats[0] / stats[1].clamp(min=1)).tolist()
-    return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum() / stats[1].sum()),
+    counted = float(stats[1].sum())                   # 0 when every step of the tick was skipped: no loss
+    return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum()) / counted if counted else None,
             "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
             "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
             "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
@@ -97,49 +104,6 @@ def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, st
             raise ckpt.write_error(path, e) from None
     with timer("checkpoint"):
         ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
-
-
-def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None for a fresh run); creates the directory.
-
-    A fresh run never goes into a directory that already holds a run.
-    """
-    resume_from = None
-    if cfg.resume not in (None, "auto"):
-        resume_from = ckpt.resolve_checkpoint(cfg.resume, check_network=True)
-        run_dir = Path(cfg.run_dir) if cfg.run_dir else resume_from.parent
-    elif cfg.run_dir:
-        run_dir = Path(cfg.run_dir)
-        if cfg.resume == "auto":
-            # None: start afresh (an elastic restart before the first snapshot)
-            resume_from = ckpt.latest_checkpoint(run_dir, check_network=True)
-        elif run_dir.is_dir() and any(run_dir.iterdir()):
-            raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
-                                  f"that run, or choose a new --run-dir")
-    else:
-        if cfg.resume == "auto":
-            raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
-        outdir = Path(cfg.outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
-        ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
-        data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
-        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{data_name}-{cfg.preset}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, resume_from
-
-
-def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None]:
-    """`choose_run_dir` decided by rank 0 alone (the others would see its new files) and shared with all."""
-    decision: tuple = (None, None, None)          # run_dir, resume_from, error
-    if dist_info.is_main:
-        try:
-            decision = (*choose_run_dir(cfg), None)
-        except (ValueError, FileExistsError, ckpt.CheckpointError) as e:
-            decision = (None, None, e)
-    run_dir, resume_from, error = broadcast_object(decision)
-    if error is not None:
-        raise error
-    return run_dir, resume_from
 
 
 def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, batch_gpu: int,
@@ -185,48 +149,49 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
     sample_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
     state = build_state(cfg, net_kwargs, device, sample_shape)
 
-    # Run directory and resume.
-    run_dir, resume_from = prepare_run_dir(cfg, dist_info)
-    step, bad_total = 0, 0
-    if resume_from is not None:
-        step, bad_total = resume(resume_from, state.net, state.ema, state.optimizer, network=net_kwargs,
-                                 dataset=dataset.describe(), batch=cfg.batch, device=device)
-    if dist_info.is_main:
-        host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
-                "precision_reason": precision_why, "dataset": dataset.describe()}
-        write_json({**dataclasses.asdict(cfg), **host}, run_dir / "config.json")
-    barrier()
-
-    state.distribute(dist_info.rank, dist_info.world_size)
-    loader = data_loader(dataset, cfg, dist_info, batch_gpu, start=step * cfg.batch)
-    total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch)
-    steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
-    steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
-
-    if dist_info.is_main:
-        print(f"run {run_dir}: {dataset.describe()}; {sum(p.numel() for p in state.net.parameters()) / 1e6:.2f}M "
-              f"parameters; {dist_info.world_size} process(es) on {device.type}, batch {cfg.batch} = "
-              f"{dist_info.world_size} x {rounds} x {batch_gpu}, {precision} ({precision_why}), {threads} thread(s), "
-              f"kernels={cfg.kernels}", flush=True)
-    bar = None
-    if cfg.progress and dist_info.is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
-    log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
-    tick_start, tick_step, bad_run = time.perf_counter(), step, 0
-    # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
-    tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
-    bins = torch.tensor(SIGMA_BINS, device=device)
-
+    # Run directory (held for the run's life: released in the finally below) and resume.
+    run_dir, resume_from, held = prepare_run_dir(cfg, dist_info)
+    bar = log_file = None
     try:
+        step, bad_total, changes = 0, 0, []
+        if resume_from is not None:
+            step, bad_total, changes = resume(resume_from, state, cfg, network=net_kwargs,
+                                              dataset=dataset.describe())
+        if dist_info.is_main:
+            cut_log(run_dir, step)
+            host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
+                    "precision_reason": precision_why, "dataset": dataset.describe()}
+            write_json({**dataclasses.asdict(cfg), **host, "changes": changes}, run_dir / "config.json")
+        barrier()
+        state.distribute(dist_info.rank, dist_info.world_size)
+        loader = data_loader(dataset, cfg, dist_info, batch_gpu, start=step * cfg.batch)
+        total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch)
+        steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
+        steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
+
+        if dist_info.is_main:
+            params = sum(p.numel() for p in state.net.parameters())
+            print(f"run {run_dir}: {dataset.describe()}; {params / 1e6:.2f}M parameters; {dist_info.world_size} "
+                  f"process(es) on {device.type}, batch {cfg.batch} = "
+                  f"{dist_info.world_size} x {rounds} x {batch_gpu}, {precision} ({precision_why}), "
+                  f"{threads} thread(s), kernels={cfg.kernels}", flush=True)
+        if cfg.progress and dist_info.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+        log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
+        tick_start, tick_step, bad_run, first_step = time.perf_counter(), step, 0, step
+        # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
+        tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
+        bins = torch.tensor(SIGMA_BINS, device=device)
+
         while step < total_steps:
             with timer("data"):
                 batch = [next(loader) for _ in range(rounds)]
             stats = train_step(state, batch, step, timer)
-            which = torch.bucketize(stats.sigma, bins, right=True) - 1
-            tick_stats[0].index_add_(0, which, stats.loss.double())
-            tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
-            if stats.finite:
+            if stats.finite:                           # a skipped step's losses (and noise levels) are not logged
+                which = torch.bucketize(stats.sigma, bins, right=True) - 1
+                tick_stats[0].index_add_(0, which, stats.loss.double())
+                tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
                 bad_run = 0
             else:
                 bad_total, bad_run = bad_total + 1, bad_run + 1
@@ -237,6 +202,9 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                     raise TrainingDiverged(f"{bad_run} consecutive steps had non-finite gradients (at step {step}); "
                                            f"stopping. " + (f"The last good checkpoint, {last}, is intact." if last
                                                             else "No checkpoint had been written yet."))
+            if bad_run == step + 1 - first_step == total_steps - first_step:
+                raise TrainingDiverged(f"every one of the {bad_run} steps of this run had non-finite gradients: "
+                                       f"nothing was trained (look at the data's pixel scale and noise levels)")
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -261,7 +229,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                              {"optimizer": state.optimizer.state_dict(), "step": step, "bad_steps": bad_total,
                               "batch": cfg.batch},
                              {"network": net_kwargs, "kimg": step * cfg.batch / 1000,
-                              "config": dataclasses.asdict(cfg), "dataset": dataset.describe()},
+                              "config": dataclasses.asdict(cfg), "dataset": dataset.describe(), "changes": changes},
                              n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts, timer=timer)
                 barrier()
     except KeyboardInterrupt:
@@ -271,4 +239,6 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             bar.close()
         if log_file is not None:
             log_file.close()
+        if held is not None:
+            held.close()
     return run_dir

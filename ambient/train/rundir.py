@@ -1,0 +1,184 @@
+"""The run directory: which one a run writes into, one writer at a time, and what a resume may change
+(docs/design.md, "Checkpoints").
+
+- One writer: rank 0 holds an OS lock (flock on RUN_DIR/.lock) for the run's life; a second trainer on the
+  same directory is refused with who holds it. The kernel drops the lock when its process ends, however.
+- A run continues only in its own directory: `--resume RUN` writes into RUN, never into another --run-dir.
+- A fresh run starts only in an empty directory; `--resume auto` starts afresh only in one that holds nothing
+  but what a run writes before its first checkpoint, and never over damaged checkpoints.
+- A resume keeps what defines the run (every TrainConfig field but RUN_CONTROLS): a change is refused unless
+  named in --allow-change, and then recorded as a change at the step it was made (`resume_changes`).
+- On resume the log is cut back to the checkpoint's step, so no step is logged twice.
+"""
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from ambient.common.atomic import atomic_path
+from ambient.io import checkpoint as ckpt
+
+from .config import TrainConfig, flag_name
+from .distributed import DistInfo, broadcast_object
+
+LOCK_FILE = ".lock"
+LOG_FILE = "log.jsonl"
+RUN_FILES = ("config.json", LOG_FILE, LOCK_FILE)     # what a run writes before its first checkpoint, with a grid
+# How a run is carried out rather than what it computes: free to differ between a run and its resumption.
+RUN_CONTROLS = ("kimg", "run_dir", "outdir", "resume", "allow_change", "tick_kimg", "snap_kimg", "keep_ckpts",
+                "grid_size", "snap_grid_size", "device", "progress", "workers", "threads", "max_bad_steps")
+
+
+class RunDirInUse(FileExistsError):
+    """Another process trains in this run directory."""
+
+
+def lock(run_dir: Path) -> IO[str]:
+    """Hold RUN_DIR/.lock exclusively until the returned file is closed (or the process ends); RunDirInUse
+    naming the holder (pid, host, since when) if another process holds it."""
+    f = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process that has not said who it is"
+        f.close()
+        raise RunDirInUse(f"run directory {run_dir} is in use: {holder} trains there; wait for it to end, or "
+                          f"choose another --run-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
+def _foreign(run_dir: Path) -> list[str]:
+    """The names in run_dir that no run writes (not RUN_FILES, grids, checkpoints or their work directories)."""
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name not in RUN_FILES and not p.name.startswith((ckpt.PREFIX, "samples-", *ckpt.WORK_PREFIXES)))
+
+
+def _numbered(cfg: TrainConfig) -> Path:
+    """A new numbered run directory under cfg.outdir, made here (mkdir is atomic: two runs never share one)."""
+    outdir = Path(cfg.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
+    ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
+    number = max(ids, default=-1) + 1
+    while True:
+        run_dir = outdir / f"{number:05d}-{data_name}-{cfg.preset}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            number += 1
+
+
+def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, IO[str]]:
+    """The run directory, the checkpoint to resume from (None for a fresh run) and the held lock of the
+    directory; every decision about what is in the directory is taken under the lock."""
+    if cfg.resume not in (None, "auto"):
+        given = Path(cfg.resume)
+        run_dir = given.parent if (given / "meta.json").is_file() else given
+        if not run_dir.is_dir():
+            raise ckpt.CheckpointError(f"no such checkpoint or run directory: {given}")
+        if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
+            raise ValueError(f"--resume {cfg.resume} continues the run in {run_dir}, and a run continues only in "
+                             f"its own directory, not in --run-dir {cfg.run_dir}")
+        held = lock(run_dir)
+        try:
+            return run_dir, ckpt.resolve_checkpoint(given, check_network=True), held
+        except BaseException:
+            held.close()
+            raise
+    if cfg.run_dir is None:
+        if cfg.resume == "auto":
+            raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
+        run_dir = _numbered(cfg)
+        return run_dir, None, lock(run_dir)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    held = lock(run_dir)
+    try:
+        if cfg.resume != "auto":
+            if [p for p in run_dir.iterdir() if p.name != LOCK_FILE]:
+                raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
+                                      f"that run, or choose a new --run-dir")
+            return run_dir, None, held
+        found = ckpt.latest_checkpoint(run_dir, check_network=True)
+        if found is None and ckpt.list_checkpoints(run_dir):
+            raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged (the warnings above say how); a "
+                                       f"run never starts afresh over them: move them aside, or choose another "
+                                       f"--run-dir")
+        if found is None and (foreign := _foreign(run_dir)):
+            raise FileExistsError(f"--resume auto found no run in {run_dir} but other files ({', '.join(foreign[:5])}"
+                                  f"{' ...' if len(foreign) > 5 else ''}); start a run in an empty or new --run-dir")
+        return run_dir, found, held      # None: start afresh (an elastic restart before the first snapshot)
+    except BaseException:
+        held.close()
+        raise
+
+
+def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None, IO[str] | None]:
+    """`choose_run_dir` decided by rank 0 alone (the others would see its new files) and shared with all; the
+    lock is rank 0's (None on the others)."""
+    decision: tuple = (None, None, None)          # run_dir, resume_from, error
+    held = None
+    if dist_info.is_main:
+        try:
+            run_dir, resume_from, held = choose_run_dir(cfg)
+            decision = (run_dir, resume_from, None)
+        except (ValueError, OSError, ckpt.CheckpointError) as e:
+            decision = (None, None, e)
+    run_dir, resume_from, error = broadcast_object(decision)
+    if error is not None:
+        raise error
+    return run_dir, resume_from, held
+
+
+def _json(value: Any) -> Any:
+    """A value as config.json and meta.json hold it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def resume_changes(cfg: TrainConfig, meta: dict[str, Any], step: int) -> list[dict[str, Any]]:
+    """The run's history of changes, with this resumption's if it changes what defines the run (a change at
+    `step`: {"step", "changes": {field: [before, after]}}); ValueError for a change not allowed by
+    --allow-change, or a --kimg below what was trained."""
+    recorded = meta.get("config", {})
+    trained = step * cfg.batch
+    if cfg.kimg * 1000 < trained:
+        raise ValueError(f"the run has trained {trained / 1000:g} kimg, more than --kimg {cfg.kimg:g}; resume with "
+                         f"at least that (or sample from its checkpoints)")
+    current = _json({f: getattr(cfg, f) for f in recorded if f not in RUN_CONTROLS and hasattr(cfg, f)})
+    changed = {f: [recorded[f], v] for f, v in current.items() if recorded[f] != v}
+    history = list(meta.get("changes", []))
+    if not changed:
+        return history
+    refused = sorted(set(changed) - set(cfg.allow_change or ()))
+    if refused:
+        what = ", ".join(f"{flag_name(f)} {changed[f][0]!r} -> {changed[f][1]!r}" for f in refused)
+        raise ValueError(f"resuming at step {step} with other settings than the run was trained with: {what}; "
+                         f"resume with the run's own settings, or change them from this step on with "
+                         f"--allow-change {','.join(refused)}")
+    return [*history, {"step": step, "changes": changed}]
+
+
+def cut_log(run_dir: Path, step: int) -> None:
+    """Keep the log records up to `step` (a resume continues from there; later records would be written
+    twice), atomically."""
+    log = run_dir / LOG_FILE
+    if not log.exists():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):      # a record cut short by a kill: dropped
+            continue
+    with atomic_path(log) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
