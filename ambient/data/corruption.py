@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources import BaseDataset, as_int, check_item
+from .sources import SIGMA_N_MAX, BaseDataset, as_int, check_item
 from .streams import Stream, philox
 
 DEFAULT_SIGMA_N = 0.2       # noise level of synthetic noisy images unless one is given
@@ -54,10 +54,11 @@ def _noise_levels(sigma_n: float | Sequence[float]) -> tuple[float, ...]:
     for value in levels_in:
         try:
             level = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"sigma_n must be a number or a list of numbers, got {value!r}") from None
-        if not math.isfinite(level) or level < 0:
-            raise ValueError(f"sigma_n must be finite and >= 0, got {value!r}")
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"sigma_n must be a number or a list of numbers, got {str(value)[:40]}") from None
+        if not 0 <= level <= SIGMA_N_MAX:          # NaN and inf fail too
+            raise ValueError(f"sigma_n must be finite and in [0, {SIGMA_N_MAX:g}] (the sampler's largest noise "
+                             f"level), got {value!r}")
         if level == 0:
             raise ValueError("sigma_n = 0 among the noise levels of the noisy images: clean images are "
                              "set with n_clean (or p_clean), not with a zero noise level")

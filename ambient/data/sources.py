@@ -39,6 +39,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARRAY_EXTENSION = ".npy"    # a float image of a noisy data set, (H, W) or (H, W, C), on the [-1, 1] scale
 LABELS_FILE = "dataset.json"
 MAX_CLASSES = 1 << 16       # labels are class indices below this (a one-hot per image has that many entries)
+SIGMA_N_MAX = 80.0          # the largest noise level of an image: EDM's sigma_max, the sampler's first level
+PLAUSIBLE_SIGMAS = 10       # a [-1, 1] image plus N(0, s^2) noise stays within 1 + 10 s (p < 1e-22 per pixel)
 
 
 # Errors PIL / zipfile / json raise for unreadable, truncated or corrupt files (MemoryError: a file asking for
@@ -265,14 +267,15 @@ class ImageSource:
         except _READ_ERRORS as e:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
 
-    def check_image(self, name: str) -> tuple[int, int, int]:
-        """Validate one image file and return its (C, H, W) without keeping its pixels.
+    def check_image(self, name: str, sigma_n: float | None = None) -> tuple[int, int, int]:
+        """Validate one image file (an array against its `sigma_n`, read_float) and return its (C, H, W) without
+        keeping its pixels.
 
         PNGs are checked with PIL's verify (CRC of every chunk: catches truncation and corruption);
         other formats, `.npy` arrays included (dtype, shape, finite values), are fully decoded.
         """
         if is_array(name):
-            h, w, c = self.read_float(name).shape
+            h, w, c = self.read_float(name, sigma_n).shape
             return c, h, w
         where = self.where(name)
         try:
@@ -299,9 +302,10 @@ class ImageSource:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
         return array[:, :, None] if array.ndim == 2 else array
 
-    def read_float(self, name: str) -> np.ndarray:
-        """A `.npy` float image as float32 (H, W, C), C = 1 or 3; ValueError unless it is a finite
-        floating-point array of shape (H, W) or (H, W, C)."""
+    def read_float(self, name: str, sigma_n: float | None = None) -> np.ndarray:
+        """A `.npy` float image as float32 (H, W, C), C = 1 or 3; ValueError unless it is a floating-point array
+        of shape (H, W) or (H, W, C), finite as float32, and (given its `sigma_n`) within what a [-1, 1] image
+        with that noise can hold, |x| <= 1 + PLAUSIBLE_SIGMAS sigma_n (not, say, on the 0..255 scale)."""
         where = self.where(name)
         with self.open(name) as f:
             try:
@@ -317,9 +321,16 @@ class ImageSource:
             array = array[:, :, None]
         if array.ndim != 3 or array.shape[2] not in (1, 3):
             raise ValueError(f"{where} has shape {array.shape}; expected (H, W) or (H, W, C) with C 1 or 3")
+        with np.errstate(over="ignore"):             # a value beyond float32's range becomes inf: refused below
+            array = array.astype(np.float32, copy=False)
         if not np.isfinite(array).all():
-            raise ValueError(f"{where} has {int((~np.isfinite(array)).sum())} NaN or infinite value(s)")
-        return array.astype(np.float32, copy=False)
+            raise ValueError(f"{where} has {int((~np.isfinite(array)).sum())} NaN or infinite value(s) as float32")
+        bound = None if sigma_n is None else 1 + PLAUSIBLE_SIGMAS * sigma_n + 1e-3
+        if bound is not None and (peak := float(np.abs(array).max())) > bound:
+            raise ValueError(f"{where} holds values up to {peak:.4g}, beyond what an image on the [-1, 1] scale with "
+                             f"noise sigma_n {sigma_n:g} can hold (|x| <= {bound:.4g}); store images on the [-1, 1] "
+                             f"scale (u / 127.5 - 1 for 8-bit ones) with their noise level")
+        return array
 
     def read_labels(self) -> np.ndarray | None:
         """Labels of `image_names` from the root `dataset.json` (EDM format), or None without labels."""
@@ -405,11 +416,15 @@ def _label_value(label: Any, fname: str) -> int:
 
 
 def sigma_n_value(sigma: Any, fname: str) -> float:
-    """A dataset.json sigma_n entry as a float; ValueError naming `fname` unless finite and >= 0."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"the sigma_n of {fname!r} must be a finite number >= 0 (0 for a clean image), "
-                         f"got {sigma!r}")
-    return float(sigma)
+    """A dataset.json sigma_n entry as a float; ValueError naming `fname` unless a number in [0, SIGMA_N_MAX]."""
+    try:
+        value = float(sigma) if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) else math.nan
+    except OverflowError:                      # an integer too large for a float
+        value = math.inf
+    if not 0 <= value <= SIGMA_N_MAX:          # NaN fails too
+        raise ValueError(f"the sigma_n of {fname!r} must be a finite number in [0, {SIGMA_N_MAX:g}] (0 for a clean "
+                         f"image), got {str(sigma)[:40]}")
+    return value
 
 
 def is_noisy_dataset(name_or_path: str | os.PathLike) -> bool:
@@ -476,7 +491,7 @@ class ImageFolderDataset(BaseDataset):
                                  "its noise is clipped to [0, 255] and quantised; store noisy images as "
                                  "float32 .npy (python -m ambient.dataset_tool --allow-quantized converts "
                                  "8-bit ones if you accept that)")
-            shape = source.check_image(fname)
+            shape = source.check_image(fname, None if sigma_n is None else float(sigma_n[k]))
             if shape[1] != shape[2]:
                 raise ValueError(f"images must be square: {source.where(fname)} is "
                                  f"{shape[2]}x{shape[1]} (WxH)")
@@ -501,7 +516,7 @@ class ImageFolderDataset(BaseDataset):
     def _read(self, i: int) -> np.ndarray:
         name = self.image_names[i]
         if is_array(name):
-            array = self.source.read_float(name)
+            array = self.source.read_float(name, float(self.sigma_n[i]))
         else:
             array = self.source.read_array(name)
             if self.sigma_n is not None:  # a clean image of a noisy data set: the same scale as the arrays
