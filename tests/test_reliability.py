@@ -294,7 +294,6 @@ RESUME = ["--run-dir", "{run}", "--resume", "auto"]
     (RESUME + ["--sigma-n", "0.1,0.4", "--sigma-share", "0.5,0.6"], "sum to 1"),
     (RESUME + ["--sigma-n", "0.2,0.2"], "twice"),
     (RESUME + ["--sigma-n", "0"], "sigma_n = 0"),
-    (RESUME + ["--keep-fraction", "0.5"], "keep_fraction"),
     (RESUME + ["--max-shift", "8"], "max_shift"),
     (RESUME + ["--model-channels", "16"], "was made for network"),
     (RESUME + ["--cond"], "was made for network"),

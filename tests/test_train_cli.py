@@ -29,7 +29,8 @@ VALUES = {
     "lr_rampup_kimg": ("2", 2.0), "ema_halflife_kimg": ("3", 3.0), "ema_rampup_ratio": ("none", None),
     "kimg": ("4", 4.0), "seed": ("7", 7), "precision": ("bf16", "bf16"), "threads": ("2", 2), "tf32": (None, False),
     "kernels": ("torch", "torch"), "compile": (None, True), "max_bad_steps": ("4", 4), "run_dir": ("r", "r"),
-    "outdir": ("o", "o"), "resume": ("auto", "auto"), "tick_kimg": ("1", 1.0), "snap_kimg": ("2", 2.0),
+    "outdir": ("o", "o"), "resume": ("auto", "auto"), "allow_change": ("lr,P-mean", ("lr", "P_mean")),
+    "tick_kimg": ("1", 1.0), "snap_kimg": ("2", 2.0),
     "keep_ckpts": ("5", 5), "grid_size": ("9", 9), "snap_grid_size": ("4", 4), "device": ("cpu", "cpu"),
     "progress": (None, False),
 }
@@ -126,3 +127,18 @@ def test_the_clis_run_as_modules(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and f"python -m {module}" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keep-fraction", "0.5"], "--keep-fraction applies to the Bernoulli mode (--p-clean)"),
+    (["--n-clean", "5", "--p-clean", "0.5"], "choose one way to say which images are clean, not --n-clean/--n-noisy "
+                                             "and --p-clean"),
+    (["--sigma-n", "0.1,0.4", "--sigma-share", "1"], "--sigma-share has 1 entries but --sigma-n has 2 levels"),
+    (["--allow-change", "lr,lrr"], "--allow-change names no setting: lrr"),
+])
+def test_the_librarys_rules_are_usage_errors_naming_the_flags(capsys, args, message):
+    """The rules live in the library (check_split_options, TrainConfig); the command line states them in flags."""
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" in err and message in err, err

@@ -109,15 +109,6 @@ def check_split_options(*, noisy_set: str | None = None, n_clean: int | None = N
     - sigma_share has one share per level of sigma_n.
     Every caller checks through here: AmbientDataset, split_clean_noisy, make_dataset and the command lines.
     """
-    modes = [mode for mode, given in (
-        (f"{name('n_clean')}/{name('n_noisy')}", n_clean is not None or n_noisy is not None),
-        (name("clean_fraction"), clean_fraction is not None), (name("p_clean"), p_clean is not None),
-        (name("all_clean"), all_clean)) if given]
-    if len(modes) > 1:
-        raise ValueError(f"choose one way to say which images are clean, not {' and '.join(modes)}")
-    if keep_fraction != 1.0 and p_clean is None:
-        raise ValueError(f"{name('keep_fraction')} applies to the Bernoulli mode ({name('p_clean')}); with exact "
-                         f"counts choose the images with {name('n_clean')} / {name('n_noisy')}")
     if noisy_set is not None:
         synthetic = [name(field) for field, given in (
             ("n_noisy", n_noisy is not None), ("sigma_n", sigma_n is not None),
@@ -129,6 +120,15 @@ def check_split_options(*, noisy_set: str | None = None, n_clean: int | None = N
                              f"is a noisy data set: its images carry their own noise and sigma_n (dataset.json) and "
                              f"are used as stored; only {name('n_clean')} applies (it keeps that many of the set's "
                              f"clean images)")
+    modes = [mode for mode, given in (
+        (f"{name('n_clean')}/{name('n_noisy')}", n_clean is not None or n_noisy is not None),
+        (name("clean_fraction"), clean_fraction is not None), (name("p_clean"), p_clean is not None),
+        (name("all_clean"), all_clean)) if given]
+    if len(modes) > 1:
+        raise ValueError(f"choose one way to say which images are clean, not {' and '.join(modes)}")
+    if keep_fraction != 1.0 and p_clean is None:
+        raise ValueError(f"{name('keep_fraction')} applies to the Bernoulli mode ({name('p_clean')}); with exact "
+                         f"counts choose the images with {name('n_clean')} / {name('n_noisy')}")
     n_levels = 1 if sigma_n is None or np.ndim(sigma_n) == 0 else len(sigma_n)  # type: ignore[arg-type]
     if sigma_share is not None and len(sigma_share) != n_levels:
         raise ValueError(f"{name('sigma_share')} has {len(sigma_share)} entries but {name('sigma_n')} has "

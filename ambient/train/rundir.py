@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import socket
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,22 +35,34 @@ class RunDirInUse(FileExistsError):
     """Another process trains in this run directory."""
 
 
+def _holder(path: Path) -> str:
+    """Who holds the flock on `path`, read from /proc/locks (Linux) rather than from a file the holder writes,
+    so that taking the lock changes nothing in the directory: "pid N on HOST (its command line)"."""
+    st = path.stat()
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and device in fields:
+                pid = fields[fields.index(device) - 1]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                return f"pid {pid} on {socket.gethostname()} ({command.strip()[:120]})"
+    except OSError:
+        pass
+    return "another process"
+
+
 def lock(run_dir: Path) -> IO[str]:
     """Hold RUN_DIR/.lock exclusively until the returned file is closed (or the process ends); RunDirInUse
-    naming the holder (pid, host, since when) if another process holds it."""
-    f = open(run_dir / LOCK_FILE, "a+")
+    naming the holder if another process holds it. Nothing is written (the file is made empty the first time)."""
+    f = open(run_dir / LOCK_FILE, "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "a process that has not said who it is"
+        holder = _holder(run_dir / LOCK_FILE)
         f.close()
         raise RunDirInUse(f"run directory {run_dir} is in use: {holder} trains there; wait for it to end, or "
                           f"choose another --run-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
     return f
 
 
@@ -81,16 +92,13 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, IO[str]]:
     """The run directory, the checkpoint to resume from (None for a fresh run) and the held lock of the
     directory; every decision about what is in the directory is taken under the lock."""
     if cfg.resume not in (None, "auto"):
-        given = Path(cfg.resume)
-        run_dir = given.parent if (given / "meta.json").is_file() else given
-        if not run_dir.is_dir():
-            raise ckpt.CheckpointError(f"no such checkpoint or run directory: {given}")
+        run_dir = ckpt.resolve_checkpoint(cfg.resume, check_network=True).parent     # its errors first
         if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
             raise ValueError(f"--resume {cfg.resume} continues the run in {run_dir}, and a run continues only in "
                              f"its own directory, not in --run-dir {cfg.run_dir}")
         held = lock(run_dir)
         try:
-            return run_dir, ckpt.resolve_checkpoint(given, check_network=True), held
+            return run_dir, ckpt.resolve_checkpoint(cfg.resume, check_network=True), held     # under the lock
         except BaseException:
             held.close()
             raise
