@@ -71,10 +71,10 @@ def test_noise_levels_beyond_the_samplers_range_are_refused(tmp_path, sigma):
     meta = json.loads((folder / "dataset.json").read_text())
     meta["sigma_n"][1][1] = sigma
     (folder / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"img0001.npy' must be a finite number in \[0, 80\]"):
+    with pytest.raises(ValueError, match=r"img0001.npy' must be a finite number >= 0 and <= 80"):
         load_dataset(str(folder))
     if isinstance(sigma, float):
-        with pytest.raises(ValueError, match=r"sigma_n must be finite and in \[0, 80\]"):
+        with pytest.raises(ValueError, match=r"sigma_n must be finite, >= 0 and <= 80"):
             AmbientDataset(load_dataset("digits"), sigma_n=sigma)
 
 

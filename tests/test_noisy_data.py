@@ -152,7 +152,7 @@ def test_known_levels_from_16_bit_png_tiff_and_npy(tmp_path, capsys):
     (src / "b").mkdir(parents=True)
     gray16 = rng.integers(0, 65536, (10, 10), dtype=np.uint16)
     rgb16 = rng.integers(0, 65536, (10, 10, 3), dtype=np.uint16)
-    floats = rng.standard_normal((10, 10, 3)).astype(np.float32) * 1.7
+    floats = (rng.uniform(-1, 1, (10, 10, 3)) + 0.4 * rng.standard_normal((10, 10, 3))).astype(np.float32)
     Image.fromarray(gray16).save(src / "a.png")
     tifffile.imwrite(src / "b" / "c.tif", rgb16)
     np.save(src / "b" / "d.npy", floats)
@@ -321,7 +321,7 @@ def _save(name, array):
 
 @pytest.mark.parametrize("break_it, message", [
     (lambda f: _edit_meta(f, lambda m: m["sigma_n"].pop(4)), r"no sigma_n for 1 image.*img000004\.npy"),
-    (lambda f: _edit_meta(f, _set_sigma(3, -0.1)), r"sigma_n of 'img000003\.npy' must be a finite number in \[0, 80\]"),
+    (lambda f: _edit_meta(f, _set_sigma(3, -0.1)), r"sigma_n of 'img000003\.npy' must be a finite number >= 0"),
     (lambda f: _edit_meta(f, _set_sigma(3, float("nan"))), r"img000003\.npy.*finite"),
     (lambda f: _edit_meta(f, _set_sigma(3, float("inf"))), r"img000003\.npy.*finite"),
     (lambda f: _edit_meta(f, _set_sigma(3, "0.2")), r"img000003\.npy.*finite"),
@@ -371,7 +371,7 @@ def test_zip_entry_escaping_the_folder_is_refused(tmp_path, entry):
 @pytest.mark.parametrize("table, message", [
     ("a.npy,0.1\n", r"no sigma_n for 1 image.*b\.npy"),
     ("a.npy,0.1\nb.npy,0.2\nc.npy,0.3\n", r"not images of .*first 'c\.npy'"),
-    ("a.npy,0.1\nb.npy,-0.2\n", r"sigma_n of 'b\.npy' must be a finite number in \[0, 80\]"),
+    ("a.npy,0.1\nb.npy,-0.2\n", r"sigma_n of 'b\.npy' must be a finite number >= 0"),
     ("a.npy,0.1\nb.npy,nan\n", r"b\.npy.*finite"),
     ("a.npy,0.1\nb.npy,x\n", r"line 2: sigma_n 'x' of 'b\.npy' is not a number"),
     ("a.npy,0.1\na.npy,0.2\nb.npy,0.1\n", "twice"),

@@ -121,7 +121,9 @@ def test_leftovers_of_killed_writers_are_ignored_then_removed(tmp_path):
         d.mkdir()
         (d / "net.safetensors").write_bytes(b"partial")
     cfg = train.parse_args(FAST + ["--run-dir", str(run), "--resume", "auto"])
-    assert training.prepare_run_dir(cfg, init_distributed("cpu")) == (run, None)     # a fresh start, no error
+    run_dir, resume_from, held = training.prepare_run_dir(cfg, init_distributed("cpu"))
+    held.close()
+    assert (run_dir, resume_from) == (run, None)                                       # a fresh start, no error
     weights = {"w": torch.zeros(2)}
     for step in (1, 2, 3):
         save_checkpoint(run, step, weights, weights, {}, {}, keep=2)
@@ -305,7 +307,8 @@ RESUME = ["--run-dir", "{run}", "--resume", "auto"]
     (["--run-dir", "{run}"], "not empty"),
     (["--resume", "{empty}"], "no complete checkpoint"),
     (["--resume", "/no/such/run"], "no such checkpoint"),
-    (["--resume", "{damaged}", "--run-dir", "{run}"], "damaged"),
+    (["--resume", "{damaged}"], "damaged"),
+    (["--resume", "{damaged}", "--run-dir", "{run}"], "continues only in its own directory"),
 ])
 def test_bad_input_on_an_existing_run_is_one_clear_error_and_changes_nothing(existing, capsys, args, message):
     args = [a.format(**existing["paths"]) for a in args]

@@ -15,7 +15,7 @@ import torch
 
 from ambient.io.checkpoint import list_checkpoints, save_checkpoint
 from ambient.train import cli as train
-from ambient.train.rundir import RunDirInUse, lock
+from ambient.train.rundir import RunDirInUse, RunDirLock
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.016", "--grid-size", "4",
@@ -25,7 +25,7 @@ FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-ki
 def digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` by relative path: what must not change."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def refused(capsys, argv: list[str], *fragments: str) -> None:
@@ -50,13 +50,15 @@ def finished(tmp_path_factory) -> Path:
 
 
 def test_one_writer_holds_the_directory(tmp_path):
-    held = lock(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    held = RunDirLock(tmp_path)
     try:
         with pytest.raises(RunDirInUse, match=f"pid {os.getpid()} on "):
-            lock(tmp_path)
+            RunDirLock(tmp_path)
     finally:
         held.close()
-    lock(tmp_path).close()                       # free again once its holder lets go
+    RunDirLock(tmp_path).close()                 # free again once its holder lets go
+    assert sorted(tmp_path.iterdir()) == before  # and nothing was written to take it
 
 
 def test_a_second_trainer_on_a_busy_run_directory_is_refused(tmp_path, capsys):

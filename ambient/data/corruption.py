@@ -57,7 +57,7 @@ def _noise_levels(sigma_n: float | Sequence[float]) -> tuple[float, ...]:
         except (TypeError, ValueError, OverflowError):
             raise ValueError(f"sigma_n must be a number or a list of numbers, got {str(value)[:40]}") from None
         if not 0 <= level <= SIGMA_N_MAX:          # NaN and inf fail too
-            raise ValueError(f"sigma_n must be finite and in [0, {SIGMA_N_MAX:g}] (the sampler's largest noise "
+            raise ValueError(f"sigma_n must be finite, >= 0 and <= {SIGMA_N_MAX:g} (the sampler's largest noise "
                              f"level), got {value!r}")
         if level == 0:
             raise ValueError("sigma_n = 0 among the noise levels of the noisy images: clean images are "

@@ -422,7 +422,7 @@ def sigma_n_value(sigma: Any, fname: str) -> float:
     except OverflowError:                      # an integer too large for a float
         value = math.inf
     if not 0 <= value <= SIGMA_N_MAX:          # NaN fails too
-        raise ValueError(f"the sigma_n of {fname!r} must be a finite number in [0, {SIGMA_N_MAX:g}] (0 for a clean "
+        raise ValueError(f"the sigma_n of {fname!r} must be a finite number >= 0 and <= {SIGMA_N_MAX:g} (0 for a clean "
                          f"image), got {str(sigma)[:40]}")
     return value
 

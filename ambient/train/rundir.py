@@ -1,8 +1,8 @@
 """The run directory: which one a run writes into, one writer at a time, and what a resume may change
 (docs/design.md, "Checkpoints").
 
-- One writer: rank 0 holds an OS lock (flock on RUN_DIR/.lock) for the run's life; a second trainer on the
-  same directory is refused with who holds it. The kernel drops the lock when its process ends, however.
+- One writer: rank 0 holds an OS lock (flock on the run directory) for the run's life; a second trainer on
+  the same directory is refused with who holds it. The kernel drops the lock when its process ends, however.
 - A run continues only in its own directory: `--resume RUN` writes into RUN, never into another --run-dir.
 - A fresh run starts only in an empty directory; `--resume auto` starts afresh only in one that holds nothing
   but what a run writes before its first checkpoint, and never over damaged checkpoints.
@@ -15,7 +15,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ambient.common.atomic import atomic_path
 from ambient.io import checkpoint as ckpt
@@ -23,9 +23,8 @@ from ambient.io import checkpoint as ckpt
 from .config import TrainConfig, flag_name
 from .distributed import DistInfo, broadcast_object
 
-LOCK_FILE = ".lock"
 LOG_FILE = "log.jsonl"
-RUN_FILES = ("config.json", LOG_FILE, LOCK_FILE)     # what a run writes before its first checkpoint, with a grid
+RUN_FILES = ("config.json", LOG_FILE)     # what a run writes before its first checkpoint, besides a grid
 # How a run is carried out rather than what it computes: free to differ between a run and its resumption.
 RUN_CONTROLS = ("kimg", "run_dir", "outdir", "resume", "allow_change", "tick_kimg", "snap_kimg", "keep_ckpts",
                 "grid_size", "snap_grid_size", "device", "progress", "workers", "threads", "max_bad_steps")
@@ -36,8 +35,7 @@ class RunDirInUse(FileExistsError):
 
 
 def _holder(path: Path) -> str:
-    """Who holds the flock on `path`, read from /proc/locks (Linux) rather than from a file the holder writes,
-    so that taking the lock changes nothing in the directory: "pid N on HOST (its command line)"."""
+    """Who holds the flock on `path`, read from /proc/locks (Linux): "pid N on HOST (its command line)"."""
     st = path.stat()
     device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
@@ -52,18 +50,23 @@ def _holder(path: Path) -> str:
     return "another process"
 
 
-def lock(run_dir: Path) -> IO[str]:
-    """Hold RUN_DIR/.lock exclusively until the returned file is closed (or the process ends); RunDirInUse
-    naming the holder if another process holds it. Nothing is written (the file is made empty the first time)."""
-    f = open(run_dir / LOCK_FILE, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(run_dir / LOCK_FILE)
-        f.close()
-        raise RunDirInUse(f"run directory {run_dir} is in use: {holder} trains there; wait for it to end, or "
-                          f"choose another --run-dir") from None
-    return f
+class RunDirLock:
+    """An exclusive flock on the run directory itself, held until close() or the end of the process. Nothing is
+    written to take it, so a refused or failed start leaves the directory exactly as it was."""
+
+    def __init__(self, run_dir: Path):
+        self.fd: int | None = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise RunDirInUse(f"run directory {run_dir} is in use: {_holder(run_dir)} trains there; wait for it "
+                              f"to end, or choose another --run-dir") from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _foreign(run_dir: Path) -> list[str]:
@@ -88,7 +91,7 @@ def _numbered(cfg: TrainConfig) -> Path:
             number += 1
 
 
-def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, IO[str]]:
+def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, RunDirLock]:
     """The run directory, the checkpoint to resume from (None for a fresh run) and the held lock of the
     directory; every decision about what is in the directory is taken under the lock."""
     if cfg.resume not in (None, "auto"):
@@ -96,7 +99,7 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, IO[str]]:
         if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
             raise ValueError(f"--resume {cfg.resume} continues the run in {run_dir}, and a run continues only in "
                              f"its own directory, not in --run-dir {cfg.run_dir}")
-        held = lock(run_dir)
+        held = RunDirLock(run_dir)
         try:
             return run_dir, ckpt.resolve_checkpoint(cfg.resume, check_network=True), held     # under the lock
         except BaseException:
@@ -106,13 +109,13 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, IO[str]]:
         if cfg.resume == "auto":
             raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
         run_dir = _numbered(cfg)
-        return run_dir, None, lock(run_dir)
+        return run_dir, None, RunDirLock(run_dir)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    held = lock(run_dir)
+    held = RunDirLock(run_dir)
     try:
         if cfg.resume != "auto":
-            if [p for p in run_dir.iterdir() if p.name != LOCK_FILE]:
+            if any(run_dir.iterdir()):
                 raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
                                       f"that run, or choose a new --run-dir")
             return run_dir, None, held
@@ -130,7 +133,7 @@ def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, IO[str]]:
         raise
 
 
-def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None, IO[str] | None]:
+def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None, RunDirLock | None]:
     """`choose_run_dir` decided by rank 0 alone (the others would see its new files) and shared with all; the
     lock is rank 0's (None on the others)."""
     decision: tuple = (None, None, None)          # run_dir, resume_from, error
