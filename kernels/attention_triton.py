@@ -18,7 +18,7 @@ fp32 there (DOT_FP32). N need not be a multiple of the block sizes (masking); D 
 
 On a GPU the block sizes are autotuned over a few configs, pruned per GPU generation by what
 bench/aot_check.py measured (DENIED); under the interpreter, which pays per program and loop
-iteration, one large-block config is used.
+iteration, one large-block config is used (Triton < 3.7: NumPy < 2.4 needed).
 """
 import functools
 import math
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from triton.runtime import driver
 
-from ._triton_utils import INTERPRET, check_launchable
+from ._triton_utils import INTERPRET, check_launchable, interpreter_problem
 
 _LOG2E = 1.4426950408889634
 
@@ -336,6 +336,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"q, k, v must share a dtype among fp32, fp16, bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_launchable(q)
+    if INTERPRET and (why := interpreter_problem()) is not None:
+        raise RuntimeError(why)
 
 
 def attention_fwd_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *,
