@@ -304,6 +304,56 @@ _attn_fwd_kernel 9 ieee 128: 32x32w4 64x64w4 64x64w8
 _attn_fwd_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
 _attn_fwd_kernel 9 tf32 256: 32x32w4
 """,
+    "3.9": """
+_attn_bwd_dkdv_kernel 8 16 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 16 256: 128x32w8
+_attn_bwd_dkdv_kernel 8 ieee 32: 32x64w8
+_attn_bwd_dkdv_kernel 8 ieee 64: 128x32w8 32x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 128: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 256: 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 8 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dkdv_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 16 128: 64x32w8
+_attn_bwd_dkdv_kernel 9 16 256: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 32: 128x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 64: 128x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 128: 128x32w8 32x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 9 tf32 64: 64x32w8
+_attn_bwd_dkdv_kernel 9 tf32 128: 32x64w8 64x64w8
+_attn_bwd_dkdv_kernel 9 tf32 256: 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 16 256: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 64: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 128: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dq_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dq_kernel 8 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 16 256: 32x32w4 64x64w8
+_attn_bwd_dq_kernel 9 ieee 32: 32x32w4
+_attn_bwd_dq_kernel 9 ieee 64: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 128: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 tf32 128: 32x32w4 32x64w8 64x64w8
+_attn_bwd_dq_kernel 9 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 16 128: 128x64w8 64x64w4
+_attn_fwd_kernel 8 16 256: 64x32w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 32: 64x64w4
+_attn_fwd_kernel 8 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 128: 32x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 tf32 128: 64x64w4
+_attn_fwd_kernel 8 tf32 256: 32x32w4 32x64w8
+_attn_fwd_kernel 9 16 256: 32x32w4 64x64w4
+_attn_fwd_kernel 9 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 128: 32x32w4 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 9 tf32 128: 32x32w4
+_attn_fwd_kernel 9 tf32 256: 32x32w4 32x64w8 64x32w8
+""",
 }
 
 
@@ -342,8 +392,9 @@ def _prune(kernel: str, fallback: triton.Config, configs: list[triton.Config], n
 
 
 # Candidates (BLOCK_M, BLOCK_N, warps): the tuner times those _prune keeps and runs the fastest. The last, a narrow
-# tile, is the fallback where DENIED leaves none: it compiles without spills for every operand type at BLOCK_D = 256
-# on sm_80 and sm_90 (fp32 there spills in every wider tile).
+# tile, is the fallback where DENIED leaves none: it compiles without spills wherever the AOT check uses it, on sm_80
+# and sm_90 under every Triton of _DENIED (dK/dV's was 32 x 16 / 8 warps until it spilled at D = 128, fp32 IEEE, on
+# sm_90 under Triton 3.9: docs/bench/triton-versions.md).
 _KEY = ["N", "HEAD_D", "DOT_FP32", "PRECISION"]
 if INTERPRET:
     _fwd, _dkdv, _dq = _attn_fwd_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
@@ -356,7 +407,7 @@ else:
     _fwd = _tuned(_attn_fwd_kernel, [(128, 64, 8), (64, 64, 4), (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4),
                                      (16, 16, 4)])
     _dkdv = _tuned(_attn_bwd_dkdv_kernel, [(64, 64, 8), (128, 32, 8), (32, 64, 8), (64, 32, 8), (32, 32, 8),
-                                           (32, 16, 8)])
+                                           (16, 16, 4)])
     _dq = _tuned(_attn_bwd_dq_kernel, [(64, 64, 8), (128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4), (16, 32, 8)])
 
 
