@@ -26,6 +26,7 @@ CASES = [
     (1, 1, 100, 256, torch.float32, None),
     (1, 1, 1024, 64, torch.float16, None),
     (1, 2, 64, 48, torch.float32, None),  # a head dim that is not a power of two (padded, masked)
+    (1, 1, 100, 128, torch.float32, (16, 16)),  # the narrowest tile, the dK/dV fallback's
     pytest.param(2, 3, 257, 64, torch.bfloat16, None, marks=GPU_ONLY),
     pytest.param(1, 2, 100, 128, torch.bfloat16, None, marks=GPU_ONLY),
 ]
