@@ -6,11 +6,13 @@ setup(
     version="0.1.0",
     description="Ambient diffusion trainer (clean + noisy data) with fused Triton kernels and data-scaling-law tools",
     packages=find_packages(include=["ambient", "ambient.*", "kernels"]),
-    python_requires=">=3.11",      # tomllib (ambient.study)
-    # A range, so a cluster's own CUDA build of torch satisfies it; on this CPU machine the
-    # README pins torch 2.14.1 + torchvision 0.29.1 (they lie on local disk).
+    # The supported range (README "Tested versions"): Python 3.11 (tomllib, ambient.study) and 3.12 (tested; newer
+    # ones are not refused), torch 2.11 and newer, Triton 3.6 and newer. A range, so a cluster's own CUDA build of torch satisfies it; on this CPU machine
+    # the README pins torch 2.14.1 + torchvision 0.29.1 (they lie on local disk).
+    python_requires=">=3.11",
+    classifiers=["Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12"],
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.11",
         "numpy",
         "pillow",
         "safetensors",
@@ -23,9 +25,9 @@ setup(
         "PyWavelets",   # the wavelet transform estimate_sigma needs (an optional dependency of scikit-image)
     ],
     extras_require={
-        "triton": ["triton>=3.0"],
+        "triton": ["triton>=3.6"],
         "fid": ["torchvision", "clean-fid"],
-        "test": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
-        "dev": ["pytest", "pytest-benchmark", "triton>=3.0", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
+        "test": ["pytest", "pytest-benchmark", "triton>=3.6", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.6", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
     },
 )

@@ -3,7 +3,8 @@
     python -m bench.aot_check                        # the CI check: the table, exit 1 when a GPU would refuse
     python -m bench.aot_check --markdown aot.md      #   or punish a kernel; also as a markdown table
     python -m bench.aot_check --only attention --arch 90
-    python -m bench.aot_check --denylist             # after a kernel change: kernels/attention_triton._DENIED anew
+    python -m bench.aot_check --denylist             # after a kernel change: this Triton's table of
+                                                     #   kernels/attention_triton._DENIED anew
 
 No GPU is needed: Triton's own compiler and its bundled ptxas build each kernel for the target.
 
@@ -380,8 +381,14 @@ def _tile(launch: Launch) -> tuple[str, int, str, int, str] | None:
             f"{fields['BLOCK_M']}x{fields['BLOCK_N']}w{warps}")
 
 
+def triton_release(version: str = triton.__version__) -> str:
+    """'3.6' of '3.6.0': the key of this Triton's table in kernels/attention_triton._DENIED."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
 def denylist(launches: list[Launch], results: list[dict[str, Any]]) -> str:
-    """kernels/attention_triton._DENIED from this run's verdicts: the autotune candidates with problems."""
+    """This Triton's table of kernels/attention_triton._DENIED from this run's verdicts: the autotune candidates
+    with problems."""
     bad: dict[tuple[str, int, str, int], set[str]] = {}
     for launch, result in zip(launches, results):
         if (tile := _tile(launch)) is not None and problems(launch, result):
@@ -452,8 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="write every compile's result here (JSON)")
     parser.add_argument("--markdown", help="write the table here (markdown)")
     parser.add_argument("--denylist", action="store_true",
-                        help="compile every candidate, ignoring kernels/attention_triton._DENIED, and print the table "
-                             "anew from the verdicts (after a kernel or Triton change)")
+                        help="compile every candidate, ignoring kernels/attention_triton._DENIED, and print this "
+                             "Triton's table anew from the verdicts (after a kernel or Triton change)")
     return parser.parse_args(argv)
 
 
@@ -474,8 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     archs = [int(a) for a in args.arch.split(",")]
     _inject(args.inject_config)
-    if args.denylist:                 # judge every candidate the generic bound keeps, as the table was made
-        from kernels.attention_triton import DENIED
+    from kernels.attention_triton import DENIED, DENIED_TRITONS
+    release = triton_release()
+    if release not in DENIED_TRITONS:
+        print(f"note: kernels/attention_triton._DENIED has no table of Triton {release}'s verdicts (it has "
+              f"{', '.join(DENIED_TRITONS)}; the pruning drops their union); should this check fail, record one "
+              f"with --denylist")
+    if args.denylist:                 # judge every candidate the generic bound keeps, as the tables were made
         DENIED.clear()
     calls = {name: call for name, call in workloads().items() if not args.only or any(s in name for s in args.only)}
     launches = [launch for launch in capture(calls, archs)
@@ -501,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(body)} rows, {len(launches)} compiles for {', '.join(f'sm_{a}' for a in archs)}; "
           f"captured in {captured:.1f} s, {time.monotonic() - start:.1f} s in all")
     if args.denylist:
-        print(f'_DENIED = """\n{denylist(launches, results)}\n"""')
+        print(f'Triton {release}\'s table of kernels/attention_triton._DENIED:\n    "{release}": """\n'
+              f'{denylist(launches, results)}\n""",')
     for failure in failures:
         print(f"FAIL {failure}")
     print(f"AOT check: {'FAILED, ' + str(len(failures)) + ' problem(s)' if failures else 'PASS'}")

@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.report import sections_line, summary_table
+from bench.report import read_sections, sections_line, summary_table
 
 # A tick's loss is the mean over 1280 images whose noise levels and weights vary widely, so it scatters by several
 # per cent; the second-half means (12 ticks) of two correct runs should differ by a few per cent at most, while a
@@ -68,9 +68,8 @@ def report(out: Path) -> str:
     parts += ["## Machine", "", "```", _text(out / "machine.txt", "(no machine.txt)"), "```", ""]
     sections = out / "sections.tsv"
     if sections.exists():
-        rows = [line.split("\t") for line in sections.read_text().splitlines() if line.strip()]
         parts += ["## Sections", "", sections_line(str(sections)), "",
-                  markdown_table(["section", "exit code", "seconds"], rows)]
+                  markdown_table(["section", "exit code", "seconds", "limit s"], read_sections(str(sections)))]
     parts += ["## Ahead-of-time compiles (bench/aot_check.py, sm_90 and sm_80)", "",
               _text(out / "aot.md", "Not run (no aot.md)."), ""]
     parts += ["## Kernel tests on the GPU", "", "```", "\n".join(_text(out / "kernel_tests.log", "(no log)")

@@ -2,8 +2,8 @@
 
     python -m bench.report RESULT.json [MORE.json ...] [--sections sections.tsv]
 
-`--sections` takes the "name<TAB>exit code<TAB>seconds" lines bench/gpu_check.sh writes and
-prints them as one line above the table. Pure standard library (no torch import).
+`--sections` takes the "name<TAB>exit code<TAB>seconds<TAB>limit" lines bench/gpu_check.sh writes (the limit
+optional) and prints them as one line above the table. Pure standard library (no torch import).
 """
 from __future__ import annotations
 
@@ -64,15 +64,26 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     return format_table([header[i] for i in keep], [[line[i] for i in keep] for line in lines])
 
 
-def sections_line(path: str) -> str:
-    """'install ok (12 s), kernel_tests FAILED (rc 1, 80 s), ...' from gpu_check.sh's sections file."""
-    parts = []
+def read_sections(path: str) -> list[tuple[str, str, str, str]]:
+    """(name, exit code, seconds, limit in seconds or "") of each line of gpu_check.sh's sections file."""
+    rows = []
     with open(path) as f:
         for line in f:
-            name, rc, seconds = line.rstrip("\n").split("\t")
-            state = "ok" if rc == "0" else "TIMED OUT" if rc in ("124", "137") else f"FAILED (rc {rc})"
-            parts.append(f"{name} {state} ({seconds} s)")
-    return "sections: " + ", ".join(parts)
+            if line.strip():
+                name, rc, seconds, *limit = line.rstrip("\n").split("\t")
+                rows.append((name, rc, seconds, limit[0] if limit else ""))
+    return rows
+
+
+def sections_line(path: str) -> str:
+    """'kernel_tests ok (12 s of 120), aot FAILED (rc 1, 80 s of 90), ...; limits 210 s' from gpu_check.sh's
+    sections file."""
+    parts, limits = [], 0
+    for name, rc, seconds, limit in read_sections(path):
+        state = "ok" if rc == "0" else "TIMED OUT" if rc in ("124", "137") else f"FAILED (rc {rc})"
+        parts.append(f"{name} {state} ({seconds} s{f' of {limit}' if limit else ''})")
+        limits += int(limit or 0)
+    return "sections: " + ", ".join(parts) + (f"; limits {limits} s" if limits else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,34 @@ TRITON_INTERPRET is read by Triton when `@triton.jit` decorates, so it is read h
 import, with the same meaning ("1", "true", "yes", "on" switch the CPU interpreter on).
 """
 import os
+import re
 
+import numpy as np
 import torch
 import triton
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    """(3, 10) of '3.10.0+git1234'."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise ValueError(f"not a version: {version!r}")
+    return int(found[1]), int(found[2])
+
+
+def interpreter_problem(triton_version: str = triton.__version__, numpy_version: str = np.__version__) -> str | None:
+    """Why Triton's interpreter cannot run a kernel whose loop bound is an integer argument here (None: it can).
+
+    Triton before 3.7 hands integer arguments to an interpreted kernel as one-element arrays and makes `range()`
+    bounds of them with int(array), which NumPy 2.4 refuses (docs/bench/triton-versions.md). Compiled kernels are
+    not affected.
+    """
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter cannot run loops bounded by kernel arguments with NumPy "
+                f"{numpy_version} (it needs NumPy < 2.4, or Triton >= 3.7; docs/bench/triton-versions.md)")
+    return None
 
 
 def check_launchable(*tensors: torch.Tensor) -> None:

@@ -17,8 +17,8 @@ fp32 there (DOT_FP32). N need not be a multiple of the block sizes (masking); D 
 (padded to a power of two >= 16).
 
 On a GPU the block sizes are autotuned over a few configs, pruned per GPU generation by what
-bench/aot_check.py measured (DENIED); under the interpreter, which pays per program and loop
-iteration, one large-block config is used.
+bench/aot_check.py measured under each supported Triton (DENIED); under the interpreter, which pays
+per program and loop iteration, one large-block config is used (Triton < 3.7: NumPy < 2.4 needed).
 """
 import functools
 import math
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from triton.runtime import driver
 
-from ._triton_utils import INTERPRET, check_launchable
+from ._triton_utils import INTERPRET, check_launchable, interpreter_problem
 
 _LOG2E = 1.4426950408889634
 
@@ -199,13 +199,65 @@ def _configs(tiles: list[tuple[int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=2) for bm, bn, warps in tiles]
 
 
-# Tiles measured to spill registers or to overflow shared memory, per kernel, GPU generation (compute capability
-# major: 8 = A100, 9 = H100/H200), operands ("16": fp16/bf16; fp32 with "tf32" or "ieee" dots) and head-dim block:
-# ptxas's verdicts on every candidate the trainer's launches keep, printed by `python -m bench.aot_check --denylist`
-# (sm_80 and sm_90 compiles on a CPU). CI runs that check: a kept tile that spills or overflows fails it, and this
-# table is how the pruning learns of it. Other GPU generations get the generic bound of _prune only (the autotuner
-# still skips a tile that does not fit their shared memory).
-_DENIED = """
+# Tiles measured to spill registers or to overflow shared memory, per Triton release (major.minor), kernel, GPU
+# generation (compute capability major: 8 = A100, 9 = H100/H200), operands ("16": fp16/bf16; fp32 with "tf32" or
+# "ieee" dots) and head-dim block: ptxas's verdicts on every candidate the trainer's launches keep, printed by
+# `python -m bench.aot_check --denylist` under that Triton (sm_80 and sm_90 compiles on a CPU). The tables differ
+# (Triton's code generation does), and the pruning drops the union of all of them, so that what it keeps holds for
+# every supported Triton (README "Tested versions"), not only for the one that recorded a table. CI runs that check
+# under Triton 3.6 and the pinned Triton: a kept tile that spills or overflows fails it, and these tables are how the
+# pruning learns of it. Other GPU generations get the generic bound of _prune only (the autotuner still skips a tile
+# that does not fit their shared memory).
+_DENIED = {
+    "3.6": """
+_attn_bwd_dkdv_kernel 8 16 32: 32x64w8
+_attn_bwd_dkdv_kernel 8 16 64: 64x64w8
+_attn_bwd_dkdv_kernel 8 16 256: 128x32w8
+_attn_bwd_dkdv_kernel 8 ieee 32: 128x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 64: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 128: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 8 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 64: 32x64w8 64x64w8
+_attn_bwd_dkdv_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 16 256: 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 32: 128x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 64: 128x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 128: 128x32w8 32x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 9 tf32 128: 64x64w8
+_attn_bwd_dkdv_kernel 9 tf32 256: 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 16 256: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 64: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 128: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dq_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dq_kernel 8 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 16 256: 32x32w4
+_attn_bwd_dq_kernel 9 ieee 32: 32x32w4
+_attn_bwd_dq_kernel 9 ieee 64: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 128: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 tf32 128: 32x64w8
+_attn_bwd_dq_kernel 9 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 16 128: 128x64w8 64x64w4
+_attn_fwd_kernel 8 16 256: 32x32w4 64x32w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 128: 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 tf32 128: 64x64w4
+_attn_fwd_kernel 8 tf32 256: 32x32w4 32x64w8
+_attn_fwd_kernel 9 16 256: 64x64w4
+_attn_fwd_kernel 9 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 128: 32x32w4 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 9 tf32 64: 32x64w8
+_attn_fwd_kernel 9 tf32 256: 32x32w4
+""",
+    "3.8": """
 _attn_bwd_dkdv_kernel 8 16 32: 128x32w8
 _attn_bwd_dkdv_kernel 8 16 256: 128x32w8
 _attn_bwd_dkdv_kernel 8 ieee 32: 32x64w8
@@ -251,22 +303,75 @@ _attn_fwd_kernel 9 ieee 64: 128x64w8 64x64w4 64x64w8
 _attn_fwd_kernel 9 ieee 128: 32x32w4 64x64w4 64x64w8
 _attn_fwd_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
 _attn_fwd_kernel 9 tf32 256: 32x32w4
-"""
+""",
+    "3.9": """
+_attn_bwd_dkdv_kernel 8 16 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 16 256: 128x32w8
+_attn_bwd_dkdv_kernel 8 ieee 32: 32x64w8
+_attn_bwd_dkdv_kernel 8 ieee 64: 128x32w8 32x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 128: 128x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 8 ieee 256: 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 8 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dkdv_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dkdv_kernel 8 tf32 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 16 128: 64x32w8
+_attn_bwd_dkdv_kernel 9 16 256: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 32: 128x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 64: 128x32w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 128: 128x32w8 32x32w8 32x64w8 64x32w8 64x64w8
+_attn_bwd_dkdv_kernel 9 ieee 256: 32x32w8 32x64w8 64x32w8
+_attn_bwd_dkdv_kernel 9 tf32 32: 128x32w8
+_attn_bwd_dkdv_kernel 9 tf32 64: 64x32w8
+_attn_bwd_dkdv_kernel 9 tf32 128: 32x64w8 64x64w8
+_attn_bwd_dkdv_kernel 9 tf32 256: 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 16 256: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 64: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 128: 128x32w8 32x64w8 64x64w8
+_attn_bwd_dq_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 8 tf32 64: 64x64w8
+_attn_bwd_dq_kernel 8 tf32 128: 128x32w8
+_attn_bwd_dq_kernel 8 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 16 256: 32x32w4 64x64w8
+_attn_bwd_dq_kernel 9 ieee 32: 32x32w4
+_attn_bwd_dq_kernel 9 ieee 64: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 128: 128x32w8 32x32w4 64x32w8 64x64w8
+_attn_bwd_dq_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_bwd_dq_kernel 9 tf32 128: 32x32w4 32x64w8 64x64w8
+_attn_bwd_dq_kernel 9 tf32 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 16 128: 128x64w8 64x64w4
+_attn_fwd_kernel 8 16 256: 64x32w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 32: 64x64w4
+_attn_fwd_kernel 8 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 128: 32x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 8 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 8 tf32 128: 64x64w4
+_attn_fwd_kernel 8 tf32 256: 32x32w4 32x64w8
+_attn_fwd_kernel 9 16 256: 32x32w4 64x64w4
+_attn_fwd_kernel 9 ieee 64: 128x64w8 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 128: 32x32w4 64x64w4 64x64w8
+_attn_fwd_kernel 9 ieee 256: 32x32w4 32x64w8 64x32w8
+_attn_fwd_kernel 9 tf32 128: 32x32w4
+_attn_fwd_kernel 9 tf32 256: 32x32w4 32x64w8 64x32w8
+""",
+}
 
 
-def _denied(table: str) -> dict[tuple[str, int, str, int], set[tuple[int, int, int]]]:
-    """{(kernel, major, operands, BLOCK_D): {(BLOCK_M, BLOCK_N, warps)}} from lines like
+def _denied(*tables: str) -> dict[tuple[str, int, str, int], set[tuple[int, int, int]]]:
+    """{(kernel, major, operands, BLOCK_D): {(BLOCK_M, BLOCK_N, warps)}}, the union of tables of lines like
     '_attn_fwd_kernel 8 16 256: 64x32w8 64x64w4'."""
     out: dict[tuple[str, int, str, int], set[tuple[int, int, int]]] = {}
-    for line in table.strip().splitlines():
-        group, _, tiles = line.partition(":")
-        kernel, major, operands, block_d = group.split()
-        out[(kernel, int(major), operands, int(block_d))] = {
-            tuple(int(x) for x in tile.replace("w", "x").split("x")) for tile in tiles.split()}
+    for table in tables:
+        for line in table.strip().splitlines():
+            group, _, tiles = line.partition(":")
+            kernel, major, operands, block_d = group.split()
+            out.setdefault((kernel, int(major), operands, int(block_d)), set()).update(
+                tuple(int(x) for x in tile.replace("w", "x").split("x")) for tile in tiles.split())
     return out
 
 
-DENIED = _denied(_DENIED)
+DENIED = _denied(*_DENIED.values())
+DENIED_TRITONS = tuple(_DENIED)      # the Triton releases whose verdicts DENIED holds
 
 
 def _prune(kernel: str, fallback: triton.Config, configs: list[triton.Config], named_args: dict, **kwargs
@@ -287,8 +392,9 @@ def _prune(kernel: str, fallback: triton.Config, configs: list[triton.Config], n
 
 
 # Candidates (BLOCK_M, BLOCK_N, warps): the tuner times those _prune keeps and runs the fastest. The last, a narrow
-# tile, is the fallback where DENIED leaves none: it compiles without spills for every operand type at BLOCK_D = 256
-# on sm_80 and sm_90 (fp32 there spills in every wider tile).
+# tile, is the fallback where DENIED leaves none: it compiles without spills wherever the AOT check uses it, on sm_80
+# and sm_90 under every Triton of _DENIED (dK/dV's was 32 x 16 / 8 warps until it spilled at D = 128, fp32 IEEE, on
+# sm_90 under Triton 3.9: docs/bench/triton-versions.md).
 _KEY = ["N", "HEAD_D", "DOT_FP32", "PRECISION"]
 if INTERPRET:
     _fwd, _dkdv, _dq = _attn_fwd_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
@@ -301,7 +407,7 @@ else:
     _fwd = _tuned(_attn_fwd_kernel, [(128, 64, 8), (64, 64, 4), (64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4),
                                      (16, 16, 4)])
     _dkdv = _tuned(_attn_bwd_dkdv_kernel, [(64, 64, 8), (128, 32, 8), (32, 64, 8), (64, 32, 8), (32, 32, 8),
-                                           (32, 16, 8)])
+                                           (16, 16, 4)])
     _dq = _tuned(_attn_bwd_dq_kernel, [(64, 64, 8), (128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4), (16, 32, 8)])
 
 
@@ -336,6 +442,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"q, k, v must share a dtype among fp32, fp16, bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_launchable(q)
+    if INTERPRET and (why := interpreter_problem()) is not None:
+        raise RuntimeError(why)
 
 
 def attention_fwd_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *,
@@ -369,7 +477,9 @@ def attention_bwd_launch(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     dq, dk, dv = grads
     block_d = max(16, triton.next_power_of_2(d))
     delta = torch.empty((batch, heads, n), dtype=torch.float32, device=q.device)
-    delta_rows = min(triton.next_power_of_2(n), max(16, 16384 // block_d) if INTERPRET else 64)
+    # Rows per delta program: on a GPU at most 64 and 8Ki elements per tile (64 x 256 fp32 tiles of O and dO, 256
+    # values per thread of 4 warps, spill on sm_90 with Triton 3.6: docs/bench/triton-versions.md).
+    delta_rows = min(triton.next_power_of_2(n), max(16, 16384 // block_d) if INTERPRET else min(64, 8192 // block_d))
     _attn_bwd_delta_kernel[(triton.cdiv(n, delta_rows), batch * heads)](
         o, grad_out, delta, *grad_out.stride(), heads, n, d, BLOCK_M=delta_rows, BLOCK_D=block_d)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())

@@ -80,8 +80,8 @@ def _probe(device: torch.device) -> str | None:
     gen = torch.Generator().manual_seed(0)
     for dtype, bound in _PROBES:
         q, k, v, grad = (torch.randn(2, 2, 100, 64, generator=gen) for _ in range(4))
-        leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
-        try:
+        try:      # moving the inputs fails too where the device is missing (CUDA without a driver)
+            leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
             out = _memory_efficient(*leaves, 0.125)
             grads = torch.autograd.grad(out, leaves, grad.to(device, dtype))
         except Exception as exc:  # noqa: BLE001 - any failure makes the backend unavailable, with its reason

@@ -119,3 +119,36 @@ def test_the_ptxas_log_is_read_and_a_missing_field_refused():
 def test_verdicts_against_the_sm80_limits(result, found):
     launch = aot_check.Launch("w", None, 80, "", "BLOCK=1024 w8 s3", "{}")
     assert aot_check.problems(launch, result) == found
+
+
+def test_the_pruning_drops_the_union_of_every_tritons_table():
+    """A tile that spills under one Triton is dropped under all: DENIED holds every table's tiles, and only those."""
+    from kernels import attention_triton
+    tables = [attention_triton._denied(t) for t in attention_triton._DENIED.values()]
+    assert len(tables) >= 2 and attention_triton.DENIED_TRITONS == tuple(attention_triton._DENIED)
+    for key, tiles in attention_triton.DENIED.items():
+        assert tiles == set().union(*(table.get(key, set()) for table in tables))
+    merged = attention_triton._denied("_attn_fwd_kernel 9 16 64: 32x32w4\n_attn_fwd_kernel 8 16 64: 16x16w4",
+                                      "_attn_fwd_kernel 9 16 64: 64x64w8 32x32w4")
+    assert merged == {("_attn_fwd_kernel", 9, "16", 64): {(32, 32, 4), (64, 64, 8)},
+                      ("_attn_fwd_kernel", 8, "16", 64): {(16, 16, 4)}}
+
+
+@pytest.mark.parametrize("version, release", [("3.6.0", "3.6"), ("3.10.1+git1a2b3c", "3.10"), ("3.8.0", "3.8")])
+def test_the_table_key_of_a_triton_version(version, release):
+    assert aot_check.triton_release(version) == release
+
+
+def test_the_printed_table_reads_back_as_the_verdicts():
+    """--denylist prints the tiles with problems in the format _denied reads; tiles without problems stay out."""
+    from kernels import attention_triton
+    fine = {"regs": 128, "stack": 0, "spill_stores": 0, "spill_loads": 0, "shared": 1024, "threads": 256}
+    spills = {**fine, "spill_stores": 8, "spill_loads": 4}
+    launches = [aot_check.Launch("w", attention_triton._attn_fwd_kernel, arch, "PRECISION=tf32",
+                                 f"BLOCK_M={bm} BLOCK_N={bn} BLOCK_D=64 w{w} s2",
+                                 json.dumps({"signature": {"Q": q}}))
+                for arch, q, (bm, bn, w) in [(90, "*bf16", (64, 64, 8)), (90, "*bf16", (32, 32, 4)),
+                                             (80, "*fp32", (128, 64, 8))]]
+    text = aot_check.denylist(launches, [spills, fine, spills])
+    assert attention_triton._denied(text) == {("_attn_fwd_kernel", 9, "16", 64): {(64, 64, 8)},
+                                              ("_attn_fwd_kernel", 8, "tf32", 64): {(128, 64, 8)}}

@@ -27,7 +27,9 @@ def _curve(seed: int, level: float = 1.0) -> list[float]:
 @pytest.fixture
 def gpu_folder(tmp_path: Path) -> Path:
     (tmp_path / "machine.txt").write_text("GPU 0: NVIDIA H200 (UUID: GPU-0)\ntorch 2.14.1 cuda 13.0 triton 3.8.0\n")
-    (tmp_path / "sections.tsv").write_text("install\t0\t12\naot\t0\t61\nrun_triton\t0\t95\nrun_torch\t124\t120\n")
+    # name, exit code, seconds, limit (a line without the limit, as older scripts wrote, is read too)
+    (tmp_path / "sections.tsv").write_text("kernel_tests\t0\t12\nrun_triton\t0\t95\t150\nrun_torch\t124\t120\t120\n"
+                                           "aot\t0\t61\t90\n")
     (tmp_path / "aot.md").write_text("| kernel | workload |\n|---|---|\n| _attn_fwd_kernel | attention tiny |\n")
     (tmp_path / "kernel_tests.log").write_text("....\n80 passed, 2 skipped in 41.0s\n")
     (tmp_path / "xformers.txt").write_text("unavailable: xformers is not installed")
@@ -41,7 +43,8 @@ def test_one_report_with_every_section(gpu_folder: Path) -> None:
     _run(gpu_folder / "run-torch", _curve(2))
     assert gpu_report.main([str(gpu_folder)]) == 0
     text = (gpu_folder / "gpu-report.md").read_text()
-    for part in ("# GPU report", "NVIDIA H200", "run_torch TIMED OUT (120 s)", "| _attn_fwd_kernel | attention tiny |",
+    for part in ("# GPU report", "NVIDIA H200", "kernel_tests ok (12 s)", "run_torch TIMED OUT (120 s of 120)",
+                 "; limits 360 s", "| run_triton | 0 | 95 | 150 |", "| _attn_fwd_kernel | attention tiny |",
                  "80 passed, 2 skipped", "train/tiny/b32/fp32/torch/eager", "unavailable: xformers is not installed",
                  "| kimg | loss triton | loss torch |", "**PASS**"):
         assert part in text, part

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import kernels
+from kernels._triton_utils import INTERPRET, interpreter_problem
 from kernels.attention_triton import attention_bwd_launch, attention_fwd_launch
 from kernels.testing import DEVICE, Canary, relative_error
 
@@ -25,6 +26,7 @@ CASES = [
     (1, 1, 100, 256, torch.float32, None),
     (1, 1, 1024, 64, torch.float16, None),
     (1, 2, 64, 48, torch.float32, None),  # a head dim that is not a power of two (padded, masked)
+    (1, 1, 100, 128, torch.float32, (16, 16)),  # the narrowest tile, the dK/dV fallback's
     pytest.param(2, 3, 257, 64, torch.bfloat16, None, marks=GPU_ONLY),
     pytest.param(1, 2, 100, 128, torch.bfloat16, None, marks=GPU_ONLY),
 ]
@@ -118,3 +120,29 @@ def test_bad_inputs_raise():
         attention_fwd_launch(q, k[:, :, :8], v, 1.0)
     with pytest.raises(ValueError, match="dtype"):
         attention_fwd_launch(q, k.half(), v, 1.0)
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, refused", [
+    ("3.6.0", "2.4.6", True),         # the pair that fails: int() of a one-element array, refused since NumPy 2.4
+    ("3.5.1", "2.4.0rc1", True),
+    ("3.6.0", "2.3.5", False),        # NumPy 2.3 only warns
+    ("3.7.0", "2.4.6", False),        # Triton 3.7 squeezes the array first
+    ("3.10.0+git1a2b3c", "2.10.1", False),   # compared as numbers, not strings
+])
+def test_the_interpreter_problem_is_named_for_triton_before_3_7_with_numpy_2_4(triton_version, numpy_version, refused):
+    why = interpreter_problem(triton_version, numpy_version)
+    assert (why is not None) == refused
+    if refused:
+        assert triton_version in why and numpy_version in why and "NumPy < 2.4" in why
+
+
+def test_this_interpreter_runs_the_kernels_or_says_why():
+    """Where interpreter_problem names a problem the launch refuses with it; elsewhere the kernel runs."""
+    q, k, v = _qkv((1, 1, 16, 16), torch.float32)
+    why = interpreter_problem() if INTERPRET else None
+    if why is None:
+        o, _ = attention_fwd_launch(q, k, v, 0.25)
+        assert relative_error(o, kernels.attention_ref(q.double(), k.double(), v.double(), scale=0.25)) < TOL[q.dtype]
+    else:
+        with pytest.raises(RuntimeError, match="NumPy < 2.4"):
+            attention_fwd_launch(q, k, v, 0.25)

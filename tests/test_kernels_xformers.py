@@ -83,6 +83,13 @@ def test_refused_with_the_reason_where_it_cannot_run():
     assert REASON in str(raised.value)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA works here")
+def test_a_cuda_device_without_a_driver_is_a_reason_not_an_error():
+    """What bench/gpu_check.sh's probe asks on any machine: CUDA that cannot start is named, not raised."""
+    reason = kernels.attention_unavailable("xformers", "cuda")
+    assert isinstance(reason, str) and reason
+
+
 def test_the_trainer_refuses_it_before_making_the_run_directory(tmp_path, capsys):
     if REASON is None:
         pytest.skip("xformers runs here")
