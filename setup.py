@@ -7,8 +7,8 @@ setup(
     description="Ambient diffusion trainer (clean + noisy data) with fused Triton kernels and data-scaling-law tools",
     packages=find_packages(include=["ambient", "ambient.*", "kernels"]),
     # The supported range (README "Tested versions"): Python 3.11 (tomllib, ambient.study) and 3.12 (tested; newer
-    # ones are not refused), torch 2.11 and newer, Triton 3.6 and newer. A range, so a cluster's own CUDA build of torch satisfies it; on this CPU machine
-    # the README pins torch 2.14.1 + torchvision 0.29.1 (they lie on local disk).
+    # ones are not refused), torch 2.11 and newer, Triton 3.6 and newer. A range, so a cluster's own CUDA build of
+    # torch satisfies it; on this CPU machine the README pins torch 2.14.1 + torchvision 0.29.1 (on local disk).
     python_requires=">=3.11",
     classifiers=["Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12"],
     install_requires=[

@@ -477,8 +477,11 @@ def test_training_on_a_full_disk_stops_with_one_error_and_keeps_the_run(small_di
 def test_ctrl_c_prints_where_the_run_stopped_and_how_to_resume(tmp_path):
     run = tmp_path / "run"
     args = FAST + ["--run-dir", str(run), "--kimg", "16", "--snap-kimg", "0.048"]
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec: give
+    # the trainer the default disposition, as a terminal does, so the test does not depend on how pytest started.
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list_checkpoints(run)) < 2:
         time.sleep(0.05)
