@@ -116,11 +116,13 @@ class TrainConfig:
         return kw
 
 
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}     # TrainConfig's fields by name
+
+
 def flag_name(name: str) -> str | None:
     """The command-line flag of TrainConfig field `name`: --field-name unless its option() says otherwise (None:
     it has none)."""
-    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    return field.metadata.get("name", "--" + name.replace("_", "-"))
+    return FIELDS[name].metadata.get("name", "--" + name.replace("_", "-"))
 
 
 def _flag_value(value: Any) -> str:
@@ -136,12 +138,11 @@ def config_flags(values: Mapping[str, Any]) -> list[str]:
     """The flags that set these TrainConfig fields, in declaration order: the inverse of the parser, so
     `parse_args(config_flags(v))` has exactly the values `v` (a switch is written when it differs from its
     default: --cond, --no-progress; a field without a flag only at its default)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - fields.keys())
+    unknown = sorted(set(values) - FIELDS.keys())
     if unknown:
         raise ValueError(f"not TrainConfig fields: {', '.join(unknown)}")
     argv: list[str] = []
-    for name, f in fields.items():
+    for name, f in FIELDS.items():
         if name not in values:
             continue
         flag, value = flag_name(name), values[name]

@@ -202,7 +202,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                     raise TrainingDiverged(f"{bad_run} consecutive steps had non-finite gradients (at step {step}); "
                                            f"stopping. " + (f"The last good checkpoint, {last}, is intact." if last
                                                             else "No checkpoint had been written yet."))
-            if bad_run == step + 1 - first_step == total_steps - first_step:
+            if step + 1 == total_steps and bad_run == total_steps - first_step:       # before the last snapshot
                 raise TrainingDiverged(f"every one of the {bad_run} steps of this run had non-finite gradients: "
                                        f"nothing was trained (look at the data's pixel scale and noise levels)")
             step += 1

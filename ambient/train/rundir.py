@@ -94,43 +94,50 @@ def _numbered(cfg: TrainConfig) -> Path:
 def choose_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None, RunDirLock]:
     """The run directory, the checkpoint to resume from (None for a fresh run) and the held lock of the
     directory; every decision about what is in the directory is taken under the lock."""
-    if cfg.resume not in (None, "auto"):
-        run_dir = ckpt.resolve_checkpoint(cfg.resume, check_network=True).parent     # its errors first
-        if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
-            raise ValueError(f"--resume {cfg.resume} continues the run in {run_dir}, and a run continues only in "
-                             f"its own directory, not in --run-dir {cfg.run_dir}")
-        held = RunDirLock(run_dir)
-        try:
-            return run_dir, ckpt.resolve_checkpoint(cfg.resume, check_network=True), held     # under the lock
-        except BaseException:
-            held.close()
-            raise
-    if cfg.run_dir is None:
-        if cfg.resume == "auto":
-            raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
-        run_dir = _numbered(cfg)
-        return run_dir, None, RunDirLock(run_dir)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _run_dir(cfg)
     held = RunDirLock(run_dir)
     try:
-        if cfg.resume != "auto":
-            if any(run_dir.iterdir()):
-                raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
-                                      f"that run, or choose a new --run-dir")
-            return run_dir, None, held
-        found = ckpt.latest_checkpoint(run_dir, check_network=True)
-        if found is None and ckpt.list_checkpoints(run_dir):
-            raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged (the warnings above say how); a "
-                                       f"run never starts afresh over them: move them aside, or choose another "
-                                       f"--run-dir")
-        if found is None and (foreign := _foreign(run_dir)):
-            raise FileExistsError(f"--resume auto found no run in {run_dir} but other files ({', '.join(foreign[:5])}"
-                                  f"{' ...' if len(foreign) > 5 else ''}); start a run in an empty or new --run-dir")
-        return run_dir, found, held      # None: start afresh (an elastic restart before the first snapshot)
+        return run_dir, _resume_from(cfg, run_dir), held
     except BaseException:
         held.close()
         raise
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    """The directory the run writes into (made when new); the errors that need no lock come first."""
+    if cfg.resume not in (None, "auto"):
+        run_dir = ckpt.resolve_checkpoint(cfg.resume, check_network=True).parent
+        if cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
+            raise ValueError(f"--resume {cfg.resume} continues the run in {run_dir}, and a run continues only in "
+                             f"its own directory, not in --run-dir {cfg.run_dir}")
+        return run_dir
+    if cfg.run_dir is None:
+        if cfg.resume == "auto":
+            raise ValueError("--resume auto needs --run-dir (the directory to look for checkpoints in)")
+        return _numbered(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _resume_from(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    """The checkpoint the run continues from, None to start afresh; decided with run_dir held."""
+    if cfg.resume not in (None, "auto"):
+        return ckpt.resolve_checkpoint(cfg.resume, check_network=True)
+    if cfg.resume is None:
+        if any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} is not empty; pass --resume {run_dir} to continue "
+                                  f"that run, or choose a new --run-dir")
+        return None
+    found = ckpt.latest_checkpoint(run_dir, check_network=True)
+    if found is None and ckpt.list_checkpoints(run_dir):
+        raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged (the warnings above say how); a "
+                                   f"run never starts afresh over them: move them aside, or choose another "
+                                   f"--run-dir")
+    if found is None and (foreign := _foreign(run_dir)):
+        raise FileExistsError(f"--resume auto found no run in {run_dir} but other files ({', '.join(foreign[:5])}"
+                              f"{' ...' if len(foreign) > 5 else ''}); start a run in an empty or new --run-dir")
+    return found      # None: start afresh (an elastic restart before the first snapshot)
 
 
 def prepare_run_dir(cfg: TrainConfig, dist_info: DistInfo) -> tuple[Path, Path | None, RunDirLock | None]:
