@@ -16,7 +16,7 @@ from ambient.eval import evaluation as ev
 from ambient.eval import metrics
 from ambient.io import checkpoint
 from ambient.networks import build_network
-from ambient.study import report
+from ambient.study import power, report
 from ambient.study import runner as study
 from ambient.train import TrainConfig
 from ambient.train import cli as train_cli
@@ -225,11 +225,84 @@ def _rows(values):
                                              ((5, 30, 20, 25), "does NOT hold"), ((9, 30, 20, 7), "does NOT hold"),
                                              ((5, 8, 20, 7), "unresolved"), ((5, 30, 7.5, 7), "unresolved")])
 def test_table1_ordering(values, verdict):
-    text, got = report.table1(_rows(values), 0.2, "fd_mnist", "mnist")
+    text, got, means = report.table1(_rows(values), 0.2, "fd_mnist", "mnist")
     assert got == verdict and verdict in report.ordering_sentence(got, "fd_mnist")
+    assert means is None and "needs 2 seeds" in text                    # one seed: the means test cannot run
     assert f"| 90% noisy + 10% clean | 500 | 4500 | {values[3]:.2f} | 0.50 | 1 |" in text
     assert "| real vs real (floor) | | | 1.00 | | n = 1000 |" in text
     assert report.table1(_rows(values)[:3], 0.2, "fd_mnist", "mnist")[1] is None
+
+
+def test_setting_seeds_add_seeds_to_one_setting_only(capsys):
+    """--setting-seeds C:M:S:K trains that setting with seeds 0..K-1, keeps --seeds for the others, and names a
+    setting that is not in the study."""
+    a = study.parse_args(["--dir", "d", "--setting-seeds", "0:100:0.2:5,100:0:0:4"])
+    base = study.make_points([100, 0], [0, 100], [0.2, 0.4], [0, 1])
+    points = study.with_setting_seeds(base, a.setting_seeds)
+    seeds = {}
+    for p in points:
+        seeds.setdefault((p.n_clean, p.n_noisy, p.sigma_n), []).append(p.seed)
+    assert seeds == {(0, 100, 0.2): [0, 1, 2, 3, 4], (0, 100, 0.4): [0, 1], (100, 0, 0.0): [0, 1, 2, 3],
+                     (100, 100, 0.2): [0, 1], (100, 100, 0.4): [0, 1]}
+    with pytest.raises(ValueError, match="--setting-seeds 0:100:0.3:5 names no setting"):
+        study.with_setting_seeds(base, [(0, 100, 0.3, 5)])
+    with pytest.raises(SystemExit):
+        study.parse_args(["--dir", "d", "--setting-seeds", "0:100:5"])
+    assert "n_clean:n_noisy:sigma_n:count" in capsys.readouterr().err
+
+
+def test_means_verdict_decides_what_the_per_run_rule_cannot():
+    """A 100%-noisy setting that scatters (sd 6) over 12 seeds around a mean 8 above the mixed one: no single run
+    is beyond 2 combined sds, so the per-run verdict stays unresolved; the means differ beyond their Welch
+    interval, so the means verdict holds."""
+    rng = np.random.default_rng()
+    centre = dict(zip(report.TABLE1, (6.0, 15.0, 31.0, 7.0)))
+    spread = dict(zip(report.TABLE1, (0.3, 6.0, 1.0, 0.3)))
+    rows = []
+    for label, (c, m) in report.table1_pairs(1000).items():
+        n = 12 if label == "100% noisy" else 4
+        z = rng.standard_normal(n)
+        for v in centre[label] + spread[label] * (z - z.mean()) / z.std(ddof=1):    # mean and sd exact
+            rows.append({"n_clean": c, "n_noisy": m, "sigma_n": 0.2 if m else 0.0, "value": v, "sd": 1.0,
+                         "floor": 1.0, "n": 1000})
+    text, runs, means = report.table1(rows, 0.2, "fd_mnist", "mnist")
+    assert (runs, means) == ("unresolved", "holds")
+    assert "| 90% noisy + 10% clean < 100% noisy | 8.00 |" in text
+
+
+def test_welch_interval_matches_scipy_and_covers_the_true_gap():
+    """welch() against scipy's Welch t-test interval on fresh draws, and its coverage over 3000 fresh pairs of
+    samples with unequal n and sd: 95% within binomial bounds (sd 0.4%)."""
+    from scipy import stats
+    rng = np.random.default_rng()
+    a, b = rng.normal(3, 0.4, 5), rng.normal(5, 3.0, 11)
+    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    np.testing.assert_allclose(power.welch(a, b)[1:], (ci.low, ci.high), rtol=1e-10)
+    covered = sum(lo <= 2 <= hi for lo, hi in (power.welch(rng.normal(3, 0.4, 5), rng.normal(5, 3.0, 11))[1:]
+                                               for _ in range(3000)))
+    assert abs(covered / 3000 - 0.95) < 0.015
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        power.welch([1.0], [2.0, 3.0])
+
+
+def test_welch_power_matches_simulation_and_the_plan_reaches_it():
+    """welch_power against the rejection rate of 3000 simulated experiments at the planned seeds, and the seed
+    plan: every reachable comparison at >= POWER, seeds only added, a gap of 0 reported unreachable."""
+    rng = np.random.default_rng()
+    gap, sd_a, sd_b, n_a, n_b = 1.5, 0.5, 2.0, 4, 9
+    predicted = power.welch_power(gap, sd_a, sd_b, n_a, n_b)
+    rejected = np.mean([power.compare_means(rng.normal(0, sd_a, n_a), rng.normal(gap, sd_b, n_b)) == "yes"
+                        for _ in range(3000)])
+    assert 0.3 < predicted < 0.9 and abs(rejected - predicted) < 0.03
+    z = rng.standard_normal(3)
+    unit = (z - z.mean()) / z.std(ddof=1)
+    settings = {"mixed": 7 + 0.3 * unit, "noisy": 13.6 + 6.9 * unit, "tenth": 31 + 2 * unit, "same": 7 + unit}
+    counts, plan = power.seed_plan(settings, [("mixed", "noisy"), ("mixed", "tenth"), ("mixed", "same")])
+    by = {r["worse"]: r for r in plan}
+    assert by["noisy"]["reachable"] and by["noisy"]["power"] >= power.POWER and counts["noisy"] > counts["mixed"] >= 3
+    assert by["tenth"]["seeds_worse"] >= 3 and by["tenth"]["power"] > 0.99
+    assert not by["same"]["reachable"] and counts["same"] == 3
+    assert power.welch_power(6.6, 0.3, 6.9, counts["mixed"], counts["noisy"] - 1) < power.POWER
 
 
 def test_compare_uses_the_spread_over_seeds():

@@ -16,12 +16,15 @@ import numpy as np
 from ambient.common.atomic import write_json
 from ambient.common.plotting import pyplot
 
-from . import scaling
+from . import power, scaling
 
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
               "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds")
 SIGNIFICANCE = 2.0                 # a difference counts when it exceeds 2 x the combined sd over seeds
+TABLE1_COMPARISONS = (("100% clean", "90% noisy + 10% clean"),          # the ordering's "<=": not reversed
+                      ("90% noisy + 10% clean", "10% clean only"),      # its two strict "<"
+                      ("90% noisy + 10% clean", "100% noisy"))
 
 
 def table1_pairs(n: int) -> dict[str, tuple[int, int]]:
@@ -80,12 +83,24 @@ def compare(better: Sequence[dict], worse: Sequence[dict]) -> str:
     return "yes" if diff > margin else "no" if diff < -margin else "tie"
 
 
-def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, str | None] | None:
+def _verdict(first: str | None, strict: Sequence[str | None]) -> str | None:
+    """The ordering from the verdicts of TABLE1_COMPARISONS: "holds" (both strict relations significant, the
+    first not reversed), "does NOT hold" (a relation significantly reversed), "unresolved" (otherwise), None
+    (a verdict missing)."""
+    if first is None or None in strict:
+        return None
+    return ("does NOT hold" if first == "no" or "no" in strict else
+            "holds" if list(strict) == ["yes", "yes"] else "unresolved")
+
+
+def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, str | None, str | None] | None:
     """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run: mean ± sd over
-    seeds, and the mean bootstrap sd of a single evaluation) and the verdict on the paper's ordering
-    metric(100% clean) <= metric(90% noisy + 10% clean) < min(metric(10% clean only), metric(100% noisy)),
-    each relation judged by `compare`: "holds" (both strict relations significant, the first not reversed),
-    "does NOT hold" (a relation significantly reversed), "unresolved" (otherwise), None (a setting missing)."""
+    seeds, and the mean bootstrap sd of a single evaluation), then each of its three comparisons with both
+    verdicts, and the verdicts on the paper's ordering
+    metric(100% clean) <= metric(90% noisy + 10% clean) < min(metric(10% clean only), metric(100% noisy)):
+    per run (`compare`, beyond SIGNIFICANCE x the combined seed sd) and on the means (power.compare_means,
+    Welch 95% interval excluding 0); see _verdict. A verdict is None when a setting is missing (or, for the
+    means, has one seed)."""
     size = max(r["n_clean"] + r["n_noisy"] for r in rows)
     groups: dict[str, list[dict]] = {}
     lines = _header(f"{data}, sigma_n = {sigma_n:g}", metric)
@@ -96,24 +111,55 @@ def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tupl
             lines.append(f"| {label} | {c} | {m} | {_group_cells(group)} |")
     if not groups:
         return None
-    verdict = None
-    if len(groups) == len(TABLE1):
-        clean, noisy, tenth, mixed = (groups[k] for k in TABLE1)
-        first = compare(mixed, clean)                       # "yes" would be mixed significantly better
-        strict = [compare(mixed, tenth), compare(mixed, noisy)]
-        verdict = ("does NOT hold" if first == "yes" or "no" in strict else
-                   "holds" if strict == ["yes", "yes"] else "unresolved")
-    return "\n".join(lines + _floor_lines(rows)), verdict
+    lines += _floor_lines(rows)
+    if len(groups) < len(TABLE1):
+        return "\n".join(lines), None, None
+    values = {k: [r["value"] for r in g] for k, g in groups.items()}
+    lines += ["", "| comparison | mean difference | Welch 95% interval | per-run verdict | means verdict |",
+              "|---|---|---|---|---|"]
+    verdicts = {}
+    for better, worse in TABLE1_COMPARISONS:
+        runs, means = compare(groups[better], groups[worse]), power.compare_means(values[better], values[worse])
+        verdicts[better, worse] = runs, means
+        interval = ("" if means is None else "{1:.2f} to {2:.2f}".format(*power.welch(values[better], values[worse])))
+        lines.append(f"| {better} < {worse} | {np.mean(values[worse]) - np.mean(values[better]):.2f} | {interval} | "
+                     f"{runs} | {means or 'needs 2 seeds'} |")
+    first, *strict = TABLE1_COMPARISONS
+    return ("\n".join(lines), _verdict(verdicts[first][0], [verdicts[c][0] for c in strict]),
+            _verdict(verdicts[first][1], [verdicts[c][1] for c in strict]))
 
 
-def ordering_sentence(verdict: str | None, metric: str) -> str:
-    """States the paper's ordering and whether it holds."""
+def table1_seed_plan(rows: Sequence[dict]) -> tuple[dict[tuple[int, int, float], int], str]:
+    """power.seed_plan over the Table-1 comparisons at every sigma_n (a clean-only setting shared by the levels
+    counted once): seeds per (n_clean, n_noisy, sigma_n), and a markdown table of the plan."""
+    size = max(r["n_clean"] + r["n_noisy"] for r in rows)
+    settings, comparisons = {}, []
+    for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
+        keys = {label: (c, m, s if m else 0.0) for label, (c, m) in table1_pairs(size).items()}
+        for key in keys.values():
+            settings.setdefault(key, [r["value"] for r in _setting(rows, *key)])
+        comparisons += [(keys[a], keys[b]) for a, b in TABLE1_COMPARISONS]
+    counts, plan = power.seed_plan(settings, comparisons)
+    label = {(c, m): name for name, (c, m) in table1_pairs(size).items()}
+    lines = [f"| sigma_n | comparison | measured gap | sds | seeds | power at the gap (alpha {power.ALPHA:g}) |",
+             "|---|---|---|---|---|---|"]
+    for r, (a, b) in zip(plan, comparisons):
+        note = "" if r["reachable"] else f" (not reachable with {power.MAX_SEEDS} seeds)"
+        lines.append(f"| {max(a[2], b[2]):g} | {label[a[:2]]} < {label[b[:2]]} | {r['gap']:.2f} | "
+                     f"{r['sd_better']:.2f}, {r['sd_worse']:.2f} | {r['seeds_better']}, {r['seeds_worse']} | "
+                     f"{r['power']:.2f}{note} |")
+    return counts, "\n".join(lines)
+
+
+def ordering_sentence(verdict: str | None, metric: str, means: bool = False) -> str:
+    """States the paper's ordering and whether it holds, by the per-run rule or (means=True) the means test."""
     rule = (f"{metric}(100% clean) <= {metric}(90% noisy + 10% clean) < "
             f"min({metric}(10% clean only), {metric}(100% noisy))")
-    said = {"holds": "holds", "does NOT hold": "does NOT hold", "unresolved": "is unresolved (a difference within",
-            None: "cannot be checked (a setting is missing)"}[verdict]
-    noise = f" {SIGNIFICANCE:g} x the combined seed sd)" if verdict == "unresolved" else ""
-    return f"The paper's ordering {rule} {said}{noise}, each difference counted beyond {SIGNIFICANCE:g} sd."
+    how = ("on the means (each difference counted when its Welch 95% interval excludes 0)" if means else
+           f"per run (each difference counted beyond {SIGNIFICANCE:g} x the combined seed sd)")
+    said = {"holds": "holds", "does NOT hold": "does NOT hold", "unresolved": "is unresolved",
+            None: "cannot be checked (a setting is missing" + (" or has one seed)" if means else ")")}[verdict]
+    return f"{'Means' if means else 'Per-run'} verdict: the paper's ordering {rule} {said} {how}."
 
 
 def worth_fits(rows: Sequence[dict]) -> tuple[dict[float, dict], list[str]]:
@@ -241,12 +287,14 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    parts, orderings = ["All points:", "", summary_table(rows, metric, data), ""], {}
+    parts, orderings, means = ["All points:", "", summary_table(rows, metric, data), ""], {}, {}
     for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
         result = table1(rows, s, metric, data)
         if result is not None:
-            parts += ["Table 1 layout:", "", result[0], "", ordering_sentence(result[1], metric), ""]
+            parts += ["Table 1 layout:", "", result[0], "", ordering_sentence(result[1], metric),
+                      ordering_sentence(result[2], metric, means=True), ""]
             orderings[f"{s:g}"] = result[1]
+            means[f"{s:g}"] = result[2]
     eqs = equivalent_counts(rows)
     if eqs:
         parts += ["Worth of a noisy image, equivalent clean count:", "", equivalent_table(eqs), "",
@@ -257,7 +305,8 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
               snapshot_table(rows, metric)]
     text = "\n".join(parts)
     (out / "table.md").write_text(text + "\n")
-    write_json({"config": config, "rows": list(rows), "table1_ordering": orderings, "equivalent_clean": eqs,
+    write_json({"config": config, "rows": list(rows), "table1_ordering": orderings,
+                "table1_ordering_means": means, "equivalent_clean": eqs,
                 "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
                out / "results.json")
     plot(rows, out / f"{metric}_vs_n_clean.png", metric)

@@ -276,6 +276,27 @@ def _pair(text: str) -> tuple[int, int]:
     return cli.nonneg_int(c), cli.nonneg_int(m)
 
 
+def _setting_seeds(text: str) -> tuple[int, int, float, int]:
+    parts = text.split(":")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"a setting's seeds are n_clean:n_noisy:sigma_n:count, got {text!r}")
+    return (cli.nonneg_int(parts[0]), cli.nonneg_int(parts[1]), cli.nonneg_float(parts[2]),
+            cli.positive_int(parts[3]))
+
+
+def with_setting_seeds(points: Sequence[Point], counts: Sequence[tuple[int, int, float, int]]) -> list[Point]:
+    """`points` plus, for each (n_clean, n_noisy, sigma_n, K), that setting's points for seeds 0..K-1 (a
+    power plan's count; clean-only settings take sigma_n 0). A setting not among `points` is an error."""
+    settings = {(p.n_clean, p.n_noisy, p.sigma_n) for p in points}
+    out = set(points)
+    for c, m, s, k in counts:
+        key = (c, m, s if m else 0.0)
+        if key not in settings:
+            raise ValueError(f"--setting-seeds {c}:{m}:{s:g}:{k} names no setting of the study")
+        out |= {Point(*key, seed) for seed in range(k)}
+    return sorted(out)
+
+
 def _seeds(text: str) -> list[int]:
     return list(cli.int_range(text))
 
@@ -296,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's Table 1 points for N images (default N: the data set size)")
     g.add_argument("--sigma-n", type=_listed(cli.positive_float), default=[0.2], help="noise levels, e.g. 0.2,0.4")
     g.add_argument("--seeds", type=_seeds, default=[0], help="training seeds, e.g. 0-2 (one model per seed and point)")
+    g.add_argument("--setting-seeds", type=_listed(_setting_seeds), default=[], metavar="C:M:S:K,...",
+                   help="train setting (n_clean C, n_noisy M, sigma_n S) with seeds 0..K-1 (e.g. a power plan's "
+                        "count, see ambient.study.power); the other settings keep --seeds")
     g = p.add_argument_group("training (ambient.train's own options, the same for every point; --data-seed fixes "
                              "which images are clean or noisy, and their noise, for every point and seed)")
     add_flags(g, SHARED)
@@ -366,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.table1 = len(load_dataset(a.data))
         pairs += list(table1_pairs(a.table1).values())
     try:
-        points = make_points(a.n_clean, a.n_noisy, a.sigma_n, a.seeds, pairs)
+        points = with_setting_seeds(make_points(a.n_clean, a.n_noisy, a.sigma_n, a.seeds, pairs), a.setting_seeds)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
