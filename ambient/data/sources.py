@@ -400,7 +400,7 @@ def image_shape_of(shape: Sequence[int], where: str) -> tuple[int, int, int]:
     """(C, H, W) of an image whose header declares (H, W) or (H, W, C); ValueError naming `where` unless C is 1 or
     3 and H, W are at most MAX_RESOLUTION. Checked before any pixels are decoded or memory is allocated."""
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
-        raise ValueError(f"{where} declares shape {tuple(shape)}; expected an image (H, W) or (H, W, C) with C 1 or 3")
+        raise ValueError(f"{where} has shape {tuple(shape)}; expected (H, W) or (H, W, C) with C 1 or 3")
     if not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_RESOLUTION:
         raise ValueError(f"{where} declares a {shape[1]}x{shape[0]} (WxH) image; images of a data set are at most "
                          f"{MAX_RESOLUTION}x{MAX_RESOLUTION}, refusing to decode it")
@@ -439,9 +439,12 @@ def labels_bytes_limit(n_files: int) -> int:
 def _npy_header(f: IO[bytes], where: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) from an .npy header, refusing shapes that are not images (`image_shape_of`) or, given the
     file's `size`, more data than it holds (numpy would allocate the declared size before reading)."""
-    version = np.lib.format.read_magic(f)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(f)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    except ValueError as e:
+        raise ValueError(f"corrupt or unreadable array {where}: {e}") from None
     image_shape_of(shape, where)
     if size is not None and math.prod(shape) * dtype.itemsize > size - f.tell():
         raise ValueError(f"{where} declares a {shape} {dtype} array but holds only {size - f.tell()} bytes of data")
