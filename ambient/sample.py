@@ -15,11 +15,9 @@ import numpy as np
 import torch
 
 from ambient.common import cli
-from ambient.common.images import npz_writer, save_grid, save_pngs, to_uint8
+from ambient.common.images import MAX_GRID, npz_writer, save_grid, save_pngs, to_uint8
 from ambient.io import CheckpointError, load_network
 from ambient.model import generate, seed_classes
-
-MAX_GRID = 4096        # images in one PNG grid (held in memory); more go to a folder or an .npz
 
 
 def main(argv: list[str] | None = None) -> int:
