@@ -174,7 +174,8 @@ def test_random_starts_read_only_the_data():
         return np.array([gmm.matched_error(m[None], e)[0] for m, e in zip(a, b)])
 
     base = fit(x, seeds)
-    assert distance(fit(x @ q + shift, seeds), base @ q + shift).max() < 1e-16
+    # float64 rounding of the rotation and shift only (a fresh draw gave 7.5e-16); other seeds give > 1e-3
+    assert distance(fit(x @ q + shift, seeds), base @ q + shift).max() < 1e-12
     assert distance(fit(x, seeds + 1), base).max() > 1e-3
 
 
