@@ -90,12 +90,17 @@ def test_equivalent_clean_count_recovers_a_known_worth_and_reports_bounds():
     sizes = [100, 200, 500, 1000, 2000]
     rng = np.random.default_rng()
     a, b, w = rng.uniform(100, 400), rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.8)
-    curve = {n: [a * n ** -b * (1 + 0.01 * e) for e in (-1, 0, 1)] for n in sizes}
     n_clean, n_noisy = 150, 1350
+    # A curve linear in log n is read exactly: the interpolation is linear in log n.
+    line = {n: [a - 10 * b * np.log(n) + e for e in (-1, 0, 1)] for n in sizes}
+    exact = scaling.equivalent_clean(line, [a - 10 * b * np.log(n_clean + w * n_noisy)] * 2, n_clean, n_noisy)
+    assert exact["bound"] == "=" and exact["n_equiv"] == pytest.approx(n_clean + w * n_noisy, rel=1e-9)
+    curve = {n: [a * n ** -b * (1 + 0.01 * e) for e in (-1, 0, 1)] for n in sizes}
     values = [a * (n_clean + w * n_noisy) ** -b * (1 + 0.01 * e) for e in (-1, 0, 1)]
     e = scaling.equivalent_clean(curve, values, n_clean, n_noisy, n_boot=300)
-    # Linear interpolation in log n of a power law is within a few percent of the truth on this grid.
-    assert e["bound"] == "=" and e["n_equiv"] == pytest.approx(n_clean + w * n_noisy, rel=0.04)
+    # Linear in log n, a power law n^-b with b <= 0.8 is read within 4.9% of the truth on this grid (the worst
+    # case, scanned over b and n' in [420, 1230], lies in the 200-500 gap).
+    assert e["bound"] == "=" and e["n_equiv"] == pytest.approx(n_clean + w * n_noisy, rel=0.05)
     assert e["worth"] == pytest.approx(w, rel=0.1) and e["ci_low"] < e["worth"] < e["ci_high"]
     better = scaling.equivalent_clean(curve, [0.5 * a * 2000 ** -b] * 3, 100, 900)
     worse = scaling.equivalent_clean(curve, [2 * a * 100 ** -b] * 3, 0, 1000)
