@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ambient.study import scaling
+from ambient.study import power, scaling
 from ambient.study.scaling import fit_worth, fit_worth_by_sigma, worth_sentence
 
 N_CLEAN = (37, 100, 300, 1000, 3000)
@@ -119,3 +119,23 @@ def test_clean_count_reads_a_non_monotone_curve_as_its_non_increasing_fit():
     assert scaling.clean_count_for([100, 200, 500, 1000], [40, 20, 22, 10], 21) == (pytest.approx(200), "=")
     with pytest.raises(ValueError, match="increasing"):
         scaling.clean_count_for([200, 100], [1, 2], 1.5)
+
+
+def test_curve_value_inverts_the_equivalent_count_read():
+    rng = np.random.default_rng()
+    sizes = sorted(rng.choice(np.arange(20, 3000), 5, replace=False).tolist())
+    curve = sorted(rng.uniform(1, 50, 5).tolist(), reverse=True)
+    n = float(rng.uniform(sizes[0], sizes[-1]))
+    assert scaling.clean_count_for(sizes, curve, power.curve_value(sizes, curve, n)) == (pytest.approx(n), "=")
+
+
+def test_worth_halfwidth_follows_the_delta_method_on_a_log_linear_curve():
+    # y = A - B ln n, a point of sd s with k seeds, an exact curve: n' = exp((A - mean y) / B), so the worth
+    # (n' - c) / m has sd n' s / (B m sqrt(k)); the percentile bootstrap of k seeds' mean has half-width about
+    # 1.96 sqrt((k - 1) / k) of that (its plug-in sd), up to the scatter of a 30-run median.
+    A, B, s, k, c, m, w = 60.0, 8.0, 1.5, 12, 100, 900, 0.4
+    curve = {n: (A - B * math.log(n), 1e-9) for n in (50, 200, 800, 2000)}
+    half = power.worth_halfwidth(curve, s, c, m, w, k, 3, sims=30, n_boot=400)
+    n_eq = c + w * m
+    assert half == pytest.approx(1.96 * math.sqrt((k - 1) / k) * n_eq * s / (B * m * math.sqrt(k)), rel=0.25)
+    assert power.worth_halfwidth(curve, s, c, m, w, 3 * k, 3, sims=30, n_boot=400) < 0.75 * half

@@ -82,3 +82,29 @@ def seed_plan(settings: Mapping[str, Sequence[float]], comparisons: Sequence[tup
              "seeds_better": n[a], "seeds_worse": n[b], "power": pw((a, b)), "reachable": reachable[(a, b)]}
             for a, b in comparisons]
     return n, rows
+
+
+def curve_value(sizes: Sequence[int], curve: Sequence[float], n: float) -> float:
+    """The clean-only curve's metric at count n (sizes[0] <= n <= sizes[-1]): the inverse of
+    scaling.clean_count_for, linear in log n between the sizes."""
+    return float(np.interp(math.log(n), np.log(sizes), curve))
+
+
+def worth_halfwidth(curve: Mapping[int, tuple[float, float]], point_sd: float, n_clean: int, n_noisy: int,
+                    worth: float, seeds: int, curve_seeds: int, sims: int = 200, n_boot: int = 200,
+                    seed: int = 0) -> float:
+    """Median half-width of the 95% bootstrap CI of a mixed point's worth (scaling.equivalent_clean) with `seeds`
+    seeds at the point and `curve_seeds` at every clean-only size, by simulation: the true curve is
+    {size: (mean, sd)} (decreasing), the point's true metric the curve's at n' = n_clean + worth n_noisy, and every
+    seed value normal around its mean with its sd. Deterministic in `seed`."""
+    from .scaling import equivalent_clean
+    sizes = sorted(curve)
+    means = [curve[s][0] for s in sizes]
+    truth = curve_value(sizes, means, n_clean + worth * n_noisy)
+    rng = np.random.default_rng(seed)
+    half = []
+    for i in range(sims):
+        runs = {s: rng.normal(curve[s][0], curve[s][1], curve_seeds) for s in sizes}
+        e = equivalent_clean(runs, rng.normal(truth, point_sd, seeds), n_clean, n_noisy, n_boot=n_boot, seed=i)
+        half.append((e["ci_high"] - e["ci_low"]) / 2)
+    return float(np.median(half))
