@@ -79,6 +79,7 @@ def namespaces() -> Iterator[list[str]]:
                         ["link", "set", "lo", "up"]):
                 done = sh("ip", "-n", name, *cmd)
                 assert done.returncode == 0, done.stderr
+            assert len(sh("ip", "-n", name, "-o", "link").stdout.splitlines()) == 2     # lo and the veth end only
         yield names
     finally:
         for name in names:
@@ -149,7 +150,7 @@ def test_two_nodes_match_one_process_bit_for_bit_across_a_killed_node(namespaces
         time.sleep(0.1)
     out = "".join(log.read_text() for log in logs)
     assert [p.returncode for p in nodes] == [0, 0], out[-4000:]
-    assert out.count("2 process(es) on cpu") == 2, out[-4000:]     # the trainer started twice: a restart
+    assert out.count("2 process(es) on cpu") >= 2, out[-4000:]     # rank 0 started again: a restart
     assert first.stat().st_ino == inode                 # not written again: the restart resumed from it
     last = latest_checkpoint(run_dir)
     assert last.name == "checkpoint-000000010"
