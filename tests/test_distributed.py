@@ -4,7 +4,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from safetensors.torch import load_file
 
 from ambient.data.order import GlobalOrderSampler, epoch_permutation
 from ambient.io.checkpoint import latest_checkpoint, list_checkpoints, read_meta
+from ambient.train.distributed import attempt_store
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.04", "--grid-size", "4",
@@ -105,6 +108,42 @@ def test_resume_across_world_sizes(tmp_path, first, second):
     assert p.returncode == 0, p.stderr[-3000:]
     assert latest_checkpoint(split).name == latest_checkpoint(straight).name == "checkpoint-000000010"
     assert_close_weights(weights(straight), weights(split))
+
+
+@pytest.mark.parametrize("old", ["complete", "partial"])
+def test_attempt_store_is_fresh_and_shared_after_a_restart(old):
+    """A restart's workers find the store of a dead attempt (torchrun keeps one across restarts): its published
+    number, its join keys and its data. Ranks 1 and 2 start before rank 0 and must still all end up in the new
+    attempt's namespace, not the old one's."""
+    world = 3
+    server = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                        timeout=timedelta(seconds=30))
+    old_g = server.add("ambient/attempts", 2)          # two earlier attempts, the second published
+    server.set("ambient/current", str(old_g))
+    server.set(f"ambient/{old_g}/joined/2", "")
+    if old == "complete":
+        server.set(f"ambient/{old_g}/joined/1", "")
+        server.set(f"ambient/{old_g}/go", "")
+    server.set(f"ambient/{old_g}/x", "old")
+    got = {}
+
+    def worker(rank: int) -> None:
+        client = torch.distributed.TCPStore("127.0.0.1", server.port, is_master=False,
+                                            timeout=timedelta(seconds=30))
+        store = attempt_store(client, rank, world, poll_s=0.01)
+        if rank == 0:
+            store.set("x", "new")
+        got[rank] = store.get("x").decode()
+
+    threads = [threading.Thread(target=worker, args=(r,), daemon=True) for r in (1, 2, 0)]
+    for i, t in enumerate(threads):
+        t.start()
+        if i < 2:
+            time.sleep(0.2)                         # ranks 1 and 2 read the old attempt's number first
+    for t in threads:
+        t.join(timeout=30)
+    assert got == {0: "new", 1: "new", 2: "new"}, got
+    assert server.get("ambient/current") == str(old_g + 1).encode()
 
 
 def worker_pids(parent: int) -> dict[int, int]:

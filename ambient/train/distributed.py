@@ -1,5 +1,6 @@
 """torch.distributed set-up from the torchrun environment, and the collectives the training loop uses."""
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +43,45 @@ def init_distributed(device: str | None = None) -> DistInfo:
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     if "RANK" in os.environ and not dist.is_initialized():
-        # After an elastic restart the rendezvous store still holds the dead workers' addresses;
-        # a prefix per restart keeps the new group from connecting to them.
         store, _, _ = next(dist.rendezvous("env://", rank, world))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
-                                store=dist.PrefixStore(f"ambient/{attempt}", store),
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=attempt_store(store, rank, world),
                                 rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def attempt_store(store: dist.Store, rank: int, world: int, poll_s: float = 0.05) -> dist.Store:
+    """The part of torchrun's `store` that this start of the workers has to itself (a PrefixStore).
+
+    torchrun's agents keep one store across elastic restarts, holding the dead workers' keys (their addresses),
+    and count restarts per node: a node restarted because another node's worker failed does not count it, so
+    TORCHELASTIC_RESTART_COUNT differs between nodes and cannot name the attempt. Instead rank 0 takes a number
+    g no earlier attempt had and publishes it; every other rank joins the g it reads unless its own key for g is
+    there already (an earlier worker of its rank joined g: g is an old attempt's), and goes on once rank 0 has
+    seen all ranks join g. Every earlier worker is dead before a new one starts (each agent stops its workers
+    before the next rendezvous), so nobody confirms an old g.
+    """
+    deadline = time.monotonic() + store.timeout.total_seconds()
+    if rank == 0:
+        g = store.add("ambient/attempts", 1)
+        store.set("ambient/current", str(g))
+        while not store.check([f"ambient/{g}/joined/{r}" for r in range(1, world)]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ranks 1..{world - 1} did not all join attempt {g} within {store.timeout}")
+            time.sleep(poll_s)
+        store.set(f"ambient/{g}/go", "")
+    else:
+        joined = None
+        while True:
+            g = int(store.get("ambient/current"))
+            if g != joined and not store.check([f"ambient/{g}/joined/{rank}"]):
+                store.set(f"ambient/{g}/joined/{rank}", "")
+                joined = g
+            if g == joined and store.check([f"ambient/{g}/go"]):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank 0 did not start a new attempt within {store.timeout}")
+            time.sleep(poll_s)
+    return dist.PrefixStore(f"ambient/{g}", store)
 
 
 def broadcast_object(obj: Any) -> Any:
