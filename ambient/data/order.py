@@ -48,7 +48,8 @@ class GlobalOrderSampler(torch.utils.data.Sampler):
 
 
 class EpochIndexed(torch.utils.data.Dataset):
-    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both."""
+    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both; a sampler that chose the
+    image for a noise level it drew (index, epoch, sigma) passes that level on as the item's "sigma"."""
 
     def __init__(self, ds: AmbientDataset):
         self.ds = ds
@@ -56,7 +57,8 @@ class EpochIndexed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, epoch = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, float]) -> dict[str, Any]:
+        index, epoch, *sigma = key
         self.ds.set_epoch(epoch)
-        return self.ds[index]
+        item = self.ds[index]
+        return {**item, "sigma": sigma[0]} if sigma else item
