@@ -119,7 +119,7 @@ def test_training_is_exact_on_resume_and_the_same_on_two_processes(tmp_path):
         a, b = (load_file(latest_checkpoint(r) / name) for r in (straight, part))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
-    assert [r["wasted_draws"] for r in log] == [0.0, 0.0] and all(r["wasted_draws_of_noisy"] == 0.0 for r in log)
+    assert len(log) == 5 and all(r["wasted_draws"] == r["wasted_draws_of_noisy"] == 0.0 for r in log)
     two = tmp_path / "two"
     proc = run(WINDOWED + ["--run-dir", str(two), "--kimg", "0.16", "--batch-gpu", "4"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
