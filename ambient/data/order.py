@@ -14,6 +14,15 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+def check_positions(batch: int, world_size: int, start: int) -> None:
+    """ValueError unless the global batch splits evenly over the ranks and `start` is the first position of a step: what
+    a sampler over global positions (this one, ambient.train.windows.SigmaFirstSampler) needs."""
+    if batch % world_size:
+        raise ValueError(f"global batch {batch} is not divisible by the world size {world_size}")
+    if start % batch:
+        raise ValueError(f"start position {start} is not a multiple of the global batch {batch}")
+
+
 class GlobalOrderSampler(torch.utils.data.Sampler):
     """Yields (index, epoch) for this rank, forever, starting at global image position `start`.
 
@@ -24,10 +33,7 @@ class GlobalOrderSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, batch: int, rank: int, world_size: int, seed: int, start: int = 0):
-        if batch % world_size:
-            raise ValueError(f"global batch {batch} is not divisible by the world size {world_size}")
-        if start % batch:
-            raise ValueError(f"start position {start} is not a multiple of the global batch {batch}")
+        check_positions(batch, world_size, start)
         self.n, self.batch, self.rank, self.world, self.seed, self.start = n, batch, rank, world_size, seed, start
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ambient.data.order import check_positions
 from ambient.data.streams import Stream, philox
 from ambient.model import sample_sigma
 
@@ -41,10 +42,7 @@ class SigmaFirstSampler(torch.utils.data.Sampler):
 
     def __init__(self, windows: np.ndarray, batch: int, rank: int, world_size: int, seed: int, *, P_mean: float,
                  P_std: float, start: int = 0):
-        if batch % world_size:
-            raise ValueError(f"global batch {batch} is not divisible by the world size {world_size}")
-        if start % batch:
-            raise ValueError(f"start position {start} is not a multiple of the global batch {batch}")
+        check_positions(batch, world_size, start)
         windows = np.asarray(windows, dtype=np.float64)
         self.order = np.argsort(windows, kind="stable")      # ascending (sigma_tn_i, i)
         self.sorted = windows[self.order]
