@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy.integrate import quad
 from scipy.stats import norm
 from test_distributed import FAST, assert_close_weights, run, weights
 from test_noisy_data import _edit_meta, _random_set, _zip_folder
+from torch.utils.data import default_collate
 
-from ambient.data import AmbientDataset
+from ambient.data import AmbientDataset, make_dataset
 from ambient.data.order import EpochIndexed, GlobalOrderSampler
 from ambient.data.sources import load_dataset
 from ambient.data.streams import Stream, philox
 from ambient.io.checkpoint import latest_checkpoint
 from ambient.model import AmbientLoss, build_network, sample_sigma
-from ambient.train import cli
+from ambient.train import build_state, cli, train_step
 from ambient.train import train as run_training
 from ambient.train.loop import draw_counts
 from ambient.train.windows import SigmaFirstSampler
@@ -44,7 +46,7 @@ def test_each_pair_is_the_construction_of_its_draws(clean):
     floor = windows.min()
     lower = norm.cdf((math.log(floor) - P_MEAN) / P_STD) if floor > 0 else 0.0
     for step in range(3):
-        s, index = sampler.draws(step)
+        s, index, w = sampler.draws(step)
         draws = philox(seed, Stream.WINDOW, step)
         z, u = draws.standard_normal(batch), draws.random(batch)
         # s: the float64 inverse CDF of the log-normal above the lowest window, to float32 rounding
@@ -55,7 +57,7 @@ def test_each_pair_is_the_construction_of_its_draws(clean):
         # by (window, index); so no pair has s < sigma_tn
         for j in range(batch):
             admissible = sorted((w, i) for i, w in enumerate(windows) if w <= float(s[j]))
-            assert index[j] == admissible[int(u[j] * len(admissible))][1]
+            assert index[j] == admissible[int(u[j] * len(admissible))][1] and w[j] == len(admissible) / n
         assert (windows[index] <= s.astype(np.float64)).all()
 
 
@@ -69,7 +71,7 @@ def test_pairs_follow_the_joint_distribution():
     group = np.repeat(np.arange(3), sizes)
     seed, batch, steps = int(np.random.default_rng().integers(2**32)), 20_000, 10
     sampler = SigmaFirstSampler(windows, batch, 0, 1, seed, P_mean=P_MEAN, P_std=P_STD)
-    s, index = (np.concatenate(x) for x in zip(*(sampler.draws(t) for t in range(steps))))
+    s, index, _ = (np.concatenate(x) for x in zip(*(sampler.draws(t) for t in range(steps))))
     m = len(s)
     s_sorted = np.sort(s.astype(np.float64))
     cdf = norm.cdf((np.log(s_sorted) - P_MEAN) / P_STD)
@@ -86,6 +88,34 @@ def test_pairs_follow_the_joint_distribution():
             expected = p_bin * admissible[g] / admissible.sum()
             observed = np.mean((bin_of == b) & (group[index] == g))
             assert abs(observed - expected) < t, (b, g, observed, expected)
+
+
+@pytest.mark.parametrize("factor", [False, True])
+def test_the_factor_gives_the_image_first_objective(factor):
+    """A per-image loss l_i(s) = c_i / (1 + s) in [0, 1]: the image-first objective (1/N) sum_i E_s[[s >= w_i] l_i(s)]
+    is E[w l] under the sigma-first draws with the factor, and E[l] without it (s_floor = 0 here, so E[l] is the
+    integral of p(s) lbar(s)); both by quadrature against a Monte Carlo mean of M draws, Hoeffding's bound right with
+    probability >= 1 - 1e-9. The two objectives differ by far more than that bound (checked too)."""
+    rng = np.random.default_rng()
+    n, batch = int(rng.integers(30, 80)), 50_000
+    windows, c = _fresh_windows(rng, n, clean=True), rng.random(n)
+    sampler = SigmaFirstSampler(windows, batch, 0, 1, int(rng.integers(2**32)), P_mean=P_MEAN, P_std=P_STD)
+    s, index, w = (np.concatenate(x) for x in zip(*(sampler.draws(t) for t in range(4))))
+    loss = c[index] / (1 + s.astype(np.float64))
+
+    def level(lo, hi, f):     # integral of p(s) f(s) over [lo, hi), ln s = P_MEAN + P_STD x, x ~ N(0, 1)
+        a = -12 if lo == 0 else max((math.log(lo) - P_MEAN) / P_STD, -12)    # |x| > 12: mass < 1e-32
+        b = 12 if hi == np.inf else min((math.log(hi) - P_MEAN) / P_STD, 12)
+        return quad(lambda x: norm.pdf(x) * f(math.exp(P_MEAN + P_STD * x)), a, b)[0]
+
+    image_first = np.mean([c[i] * level(windows[i], np.inf, lambda v: 1 / (1 + v)) for i in range(n)])
+    edges = np.append(np.unique(windows), np.inf)          # A(s) is constant between consecutive windows
+    sigma_first = sum(level(lo, hi, lambda v: 1 / (1 + v)) * c[windows <= lo].mean()
+                      for lo, hi in zip(edges, edges[1:]))
+    bound = math.sqrt(math.log(2 / 1e-9) / (2 * len(s)))
+    measured = np.mean(w * loss) if factor else np.mean(loss)
+    assert abs(measured - (image_first if factor else sigma_first)) < bound
+    assert abs(image_first - sigma_first) > 3 * bound, (image_first, sigma_first)
 
 
 def test_sampler_is_the_same_for_any_world_size_and_resume():
@@ -126,6 +156,27 @@ def test_training_is_exact_on_resume_and_the_same_on_two_processes(tmp_path):
     assert_close_weights(weights(straight), weights(two))
 
 
+def test_the_step_weighs_the_backward_pass_not_the_logged_loss():
+    """With --window-factor the gradients are those of sum_i w_i l_i: weights of 1/2 (a power of two, so exactly)
+    halve every gradient of the unweighted step; the logged losses are the unweighted ones in both."""
+    cfg = cli.parse_args(["--data", "digits", "--model-channels", "8", "--batch", "8", "--precision", "fp32",
+                          "--sigma-min-per-image", "--window-factor"])
+    ds = make_dataset(**cfg.data_options())
+    sampler = SigmaFirstSampler(ds.sigma_tn_of, cfg.batch, 0, 1, cfg.seed, P_mean=P_MEAN, P_std=P_STD, factor=True)
+    items = default_collate([EpochIndexed(ds)[key] for key, _ in zip(sampler, range(cfg.batch))])
+    grads, losses = [], []
+    for weight in (None, 0.5):
+        state = build_state(cfg, cfg.network_kwargs(ds.resolution, ds.num_channels, 0), torch.device("cpu"),
+                            (ds.num_channels, ds.resolution, ds.resolution))
+        state.distribute(rank=0, world_size=1)
+        batch = {k: v for k, v in items.items() if k != "weight"}
+        stats = train_step(state, [batch if weight is None else {**batch, "weight": torch.full((8,), weight)}], 0)
+        grads.append([p.grad for p in state.net.parameters()])
+        losses.append(stats.loss)
+    assert torch.equal(losses[0], losses[1])
+    assert all(torch.equal(a * 0.5, b) for a, b in zip(*grads))
+
+
 def test_wasted_draws_are_the_clamped_share_of_noisy_draws():
     """Under clamp a noisy image's draw is wasted with probability Phi((ln sigma_n - P_mean) / P_std) (0.369 at 0.2);
     Hoeffding over M draws, a bound right with probability >= 1 - 1e-9; truncate and the windows waste none."""
@@ -139,7 +190,7 @@ def test_wasted_draws_are_the_clamped_share_of_noisy_draws():
     assert abs(wasted / noisy - expected) < math.sqrt(math.log(2 / 1e-9) / (2 * noisy))
     assert draw_counts(sample_sigma(sigma_n, normal, mode="truncate"), sigma_n)[2] == 0
     sampler = SigmaFirstSampler(sigma_n.double().numpy(), m, 0, 1, 0, P_mean=P_MEAN, P_std=P_STD)
-    s, index = sampler.draws(0)
+    s, index, _ = sampler.draws(0)
     assert draw_counts(torch.from_numpy(s), sigma_n[index])[2] == 0
 
 
@@ -199,7 +250,11 @@ def test_bad_windows_one_clear_error(tmp_path, edit, message):
             load_dataset(str(path))
 
 
-def test_windows_take_no_sigma_sampling(capsys):
+@pytest.mark.parametrize("flags, message", [
+    (["--sigma-min-per-image", "--sigma-sampling", "truncate"], "--sigma-min-per-image draws the level first"),
+    (["--window-factor"], "--window-factor weighs the samples of --sigma-min-per-image"),
+])
+def test_window_flags_that_contradict(capsys, flags, message):
     with pytest.raises(SystemExit) as e:
-        cli.parse_args(["--sigma-min-per-image", "--sigma-sampling", "truncate"])
-    assert e.value.code == 2 and "--sigma-min-per-image draws the level first" in capsys.readouterr().err
+        cli.parse_args(flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err

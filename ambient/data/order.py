@@ -54,8 +54,9 @@ class GlobalOrderSampler(torch.utils.data.Sampler):
 
 
 class EpochIndexed(torch.utils.data.Dataset):
-    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both; a sampler that chose the
-    image for a noise level it drew (index, epoch, sigma) passes that level on as the item's "sigma"."""
+    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both; a sampler that drew more
+    with the image, (index, epoch, fields), adds those fields to the item (the sigma-first sampler's "sigma" and
+    "weight")."""
 
     def __init__(self, ds: AmbientDataset):
         self.ds = ds
@@ -63,8 +64,8 @@ class EpochIndexed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, key: tuple[int, int] | tuple[int, int, float]) -> dict[str, Any]:
-        index, epoch, *sigma = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, dict[str, Any]]) -> dict[str, Any]:
+        index, epoch, *fields = key
         self.ds.set_epoch(epoch)
         item = self.ds[index]
-        return {**item, "sigma": sigma[0]} if sigma else item
+        return {**item, **fields[0]} if fields else item

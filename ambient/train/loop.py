@@ -126,7 +126,7 @@ def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, 
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
     if cfg.sigma_min_per_image:     # the noise level first, then an image admissible there: ambient.train.windows
         sampler = SigmaFirstSampler(dataset.sigma_tn_of, cfg.batch, dist_info.rank, dist_info.world_size, cfg.seed,
-                                    P_mean=cfg.P_mean, P_std=cfg.P_std, start=start)
+                                    P_mean=cfg.P_mean, P_std=cfg.P_std, factor=cfg.window_factor, start=start)
     else:
         sampler = GlobalOrderSampler(len(dataset), cfg.batch, dist_info.rank, dist_info.world_size, cfg.data_seed,
                                      start=start)
@@ -144,6 +144,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
     """Train until cfg.kimg thousand images; returns the run directory. `timer(phase)` times the phases of the
     run ("data", the step's phases, "sample_grid", "checkpoint"), as bench/profile_train.py does."""
+    cfg.check_window_options()
     dist_info = init_distributed(cfg.device)
     device = dist_info.device
     # Precision and threads chosen for this host unless given; recorded in config.json and the first line.

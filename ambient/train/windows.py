@@ -13,6 +13,8 @@ admissible there. Global sample position p of step t (p = t B + j, j < B) gets:
                                               "truncate"), in float32, rounded up to s_floor where float32 fell below
     A(s) = {i : sigma_tn_i <= s}              in ascending (sigma_tn_i, i) order
     i_p = A(s_p)[floor(u_p |A(s_p)|)]         uniform over the images admissible at s_p
+    w_p = |A(s_p)| / N                        the loss factor, only with `factor` (docs/design.md: it makes the
+                                              objective exactly the image-first one)
 
 so every draw is a function of (seed, step, position) alone, the same for any world size, micro-batch and resume,
 and s_p >= sigma_tn_{i_p} holds exactly for the float32 level the loss is given.
@@ -34,14 +36,15 @@ def _float32_at_least(x: float) -> np.float32:
 
 
 class SigmaFirstSampler(torch.utils.data.Sampler):
-    """Yields (index, epoch, sigma) for this rank, forever, from global position `start` on: the image i_p and the
-    noise level s_p of each position (module docstring); epoch = p // n selects the augmentation draws.
+    """Yields (index, epoch, {"sigma": s_p}) for this rank, forever, from global position `start` on: the image i_p and
+    the noise level s_p of each position (module docstring), with "weight": w_p too when `factor`; epoch = p // N
+    selects the augmentation draws.
 
     Rank r takes positions [t B + r B/W, t B + (r + 1) B/W) of step t, as GlobalOrderSampler does.
     """
 
     def __init__(self, windows: np.ndarray, batch: int, rank: int, world_size: int, seed: int, *, P_mean: float,
-                 P_std: float, start: int = 0):
+                 P_std: float, factor: bool = False, start: int = 0):
         check_positions(batch, world_size, start)
         windows = np.asarray(windows, dtype=np.float64)
         self.order = np.argsort(windows, kind="stable")      # ascending (sigma_tn_i, i)
@@ -49,23 +52,25 @@ class SigmaFirstSampler(torch.utils.data.Sampler):
         self.floor = float(self.sorted[0])
         self.n, self.batch, self.rank, self.world, self.seed, self.start = len(windows), batch, rank, world_size, \
             seed, start
-        self.P_mean, self.P_std = P_mean, P_std
+        self.P_mean, self.P_std, self.factor = P_mean, P_std, factor
 
-    def draws(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(s, i): the float32 noise levels and the item indices of the B positions of step `step`."""
+    def draws(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(s, i, w): the float32 noise levels, the item indices and the loss factors of the B positions of step
+        `step`."""
         rng = philox(self.seed, Stream.WINDOW, step)
         z, u = rng.standard_normal(self.batch), rng.random(self.batch)
         floor = torch.full((self.batch,), self.floor, dtype=torch.float64)
         s = sample_sigma(floor, torch.from_numpy(z), P_mean=self.P_mean, P_std=self.P_std, mode="truncate").numpy()
         s = np.maximum(s, _float32_at_least(self.floor))
         k = np.searchsorted(self.sorted, s.astype(np.float64), side="right")    # |A(s)| >= 1, since s >= s_floor
-        return s, self.order[np.minimum((u * k).astype(np.int64), k - 1)]
+        return s, self.order[np.minimum((u * k).astype(np.int64), k - 1)], k / self.n
 
     def __iter__(self) -> Iterator[tuple[int, int, float]]:
         per_rank = self.batch // self.world
         step = self.start // self.batch
         while True:
-            s, index = self.draws(step)
+            s, index, w = self.draws(step)
             for j in range(self.rank * per_rank, (self.rank + 1) * per_rank):
-                yield int(index[j]), (step * self.batch + j) // self.n, float(s[j])
+                fields = {"sigma": float(s[j]), "weight": float(w[j])} if self.factor else {"sigma": float(s[j])}
+                yield int(index[j]), (step * self.batch + j) // self.n, fields
             step += 1

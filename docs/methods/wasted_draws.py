@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
         normals = step_randomness(cfg.seed, step, cfg.batch, shape, torch.device("cpu"), draw_eps=False)[1]
         first += draw_counts(sample_sigma(sigma_n, normals, P_mean=cfg.P_mean, P_std=cfg.P_std,
                                           mode=cfg.sigma_sampling), sigma_n)
-        s, index = windows.draws(step)
+        s, index, _ = windows.draws(step)
         second += draw_counts(torch.from_numpy(s), torch.tensor(ds.sigma_n_of[index]).float())
     print(ds.describe())
     for name, (total, noisy, wasted) in ((f"image first ({cfg.sigma_sampling})", first.tolist()),
