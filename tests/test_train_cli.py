@@ -28,7 +28,9 @@ VALUES = {
     "P_mean": ("-1", -1.0), "P_std": ("2", 2.0), "batch": ("32", 32), "batch_gpu": ("8", 8), "lr": ("0.001", 0.001),
     "lr_rampup_kimg": ("2", 2.0), "ema_halflife_kimg": ("3", 3.0), "ema_rampup_ratio": ("none", None),
     "kimg": ("4", 4.0), "seed": ("7", 7), "precision": ("bf16", "bf16"), "threads": ("2", 2), "tf32": (None, False),
-    "kernels": ("torch", "torch"), "compile": (None, True), "max_bad_steps": ("4", 4), "run_dir": ("r", "r"),
+    "kernels": ("torch", "torch"), "compile": (None, True), "sigma_min_per_image": (None, True),
+    "window_factor": (None, True),
+    "max_bad_steps": ("4", 4), "run_dir": ("r", "r"),
     "outdir": ("o", "o"), "resume": ("auto", "auto"), "allow_change": ("lr,P-mean", ("lr", "P_mean")),
     "tick_kimg": ("1", 1.0), "snap_kimg": ("2", 2.0),
     "keep_ckpts": ("5", 5), "grid_size": ("9", 9), "snap_grid_size": ("4", 4), "device": ("cpu", "cpu"),
@@ -37,7 +39,7 @@ VALUES = {
 
 
 # Flags a field's flag needs beside it to be valid (the library's rules: keep_fraction is the Bernoulli mode's).
-COMPANIONS = {"keep_fraction": ["--p-clean", "0.5"]}
+COMPANIONS = {"keep_fraction": ["--p-clean", "0.5"], "window_factor": ["--sigma-min-per-image"]}
 
 
 def parsed(argv: list[str]) -> TrainConfig:

@@ -205,7 +205,9 @@ class AmbientDataset(Dataset):
 
     A noisy data set (`base.sigma_n` not None) is used as stored: every noisy image with its own
     sigma_n, no noise added; the synthetic options are refused (`check_split_options`), and n_clean keeps
-    that many of its clean images (a prefix of the seeded permutation; default all).
+    that many of its clean images (a prefix of the seeded permutation; default all). Each item's sigma_tn, the
+    lowest training noise level it may be used at (docs/design.md, "Per-image noise windows"), is its stored
+    sigma_tn where the set gives one, else its sigma_n.
 
     Augmentation (xflip, integer circular shifts up to max_shift) is a pure function of
     (seed, epoch, index); `set_epoch` selects the epoch (the trainer's `ambient.data.order.EpochIndexed` sets
@@ -268,6 +270,8 @@ class AmbientDataset(Dataset):
         by_index = np.argsort(indices)
         self.indices = indices[by_index]      # base index of each item
         self.sigma_n_of = sigmas[by_index]    # sigma_n of each item, 0.0 for clean
+        windows = base.sigma_tn if self.stored else None
+        self.sigma_tn_of = self.sigma_n_of if windows is None else windows[self.indices]   # sigma_tn of each item
         self.n_clean = len(clean)
         self.n_noisy = len(noisy)
         self.counts_by_sigma = {level: int(c) for level, c in zip(self.sigma_levels, counts)}
@@ -346,6 +350,8 @@ class AmbientDataset(Dataset):
         stored = "stored " if self.stored else ""
         text = (f"{self.base.name}: {self.n_clean} clean + {self.n_noisy} noisy ({stored}sigma_n {levels}), "
                 f"seed {self.seed}")
+        if (wider := self.sigma_tn_of > self.sigma_n_of).any():
+            text += f", sigma_tn above sigma_n for {int(wider.sum())} (up to {self.sigma_tn_of.max():g})"
         if self.p_clean is not None:
             text += f", bernoulli p_clean {self.p_clean:g} keep_fraction {self.keep_fraction:g}"
         if self.xflip or self.max_shift:

@@ -14,6 +14,15 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+def check_positions(batch: int, world_size: int, start: int) -> None:
+    """ValueError unless the global batch splits evenly over the ranks and `start` is the first position of a step: what
+    a sampler over global positions (this one, ambient.train.windows.SigmaFirstSampler) needs."""
+    if batch % world_size:
+        raise ValueError(f"global batch {batch} is not divisible by the world size {world_size}")
+    if start % batch:
+        raise ValueError(f"start position {start} is not a multiple of the global batch {batch}")
+
+
 class GlobalOrderSampler(torch.utils.data.Sampler):
     """Yields (index, epoch) for this rank, forever, starting at global image position `start`.
 
@@ -24,10 +33,7 @@ class GlobalOrderSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, batch: int, rank: int, world_size: int, seed: int, start: int = 0):
-        if batch % world_size:
-            raise ValueError(f"global batch {batch} is not divisible by the world size {world_size}")
-        if start % batch:
-            raise ValueError(f"start position {start} is not a multiple of the global batch {batch}")
+        check_positions(batch, world_size, start)
         self.n, self.batch, self.rank, self.world, self.seed, self.start = n, batch, rank, world_size, seed, start
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
@@ -48,7 +54,9 @@ class GlobalOrderSampler(torch.utils.data.Sampler):
 
 
 class EpochIndexed(torch.utils.data.Dataset):
-    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both."""
+    """Adapter taking the sampler's (index, epoch) so augmentation is a function of both; a sampler that drew more
+    with the image, (index, epoch, fields), adds those fields to the item (the sigma-first sampler's "sigma" and
+    "weight")."""
 
     def __init__(self, ds: AmbientDataset):
         self.ds = ds
@@ -56,7 +64,8 @@ class EpochIndexed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, epoch = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, dict[str, Any]]) -> dict[str, Any]:
+        index, epoch, *fields = key
         self.ds.set_epoch(epoch)
-        return self.ds[index]
+        item = self.ds[index]
+        return {**item, **fields[0]} if fields else item

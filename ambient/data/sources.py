@@ -8,7 +8,8 @@
   (`ImageSource` lists and reads the files, `ImageFolderDataset` validates every image at once);
 * a *noisy data set*: the same folder / zip whose `dataset.json` gives every file its `sigma_n`, noisy
   images stored as float32 `.npy` arrays on the [-1, 1] scale (never clipped or quantised), clean ones
-  (sigma_n 0) as images.
+  (sigma_n 0) as images; optionally also every file's `sigma_tn`, the lowest training noise level it may
+  be used at (Ambient-o's per-image window; default its sigma_n).
 
 Every file is read with a size cap, so a corrupt or hostile file fails with its name instead of a
 traceback or an allocation. Every read goes through here, so every reader knows both formats.
@@ -85,13 +86,14 @@ class BaseDataset(Dataset):
     """
 
     def __init__(self, *, name: str, resolution: int, num_channels: int, labels: np.ndarray,
-                 label_dim: int, sigma_n: np.ndarray | None = None) -> None:
+                 label_dim: int, sigma_n: np.ndarray | None = None, sigma_tn: np.ndarray | None = None) -> None:
         self.name = name
         self.resolution = resolution
         self.num_channels = num_channels
         self.labels = labels          # int64 per item, -1 when unlabeled
         self.label_dim = label_dim    # number of classes, 0 without labels
         self.sigma_n = sigma_n        # float64 stored noise level per item (0: clean), None: all clean
+        self.sigma_tn = sigma_tn      # float64 lowest training noise level per item (>= sigma_n), None: sigma_n
 
     @property
     def has_labels(self) -> bool:
@@ -340,6 +342,24 @@ class ImageSource:
         """sigma_n of `image_names` from the root `dataset.json` (a noisy data set), or None without."""
         return self._per_image("sigma_n", sigma_n_value, np.float64)
 
+    def read_noise_windows(self, sigma_n: np.ndarray | None) -> np.ndarray | None:
+        """sigma_tn of `image_names` from the root `dataset.json`, or None without: the lowest training noise level
+        each image may be used at (Ambient-o, docs/design.md "Per-image noise windows"); ValueError unless the set
+        has a sigma_n table (`sigma_n`, as read_noise_levels gives it) and every sigma_tn is a finite number with
+        sigma_n <= sigma_tn <= SIGMA_N_MAX: an image cannot be used below its own noise."""
+        windows = self._per_image("sigma_tn", functools.partial(sigma_n_value, what="sigma_tn"), np.float64)
+        if windows is None:
+            return None
+        where = self.where(LABELS_FILE)
+        if sigma_n is None:
+            raise ValueError(f'{where} has a "sigma_tn" table but no "sigma_n" one: per-image noise windows belong '
+                             f"to a noisy data set, which gives every file its sigma_n")
+        if (below := np.flatnonzero(windows < sigma_n)).size:
+            k = below[0]
+            raise ValueError(f"{where}: the sigma_tn of {self.image_names[k]!r}, {windows[k]:g}, is below its sigma_n "
+                             f"{sigma_n[k]:g} ({below.size} image(s)); an image cannot be used below its own noise")
+        return windows
+
     def _per_image(self, key: str, value_of: Callable[[Any, str], Any], dtype: type) -> np.ndarray | None:
         """The `dataset.json` table `key` (`[["relative/path", value], ...]`, one entry per image, values
         checked by `value_of(value, file)`) in the order of `image_names`; None when absent or null."""
@@ -363,6 +383,8 @@ class ImageSource:
             if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
                 raise ValueError(f'{where}: each "{key}" entry must be ["relative/path", value], got {entry!r}')
             fname = entry[0].replace("\\", "/")
+            if fname in table:
+                raise ValueError(f'{where}: "{key}" lists {fname!r} twice')
             try:
                 table[fname] = value_of(entry[1], fname)
             except ValueError as e:
@@ -415,14 +437,15 @@ def _label_value(label: Any, fname: str) -> int:
     return label
 
 
-def sigma_n_value(sigma: Any, fname: str) -> float:
-    """A dataset.json sigma_n entry as a float; ValueError naming `fname` unless a number in [0, SIGMA_N_MAX]."""
+def sigma_n_value(sigma: Any, fname: str, what: str = "sigma_n") -> float:
+    """A dataset.json sigma_n (or `what`) entry as a float; ValueError naming `fname` unless a number in
+    [0, SIGMA_N_MAX]."""
     try:
         value = float(sigma) if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) else math.nan
     except OverflowError:                      # an integer too large for a float
         value = math.inf
     if not 0 <= value <= SIGMA_N_MAX:          # NaN fails too
-        raise ValueError(f"the sigma_n of {fname!r} must be a finite number >= 0 and <= {SIGMA_N_MAX:g} (0 for a clean "
+        raise ValueError(f"the {what} of {fname!r} must be a finite number >= 0 and <= {SIGMA_N_MAX:g} (0 for a clean "
                          f"image), got {str(sigma)[:40]}")
     return value
 
@@ -477,6 +500,7 @@ class ImageFolderDataset(BaseDataset):
                              f"found in {source.path}")
         all_labels = source.read_labels()
         all_sigma = source.read_noise_levels()
+        all_windows = source.read_noise_windows(all_sigma)
         keep = subset_indices(len(source.image_names), max_size)
         names = [source.image_names[k] for k in keep]
         sigma_n = None if all_sigma is None else all_sigma[keep]
@@ -509,7 +533,8 @@ class ImageFolderDataset(BaseDataset):
         name = os.path.basename(os.path.normpath(source.path))
         super().__init__(name=os.path.splitext(name)[0] if source.is_zip else name,
                          resolution=first_shape[1], num_channels=first_shape[0], labels=labels,
-                         label_dim=label_dim, sigma_n=sigma_n)
+                         label_dim=label_dim, sigma_n=sigma_n,
+                         sigma_tn=None if all_windows is None else all_windows[keep])
         self.source = source
         self.image_names = names
 

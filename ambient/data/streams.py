@@ -22,6 +22,7 @@ class Stream(enum.IntEnum):
     BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
     NOISE = 5       # the fixed noise z_i of image i (ambient.data.AmbientDataset)
     AUGMENT = 6     # flips and shifts of image i in an epoch
+    WINDOW = 7      # a step's noise levels and images under per-image noise windows (the sigma-first sampler)
 
 
 def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.random.Generator:

@@ -56,14 +56,17 @@ class AmbientLoss:
 
     def __call__(self, net: torch.nn.Module, y: torch.Tensor, sigma_n: torch.Tensor, normal: torch.Tensor,
                  labels: torch.Tensor | None = None, *, seed: int, offset: int = 0,
-                 eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 eps: torch.Tensor | None = None,
+                 sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample losses (B,) and the noise levels used (B,).
 
-        `normal` holds one standard normal draw per sample for its noise level; `seed`/`offset`
-        (or an explicit `eps`) fix the injected noise, so the step is a pure function of them.
+        `normal` holds one standard normal draw per sample for its noise level, unless `sigma` gives the levels
+        (B,) >= sigma_n already drawn (the sigma-first sampler's, ambient.train.windows), used as they are;
+        `seed`/`offset` (or an explicit `eps`) fix the injected noise, so the step is a pure function of them.
         """
-        sigma = sample_sigma(sigma_n, normal.cpu(), P_mean=self.P_mean, P_std=self.P_std,
-                             mode=self.sigma_sampling).to(y.device)
+        if sigma is None:
+            sigma = sample_sigma(sigma_n, normal.cpu(), P_mean=self.P_mean, P_std=self.P_std, mode=self.sigma_sampling)
+        sigma = sigma.to(device=y.device, dtype=torch.float32)
         sigma_n = sigma_n.to(device=y.device, dtype=torch.float32)
         x_t = kernels.noise_injection(y, sigma, sigma_n, seed=seed, offset=offset, eps=eps, backend=self.backend)
         denoised = net(x_t, sigma, labels)

@@ -63,7 +63,8 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The TrainConfig of a command line; a usage error (exit 2) for flags that contradict each other, by the
-    library's own rules (ambient.data.check_split_options, ambient.train.distributed.check_device)."""
+    library's own rules (ambient.data.check_split_options, TrainConfig.check_window_options,
+    ambient.train.distributed.check_device)."""
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                             n_noisy=cfg.n_noisy, clean_fraction=cfg.clean_fraction, p_clean=cfg.p_clean,
                             keep_fraction=cfg.keep_fraction, all_clean=cfg.all_clean, sigma_n=cfg.sigma_n,
                             sigma_share=cfg.sigma_share, name=flag_name)
+        cfg.check_window_options()
         if cfg.device is not None:
             check_device(cfg.device)
     except ValueError as e:

@@ -56,6 +56,12 @@ class TrainConfig:
     weighting: str = option("edm", None, choices=WEIGHTINGS)
     P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.finite_float)
     P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.positive_float)
+    sigma_min_per_image: bool = option(False, "Ambient-o's per-image noise windows: use each image only at noise "
+                                              "levels >= its sigma_tn (dataset.json; default its sigma_n), drawing "
+                                              "the level first, then an image admissible there", action="store_true")
+    window_factor: bool = option(False, "with --sigma-min-per-image: weigh each sample's loss by the share of the "
+                                        "images admissible at its level, which makes the objective exactly the "
+                                        "image-first one", action="store_true")
 
     batch: int = option(64, "global batch size", type=cli.positive_int, group="optimisation")  # all ranks, all rounds
     batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
@@ -100,6 +106,15 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(self)}
         if unknown := sorted(set(self.allow_change or ()) - fields):
             raise ValueError(f"--allow-change names no setting: {', '.join(unknown)}")
+
+    def check_window_options(self) -> None:
+        """ValueError where the per-image noise window options contradict the others (the parser and train() ask)."""
+        if self.sigma_min_per_image and self.sigma_sampling != "clamp":
+            raise ValueError(f"--sigma-sampling {self.sigma_sampling} chooses how a level >= sigma_n is drawn for an "
+                             f"image drawn first; --sigma-min-per-image draws the level first (from the whole training "
+                             f"distribution) and only images admissible there, so it takes no --sigma-sampling")
+        if self.window_factor and not self.sigma_min_per_image:
+            raise ValueError("--window-factor weighs the samples of --sigma-min-per-image; give both or neither")
 
     def data_options(self) -> dict[str, Any]:
         """The arguments of ambient.data.make_dataset: the training data of this run."""

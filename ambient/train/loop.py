@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .rundir import cut_log, prepare_run_dir, resume_changes
 from .step import Timer, TrainState, build_state, train_step, untimed
+from .windows import SigmaFirstSampler
 
 SIGMA_BINS = (0.0, 0.1, 0.5, 2.0, float("inf"))   # loss is logged per noise-level range
 
@@ -73,17 +74,28 @@ def resume(path: Path, state: TrainState, cfg: TrainConfig, *, network: dict[str
     return step, int(saved["state"]["bad_steps"]), changes
 
 
-def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, steps: int, *, skipped_steps: int,
-                lr: float, device: torch.device) -> dict[str, Any]:
+def draw_counts(sigma: torch.Tensor, sigma_n: torch.Tensor) -> torch.Tensor:
+    """(draws, draws of a noisy image, wasted draws) of a step's noise levels `sigma` and its images' `sigma_n`: a
+    draw is wasted where a noisy image meets s <= sigma_n ("clamp" puts s = sigma_n there), where its ambient loss and
+    its gradient are exactly zero (docs/design.md, "Ambient loss")."""
+    noisy = sigma_n > 0
+    return torch.stack([torch.tensor(len(sigma), device=sigma.device), noisy.sum(), (noisy & (sigma <= sigma_n)).sum()])
+
+
+def tick_record(step: int, batch: int, stats: torch.Tensor, draws: torch.Tensor, seconds: float, steps: int, *,
+                skipped_steps: int, lr: float, device: torch.device) -> dict[str, Any]:
     """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
 
     `stats` holds the loss sums and sample counts per SIGMA_BINS range (summed over ranks): the mean loss is
-    sum / count, overall and per range (0 for an empty range).
+    sum / count, overall and per range (0 for an empty range). `draws` sums draw_counts over the tick's steps (skipped
+    ones too: their compute was spent): the wasted share of all draws and of the noisy images' draws.
     """
     per_bin = (stats[0] / stats[1].clamp(min=1)).tolist()
     counted = float(stats[1].sum())                   # 0 when every step of the tick was skipped: no loss
+    total, noisy, wasted = draws.tolist()
     return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum()) / counted if counted else None,
             "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
+            "wasted_draws": wasted / total, "wasted_draws_of_noisy": wasted / noisy if noisy else None,
             "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
             "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
 
@@ -108,11 +120,16 @@ def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, st
 
 def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, batch_gpu: int,
                 start: int) -> Any:
-    """This process's micro-batches of `batch_gpu` items, forever, from global image position `start` on."""
+    """This process's micro-batches of `batch_gpu` items, forever, from global image position `start` on: in the data
+    order, or with cfg.sigma_min_per_image each with the noise level it was drawn for ("sigma")."""
     device = dist_info.device
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
-    sampler = GlobalOrderSampler(len(dataset), cfg.batch, dist_info.rank, dist_info.world_size, cfg.data_seed,
-                                 start=start)
+    if cfg.sigma_min_per_image:     # the noise level first, then an image admissible there: ambient.train.windows
+        sampler = SigmaFirstSampler(dataset.sigma_tn_of, cfg.batch, dist_info.rank, dist_info.world_size, cfg.seed,
+                                    P_mean=cfg.P_mean, P_std=cfg.P_std, factor=cfg.window_factor, start=start)
+    else:
+        sampler = GlobalOrderSampler(len(dataset), cfg.batch, dist_info.rank, dist_info.world_size, cfg.data_seed,
+                                     start=start)
     return iter(torch.utils.data.DataLoader(EpochIndexed(dataset), batch_size=batch_gpu, sampler=sampler,
                                             num_workers=workers, pin_memory=device.type == "cuda",
                                             persistent_workers=workers > 0))
@@ -127,6 +144,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
     """Train until cfg.kimg thousand images; returns the run directory. `timer(phase)` times the phases of the
     run ("data", the step's phases, "sample_grid", "checkpoint"), as bench/profile_train.py does."""
+    cfg.check_window_options()
     dist_info = init_distributed(cfg.device)
     device = dist_info.device
     # Precision and threads chosen for this host unless given; recorded in config.json and the first line.
@@ -182,12 +200,14 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
         tick_start, tick_step, bad_run, first_step = time.perf_counter(), step, 0, step
         # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
         tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
+        tick_draws = torch.zeros(3, dtype=torch.float64, device=device)     # draw_counts summed over the tick
         bins = torch.tensor(SIGMA_BINS, device=device)
 
         while step < total_steps:
             with timer("data"):
                 batch = [next(loader) for _ in range(rounds)]
             stats = train_step(state, batch, step, timer)
+            tick_draws += draw_counts(stats.sigma, torch.cat([items["sigma_n"] for items in batch]).to(device).float())
             if stats.finite:                           # a skipped step's losses (and noise levels) are not logged
                 which = torch.bucketize(stats.sigma, bins, right=True) - 1
                 tick_stats[0].index_add_(0, which, stats.loss.double())
@@ -212,14 +232,16 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             # Log, snapshot.
             if step % steps_per_tick == 0 or step == total_steps:
                 all_reduce_sum(tick_stats)
-                rec = tick_record(step, cfg.batch, tick_stats, time.perf_counter() - tick_start, step - tick_step,
-                                  skipped_steps=bad_total, lr=stats.lr, device=device)
+                all_reduce_sum(tick_draws)
+                rec = tick_record(step, cfg.batch, tick_stats, tick_draws, time.perf_counter() - tick_start,
+                                  step - tick_step, skipped_steps=bad_total, lr=stats.lr, device=device)
                 if log_file is not None:
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
                 tick_stats.zero_()
+                tick_draws.zero_()
                 tick_start, tick_step = time.perf_counter(), step
             if step % steps_per_snap == 0 or step == total_steps:
                 if dist_info.is_main:                                          # rank 0 writes; the others wait

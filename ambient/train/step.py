@@ -157,7 +157,9 @@ def _micro_batches(state: TrainState, batch: Sequence[dict[str, Any]]) -> Iterat
 
 def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, timer: Timer = untimed) -> StepStats:
     """Step `step` on this process's share of the global batch, `batch` (its micro-batches, each a dict of
-    "image" (B, C, H, W), "sigma_n" (B,) and "label" (B,) as AmbientDataset's items collate):
+    "image" (B, C, H, W), "sigma_n" (B,) and "label" (B,) as AmbientDataset's items collate, and "sigma" (B,) where
+    the sigma-first sampler drew the noise levels with the images: those are used, `normals` are not; "weight" (B,)
+    where it gives a loss factor: the backward pass takes weight x loss, the logged losses are unweighted):
 
         noise levels s >= sigma_n, x_t = y + sqrt(s^2 - sigma_n^2) eps, D(x_t; s), the ambient loss
         (ambient.model.loss), backward of its mean over the global batch (gradients summed over micro-batches,
@@ -183,9 +185,11 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
                                                   enabled=cfg.precision == "bf16"):
                 loss, sigma = state.loss_fn(state.model, y, items["sigma_n"].float(), normals[part], labels,
                                             seed=seed, offset=first * numel,
-                                            eps=eps_all[part] if eps_all is not None else None)
+                                            eps=eps_all[part] if eps_all is not None else None,
+                                            sigma=items.get("sigma"))
             with timer("backward"):
-                (loss.sum() * (state.world_size / cfg.batch)).backward()   # mean over the global batch
+                weighted = loss * items["weight"].to(loss) if "weight" in items else loss
+                (weighted.sum() * (state.world_size / cfg.batch)).backward()   # mean over the global batch
         losses.append(loss.detach())
         sigmas.append(sigma.detach())
 
