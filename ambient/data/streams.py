@@ -22,6 +22,8 @@ class Stream(enum.IntEnum):
     BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
     NOISE = 5       # the fixed noise z_i of image i (ambient.data.AmbientDataset)
     AUGMENT = 6     # flips and shifts of image i in an epoch
+    RESTORE = 7     # the posterior sampler's draws for image i of a restored data set (python -m ambient.restore)
+    CALIBRATE = 8   # the noise and sampler draws of calibration copy j of a restoration's residual noise
 
 
 def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.random.Generator:
@@ -33,6 +35,11 @@ def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.rand
     key = np.array([seed, stream], dtype=np.uint64)
     counter = np.array([0, 0, index, epoch], dtype=np.uint64)
     return np.random.Generator(np.random.Philox(key=key, counter=counter))
+
+
+def torch_seed(seed: int, stream: Stream, index: int) -> int:
+    """A torch.Generator seed that is a pure function of (seed, stream, index): 63 bits of that Philox stream."""
+    return int(philox(seed, stream, index).integers(2**63))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
