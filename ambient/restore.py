@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             levels = ", ".join(f"{s:g} -> {r:.4g}" for s, r in record["residual"]["levels"])
             print(f"wrote {a.dest}: sigma_n -> residual sigma_n' {levels} (measured on {record['residual']['count']} "
                   f"{record['residual']['images']})")
+            for s, r in record["residual"]["levels"]:
+                if r >= s:
+                    print(f"warning: at sigma_n {s:g} the restored images are further from the truth ({r:.4g}) than "
+                          f"the noisy ones; the model does not restore at that level", file=sys.stderr)
         else:
             for data_k, run_k in restoration_loop(a.run, a.data, a.dest, rounds=a.rounds, kimg=a.kimg, **kw):
                 print(f"wrote {data_k} and {run_k}")
