@@ -1,7 +1,7 @@
 """Restore a noisy data set with a trained model, and the restoration loop (SFBD, Ambient Dataloops).
 
     python -m ambient.restore RUN --data noisy.zip --dest restored.zip              # one restoration
-    python -m ambient.restore RUN --data noisy.zip --dest loop/ --rounds 3 --kimg 40    # restore -> retrain, 3 rounds
+    python -m ambient.restore RUN --data noisy.zip --dest loop/ --rounds 3 --kimg 40    # restore -> fine-tune x3
 
 Each noisy image y (sigma_n > 0) is replaced by a sample of its posterior p(x0 | y) under the model: EDM's
 stochastic sampler run as the reverse SDE from x = y at sigma = sigma_n down to 0 (`posterior_sampler`; why it
@@ -17,8 +17,8 @@ clean image is calibrated on restored images instead (the model's own idea of cl
 which, and keeps every image's source sigma_n and how it was restored ("restoration").
 
 With --rounds K, --dest is a folder of K rounds: round k restores --data with the model of round k - 1 (RUN for
-the first) into DEST/data-k and trains a new model on it from scratch, with RUN's training settings (--kimg to
-change its length), into DEST/run-k.
+the first) into DEST/data-k and fine-tunes that model on it (its weights, a fresh optimiser: SFBD's Algorithm 1),
+with RUN's training settings (--kimg to change its length), into DEST/run-k.
 
 OUT is written beside its place and renamed into it when complete: a failed or killed restoration leaves no
 partial OUT, and an existing one is replaced only with --overwrite.
@@ -50,7 +50,7 @@ RESIDUAL_LEVELS = 8     # the residual noise is calibrated at up to this many le
 # A round's training: RUN's settings but the data split (the restored set is used as stored) and the run's place.
 SPLIT_OPTIONS = ("n_clean", "n_noisy", "clean_fraction", "all_clean", "sigma_n", "sigma_share", "p_clean",
                  "keep_fraction")
-PLACE_OPTIONS = ("run_dir", "outdir", "resume", "allow_change")
+PLACE_OPTIONS = ("run_dir", "outdir", "resume", "allow_change", "init_from")
 
 
 def restore_batch(net: torch.nn.Module, y: torch.Tensor, sigma_n: torch.Tensor, seeds: Sequence[int],
@@ -195,20 +195,21 @@ class _replacing:
             old.unlink()
 
 
-def round_config(meta: dict[str, Any], data: str, run_dir: str, kimg: float | None) -> Any:
+def round_config(meta: dict[str, Any], data: str, run_dir: str, init_from: str, kimg: float | None) -> Any:
     """The TrainConfig of a round: the trained run's own settings (`meta["config"]`), on `data` as stored, in
-    `run_dir`, for `kimg` (None: the run's)."""
+    `run_dir`, starting from the weights of `init_from`, for `kimg` (None: the run's)."""
     from ambient.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     keep = {k: v for k, v in meta.get("config", {}).items()
             if k in fields and k not in SPLIT_OPTIONS + PLACE_OPTIONS}
-    return TrainConfig(**{**keep, "data": data, "run_dir": run_dir, **({"kimg": kimg} if kimg is not None else {})})
+    return TrainConfig(**{**keep, "data": data, "run_dir": run_dir, "init_from": init_from,
+                          **({"kimg": kimg} if kimg is not None else {})})
 
 
 def restoration_loop(run: str | Path, data: str, dest: str | Path, *, rounds: int, kimg: float | None = None,
                      **restore_kw: Any) -> list[tuple[Path, Path]]:
-    """K rounds of restore -> retrain (`python -m ambient.restore --rounds`); returns each round's (data set, run)."""
+    """K rounds of restore -> fine-tune (`python -m ambient.restore --rounds`); returns each round's (data set, run)."""
     from ambient.train import train
 
     dest = Path(dest)
@@ -216,13 +217,13 @@ def restoration_loop(run: str | Path, data: str, dest: str | Path, *, rounds: in
         raise ValueError("--rounds writes a folder of rounds (data-1, run-1, ...); give --dest a folder, not a .zip")
     cli.check_destination(dest, option="--dest")
     meta = read_meta(resolve_checkpoint(run, check_network=True))
-    round_config(meta, data, str(dest / "run-1"), kimg)      # its settings checked before any work
+    round_config(meta, data, str(dest / "run-1"), str(run), kimg)      # its settings checked before any work
     done, model = [], Path(run)
     for k in range(1, rounds + 1):
         data_k, run_k = dest / f"data-{k}", dest / f"run-{k}"
         restore_dataset(model, data, data_k, **restore_kw)
         print(f"round {k}: restored {data} with {model} into {data_k}", flush=True)
-        train(round_config(meta, str(data_k), str(run_k), kimg))
+        train(round_config(meta, str(data_k), str(run_k), str(model), kimg))
         done.append((data_k, run_k))
         model = run_k
     return done
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="images the residual noise level is measured on")
     p.add_argument("--weights", choices=("ema", "net"), default="ema")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dest (not with --rounds)")
-    p.add_argument("--rounds", type=cli.positive_int, help="restore -> retrain this many times")
+    p.add_argument("--rounds", type=cli.positive_int, help="restore -> fine-tune this many times")
     p.add_argument("--kimg", type=cli.positive_float, help="with --rounds: each round's training length")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)

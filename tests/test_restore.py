@@ -13,6 +13,7 @@ import train
 from ambient.data import make_dataset
 from ambient.data.sources import load_dataset
 from ambient.data.tool import main as dataset_tool
+from ambient.io import list_checkpoints, load_checkpoint
 from ambient.model.generation import SeededNormals
 from ambient.model.sampler import edm_time_steps, posterior_sampler
 from ambient.restore import calibration_levels, main, restore_batch
@@ -134,7 +135,8 @@ def digits_run(tmp_path_factory):
     noisy = tmp / "noisy"
     assert dataset_tool(["--source", "digits", "--dest", str(noisy), "--max-images", "45", "--add-noise", "0.2,0.5",
                          "--noisy-fraction", "0.87", "--seed", "1"]) == 0
-    return noisy, _train(noisy, tmp / "run")
+    return noisy, _train(noisy, tmp / "run", "--lr-rampup-kimg", "0.016", "--ema-rampup-ratio", "none",
+                         "--ema-halflife-kimg", "0.1")                                     # its EMA != its net
 
 
 def _restore(run, data, dest, *flags):
@@ -168,18 +170,36 @@ def test_restored_set_round_trip_and_batch_independence(digits_run, tmp_path, ca
     assert ds.describe().startswith(f"a: 6 clean + {len(noisy_idx)} noisy (stored sigma_n")
 
 
-def test_restore_then_retrain_rounds(digits_run, tmp_path, capsys):
-    """Two rounds: each restores the source with the previous round's model and trains a new one on it."""
+def test_restore_then_fine_tune_rounds(digits_run, tmp_path):
+    """Two rounds: each restores the source with the previous round's model and fine-tunes it on the result."""
     noisy, run = digits_run
     dest = tmp_path / "loop"
     assert _restore(run, noisy, dest, "--rounds", "2", "--kimg", "0.016") == 0
     for k in (1, 2):
+        model = run if k == 1 else dest / f"run-{k - 1}"
         record = json.loads((dest / f"data-{k}" / "dataset.json").read_text())["restoration"]
-        assert Path(record["checkpoint"]).parent == (run if k == 1 else dest / f"run-{k - 1}")
+        assert Path(record["checkpoint"]).parent == model
         config = json.loads((dest / f"run-{k}" / "config.json").read_text())
-        assert config["data"] == str(dest / f"data-{k}") and config["kimg"] == 0.016 and config["cond"]
-        assert config["model_channels"] == 8 and config["seed"] == 3
+        assert config["data"] == str(dest / f"data-{k}") and config["init_from"] == str(model)
+        assert config["kimg"] == 0.016 and config["cond"] and config["model_channels"] == 8 and config["seed"] == 3
         assert list((dest / f"run-{k}").glob("checkpoint-*"))
+
+
+def test_init_from_starts_from_the_weights(digits_run, tmp_path, capsys):
+    """A run with --init-from, a learning rate of 1e-12 and an EMA that barely moves ends where its source's net and
+    EMA were (a fresh one does not); a source made for another network is refused before the run directory is made."""
+    noisy, run = digits_run
+    source = load_checkpoint(list_checkpoints(run)[-1])
+    assert max(float((w - source["ema"][k]).abs().max()) for k, w in source["net"].items()) > 1e-4
+    still = ["--lr", "1e-12", "--ema-rampup-ratio", "none", "--ema-halflife-kimg", "1000"]
+    tuned = load_checkpoint(list_checkpoints(_train(noisy, tmp_path / "tuned", "--init-from", str(run), *still))[-1])
+    fresh = load_checkpoint(list_checkpoints(_train(noisy, tmp_path / "fresh", *still))[-1])
+    for name in ("net", "ema"):
+        assert all(torch.allclose(w, source[name][k], rtol=0, atol=1e-6) for k, w in tuned[name].items()), name
+        assert not all(torch.allclose(w, source[name][k], rtol=0, atol=1e-6) for k, w in fresh[name].items()), name
+    assert train.main(FAST + ["--data", str(noisy), "--run-dir", str(tmp_path / "wide"), "--init-from", str(run),
+                              "--model-channels", "16"]) == 1
+    assert "made for network" in capsys.readouterr().err and not (tmp_path / "wide").exists()
 
 
 def _hand_set(folder, shape, sigmas):
