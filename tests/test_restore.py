@@ -2,6 +2,10 @@
 the restored set's format, its independence of the batch, bad inputs, and a tiny restore -> retrain loop."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from ambient.model.sampler import edm_time_steps, posterior_sampler
 from ambient.restore import calibration_levels, main, restore_batch
 from ambient.train import train as run_training
 
+REPO = Path(__file__).resolve().parents[1]
 P_FAIL = 1e-9        # each statistical bound below fails a correct sampler with this probability
 
 
@@ -249,3 +254,24 @@ def test_overwrite_replaces_an_existing_set_whole(digits_run, tmp_path):
     assert _restore(run, noisy, dest, "--seed", "2", "--overwrite") == 0
     assert not torch.equal(load_dataset(str(dest)).signals(), first)
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_a_killed_restore_leaves_no_output(digits_run, tmp_path):
+    """SIGKILL while the restored set is being written (its hidden partial folder exists): there is no OUT, and the
+    same command then writes it whole."""
+    noisy, run = digits_run
+    dest = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ambient.restore", str(run), "--data", str(noisy), "--dest", str(dest),
+           "--steps", "40", "--calibration-images", "1", "--batch", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and not list(tmp_path.glob(".out.*.tmp")):
+            time.sleep(0.01)
+        assert proc.poll() is None and time.time() < deadline, "the restore never began writing"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not dest.exists()
+    assert _restore(run, noisy, dest) == 0 and len(load_dataset(str(dest))) == 45
