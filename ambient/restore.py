@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ambient.common import cli
-from ambient.data import load_dataset
+from ambient.data import BaseDataset, load_dataset
 from ambient.data.sources import ImageFolderDataset, is_array
 from ambient.data.streams import Stream, torch_seed
 from ambient.data.tool import write_dataset
@@ -53,12 +53,11 @@ SPLIT_OPTIONS = ("n_clean", "n_noisy", "clean_fraction", "all_clean", "sigma_n",
 PLACE_OPTIONS = ("run_dir", "outdir", "resume", "allow_change", "init_from")
 
 
-def restore_batch(net: torch.nn.Module, y: torch.Tensor, sigma_n: torch.Tensor, seeds: Sequence[int],
+def restore_batch(net: torch.nn.Module, y: torch.Tensor, sigma_n: torch.Tensor, rnd: SeededNormals,
                   labels: torch.Tensor | None = None, *, steps: int = 18,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Posterior samples of the noisy images `y` (N, C, H, W) at levels `sigma_n` (N,), clamped to [-1, 1] (the
-    range of a clean image), float32 on the CPU; image k's draws come from a generator seeded `seeds[k]`."""
-    rnd = SeededNormals(seeds, device)
+    range of a clean image), float32 on the CPU; image k's draws come from `rnd`'s generator k."""
     x = posterior_sampler(net, y.to(device, torch.float64), sigma_n.to(device, torch.float64),
                           None if labels is None else labels.to(device), num_steps=steps, randn_like=rnd.randn_like)
     return x.clamp(-1, 1).float().cpu()
@@ -71,20 +70,19 @@ def residual_noise(net: torch.nn.Module, clean: torch.Tensor, levels: Sequence[f
 
         y_j = x0_j + sigma_n z_j,   sigma_n' = sqrt(mean over j and pixels of (x_hat_j - x0_j)^2)
 
-    with x_hat_j = restore_batch(y_j); copy j's noise z_j and sampler draws come from one generator seeded by
-    (seed, Stream.CALIBRATE, j), z_j shared by every level. Assumes the restoration error of a noisy image of the
-    set is like that of these images, and treats it as white noise of that level."""
+    with x_hat_j = restore_batch(y_j); copy j's noise z_j (shared by every level), then its sampler draws, come from
+    one generator seeded by (seed, Stream.CALIBRATE, j). Assumes the restoration error of a noisy image of the set is
+    like that of these images, and treats it as white noise of that level."""
     squared = np.zeros(len(levels))
     for start in range(0, len(clean), batch):
         x0 = clean[start:start + batch].to(torch.float64)
         rnd = SeededNormals([torch_seed(seed, Stream.CALIBRATE, j) for j in range(start, start + len(x0))], device)
         z = rnd.randn(x0.shape[1:], device).cpu().to(torch.float64)
-        lab = None if labels is None else labels[start:start + batch].to(device)
+        lab = None if labels is None else labels[start:start + batch]
         for k, level in enumerate(levels):
             sigma = torch.full((len(x0),), float(level), dtype=torch.float64)
-            x = posterior_sampler(net, (x0 + level * z).to(device), sigma.to(device), lab, num_steps=steps,
-                                  randn_like=rnd.randn_like).clamp(-1, 1).cpu()
-            squared[k] += float((x - x0).square().sum())
+            x = restore_batch(net, x0 + level * z, sigma, rnd, lab, steps=steps, device=device)
+            squared[k] += float((x.double() - x0).square().sum())
     return [float(np.sqrt(s / clean.numel())) for s in squared]
 
 
@@ -95,7 +93,7 @@ def calibration_levels(sigma_n: np.ndarray) -> np.ndarray:
     return noisy if len(noisy) <= RESIDUAL_LEVELS else np.unique(np.quantile(noisy, np.linspace(0, 1, RESIDUAL_LEVELS)))
 
 
-def _check(net: torch.nn.Module, ds: Any, data: str) -> None:
+def _check(net: torch.nn.Module, ds: BaseDataset, data: str) -> None:
     """ValueError unless `ds` is a noisy data set with noisy images that the model `net` can restore."""
     if ds.sigma_n is None:
         raise ValueError(f"{data} is not a noisy data set (no sigma_n in its dataset.json): there is nothing to "
@@ -132,8 +130,8 @@ def restore_dataset(run: str | Path, data: str, dest: str | Path, *, steps: int 
     def restored(indices: Sequence[int]) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, len(indices), batch):
             chunk = [int(i) for i in indices[start:start + batch]]
-            x = restore_batch(net, ds.signals(chunk), torch.from_numpy(sigma_n[chunk]),
-                              [torch_seed(seed, Stream.RESTORE, i) for i in chunk],
+            rnd = SeededNormals([torch_seed(seed, Stream.RESTORE, i) for i in chunk], device)
+            x = restore_batch(net, ds.signals(chunk), torch.from_numpy(sigma_n[chunk]), rnd,
                               torch.from_numpy(ds.labels[chunk]) if conditional else None, steps=steps, device=device)
             yield from zip(chunk, x)
 

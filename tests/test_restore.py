@@ -105,11 +105,11 @@ def test_an_image_does_not_depend_on_its_batch():
     den = GaussianDenoiser(torch.zeros(1, 6, 6, dtype=torch.float64), 0.4)
     y, sigma = torch.randn(7, 1, 6, 6), torch.rand(7) + 0.05
     seeds = [int(s) for s in torch.randint(0, 2**40, (7,))]
-    whole = restore_batch(den, y, sigma, seeds, steps=5)
-    parts = torch.cat([restore_batch(den, y[a:b], sigma[a:b], seeds[a:b], steps=5)
+    whole = restore_batch(den, y, sigma, SeededNormals(seeds, "cpu"), steps=5)
+    parts = torch.cat([restore_batch(den, y[a:b], sigma[a:b], SeededNormals(seeds[a:b], "cpu"), steps=5)
                        for a, b in ((0, 3), (3, 4), (4, 7))])
     assert torch.equal(whole, parts)
-    assert not torch.equal(whole, restore_batch(den, y, sigma, seeds[::-1], steps=5))
+    assert not torch.equal(whole, restore_batch(den, y, sigma, SeededNormals(seeds[::-1], "cpu"), steps=5))
 
 
 def test_calibration_levels():
