@@ -1,5 +1,6 @@
 """Data set restoration (python -m ambient.restore): the posterior sampler against the closed form on Gaussian data,
-the restored set's format, its independence of the batch, bad inputs, and a tiny restore -> retrain loop."""
+the restored set's format, its independence of the batch, bad inputs, a kill, a tiny restore -> fine-tune loop and
+the trainer's --init-from."""
 import json
 import os
 import signal
