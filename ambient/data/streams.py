@@ -23,6 +23,8 @@ class Stream(enum.IntEnum):
     NOISE = 5       # the fixed noise z_i of image i (ambient.data.AmbientDataset)
     AUGMENT = 6     # flips and shifts of image i in an epoch
     WINDOW = 7      # a step's noise levels and images under per-image noise windows (the sigma-first sampler)
+    RESTORE = 8     # the posterior sampler's draws for image i of a restored data set (python -m ambient.restore)
+    CALIBRATE = 9   # the noise and sampler draws of calibration copy j of a restoration's residual noise
 
 
 def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.random.Generator:
@@ -34,6 +36,11 @@ def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.rand
     key = np.array([seed, stream], dtype=np.uint64)
     counter = np.array([0, 0, index, epoch], dtype=np.uint64)
     return np.random.Generator(np.random.Philox(key=key, counter=counter))
+
+
+def torch_seed(seed: int, stream: Stream, index: int) -> int:
+    """A torch.Generator seed that is a pure function of (seed, stream, index): 63 bits of that Philox stream."""
+    return int(philox(seed, stream, index).integers(2**63))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

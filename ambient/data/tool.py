@@ -168,12 +168,13 @@ def _atomic_output(dest: str) -> Iterator[Callable[[str, bytes], None]]:
             yield write
 
 
-def _write_dataset(dest: str, items: Iterator[_Item], *, has_labels: bool, class_names: list[str] | None = None,
-                   resolution: int | None = None) -> int:
+def write_dataset(dest: str, items: Iterator[_Item], *, has_labels: bool, class_names: list[str] | None = None,
+                  resolution: int | None = None, extra: dict[str, object] | None = None) -> int:
     """Write `items` as an EDM-format data set at `dest` (atomically); returns the number of images.
 
     uint8 items become PNGs, float32 ones `.npy`; `dataset.json` gets a "sigma_n" table when the items
-    carry sigma_n. Non-square images (without `resolution`) and mixed shapes are refused.
+    carry sigma_n, and the entries of `extra` (how the set was made). Non-square images (without `resolution`)
+    and mixed shapes are refused.
     """
     with _atomic_output(dest) as write:
         labels, sigmas, first = [], [], None
@@ -204,6 +205,7 @@ def _write_dataset(dest: str, items: Iterator[_Item], *, has_labels: bool, class
             metadata["sigma_n"] = sigmas
         if class_names is not None:
             metadata["class_names"] = class_names
+        metadata.update(extra or {})
         write(LABELS_FILE, json.dumps(metadata).encode())
     return len(labels)
 
@@ -227,7 +229,7 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None,
         _, items, has_labels, class_names = _named_items(source, max_images)
     else:
         _, items, has_labels, class_names = _folder_items(source, max_images, labels_from_folders)
-    return _write_dataset(dest, items, has_labels=has_labels, class_names=class_names, resolution=resolution)
+    return write_dataset(dest, items, has_labels=has_labels, class_names=class_names, resolution=resolution)
 
 
 def add_noise(source: str, dest: str, sigma_n: Sequence[float], *, sigma_share: Sequence[float] | None = None,
@@ -257,7 +259,7 @@ def add_noise(source: str, dest: str, sigma_n: Sequence[float], *, sigma_share: 
                 pixels, label = item["image"], item["label"]
             yield pixels.numpy().transpose(1, 2, 0), label, f"{source}[{i}]", sigma
 
-    _write_dataset(dest, items(), has_labels=base.has_labels)
+    write_dataset(dest, items(), has_labels=base.has_labels)
     return ds
 
 
@@ -418,7 +420,7 @@ def noisy_from_images(source: str, dest: str | None, *, sigma_n: float | None = 
         for _ in items():
             pass
     else:
-        _write_dataset(dest, items(), has_labels=labels is not None, class_names=class_names)
+        write_dataset(dest, items(), has_labels=labels is not None, class_names=class_names)
     return written, None if stored is None else stored[keep], quantized
 
 

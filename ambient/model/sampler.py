@@ -1,4 +1,5 @@
-"""EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2)."""
+"""EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2), and the same sampler run as the
+reverse SDE from a noisy image down to 0: a sample of its posterior (docs/design.md, "Restoration")."""
 from collections.abc import Callable
 
 import torch
@@ -12,6 +13,25 @@ def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: flo
     i = torch.arange(num_steps, dtype=torch.float64, device=device)
     t = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([t, torch.zeros_like(t[:1])])
+
+
+def _per_image(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A noise level (0-d, or one per image) shaped to broadcast against the batch `x`."""
+    return t.reshape(-1, *[1] * (x.ndim - 1))
+
+
+def _heun_step(net: Callable, x_hat: torch.Tensor, t_hat: torch.Tensor, t_next: torch.Tensor,
+               denoised: torch.Tensor, class_labels: torch.Tensor | None, correct: bool) -> torch.Tensor:
+    """One step of the probability-flow ODE from t_hat to t_next given D(x_hat; t_hat): Euler, then Heun's 2nd-order
+    correction when `correct` (every step but one that ends at 0). t_hat, t_next: 0-d or one per image."""
+    th, tn = _per_image(t_hat, x_hat), _per_image(t_next, x_hat)
+    d_cur = (x_hat - denoised) / th
+    x_next = x_hat + (tn - th) * d_cur
+    if correct:
+        denoised = net(x_next.float(), t_next.float().expand(len(x_next)), class_labels).double()
+        d_prime = (x_next - denoised) / tn
+        x_next = x_hat + (tn - th) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
 
 
 @torch.inference_mode()
@@ -38,11 +58,37 @@ def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor
         denoised = net(x_hat.float(), t_hat.float().expand(len(x_hat)), class_labels).double()
         if sigma_stop is not None and t_hat <= sigma_stop:
             return denoised
-        # Euler step, then Heun's 2nd-order correction unless this is the last step.
-        d_cur = (x_hat - denoised) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-        if i < num_steps - 1:
-            denoised = net(x_next.float(), t_next.float().expand(len(x_next)), class_labels).double()
-            d_prime = (x_next - denoised) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        x_next = _heun_step(net, x_hat, t_hat, t_next, denoised, class_labels, correct=i < num_steps - 1)
+    return x_next
+
+
+@torch.inference_mode()
+def posterior_sampler(net: Callable, y: torch.Tensor, sigma_n: torch.Tensor, class_labels: torch.Tensor | None = None,
+                      *, num_steps: int = 18, sigma_min: float = 0.002, rho: float = 7,
+                      randn_like: Callable = torch.randn_like) -> torch.Tensor:
+    """A sample of p(x0 | y) for each noisy image y = x0 + sigma_n z of the batch `y` (float64 (B, C, H, W)).
+
+    Algorithm 2 of EDM started at x = y on EDM's schedule restricted to [0, sigma_n] (edm_time_steps with
+    sigma_max = sigma_n, one schedule per image), its churn at each step the noise the reverse SDE of the forward
+    noising injects over it:
+
+        t_hat^2 = t_i^2 + (t_i^2 - t_{i+1}^2)
+        x_hat = x_i + sqrt(t_hat^2 - t_i^2) eps,   eps ~ N(0, I)
+        x_{i+1} = Heun step of dx/dt = (x - D(x; t)) / t from t_hat to t_{i+1}
+
+    which discretises dx = -2 t grad log p(x; t) dt + sqrt(2 t) dw, the time reversal of x(t) = x0 + t z: run from
+    x(sigma_n) = y it ends in p(x0 | y) when D is the model of the data (docs/design.md, "Restoration"). `sigma_n`:
+    one level > 0 per image; `randn_like` supplies eps (per-image generators make image i independent of its batch).
+    """
+    if not bool((sigma_n > 0).all()):
+        raise ValueError("every image to restore needs a noise level sigma_n > 0")
+    t_steps = torch.stack([edm_time_steps(num_steps, min(sigma_min, s), s, rho, y.device)
+                           for s in sigma_n.double().tolist()])          # (B, N + 1)
+    x_next = y.double()
+    for i in range(num_steps):
+        t_cur, t_next = t_steps[:, i], t_steps[:, i + 1]
+        t_hat = (2 * t_cur ** 2 - t_next ** 2).sqrt()
+        x_hat = x_next + _per_image((t_cur ** 2 - t_next ** 2).sqrt(), x_next) * randn_like(x_next)
+        denoised = net(x_hat.float(), t_hat.float(), class_labels).double()
+        x_next = _heun_step(net, x_hat, t_hat, t_next, denoised, class_labels, correct=i < num_steps - 1)
     return x_next

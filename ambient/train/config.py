@@ -87,6 +87,8 @@ class TrainConfig:
     outdir: str = option("runs", None)
     resume: str | None = option(None, "'auto' (continue --run-dir if it has a checkpoint), a run or a checkpoint "
                                       "directory")
+    init_from: str | None = option(None, "a new run starts from the weights (net and EMA) of this checkpoint or run "
+                                         "directory, with a fresh optimiser (fine-tuning)")
     allow_change: tuple[str, ...] | None = option(None, "on resume, the settings that may differ from the run's own, "
                                                         "e.g. lr,seed (recorded as changes at that step)",
                                                   type=cli.name_list)

@@ -74,6 +74,19 @@ def resume(path: Path, state: TrainState, cfg: TrainConfig, *, network: dict[str
     return step, int(saved["state"]["bad_steps"]), changes
 
 
+def init_weights(path: str, state: TrainState, *, network: dict[str, Any]) -> Path:
+    """Load the net and EMA weights of checkpoint (or run) `path` into `state`, made for `network` (the optimiser
+    stays fresh); returns the checkpoint. A fine-tuning run starts here; a resumed one loads its own weights after."""
+    found = ckpt.resolve_checkpoint(path, check_network=True)
+    made_for = ckpt.read_meta(found, verify=False).get("network")
+    if made_for != network:
+        raise ckpt.CheckpointError(f"--init-from {path}: made for network {made_for}, not {network}")
+    saved = ckpt.load_checkpoint(found, state.device, check_network=True)
+    state.net.load_state_dict(saved["net"])
+    state.ema.load_state_dict(saved["ema"])
+    return found
+
+
 def draw_counts(sigma: torch.Tensor, sigma_n: torch.Tensor) -> torch.Tensor:
     """(draws, draws of a noisy image, wasted draws) of a step's noise levels `sigma` and its images' `sigma_n`: a
     draw is wasted where a noisy image meets s <= sigma_n ("clamp" puts s = sigma_n there), where its ambient loss and
@@ -166,6 +179,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
     net_kwargs = cfg.network_kwargs(dataset.resolution, dataset.num_channels, dataset.label_dim)
     sample_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
     state = build_state(cfg, net_kwargs, device, sample_shape)
+    if cfg.init_from is not None:                   # checked before the run directory is made
+        init_weights(cfg.init_from, state, network=net_kwargs)
 
     # Run directory (held for the run's life: released in the finally below) and resume.
     run_dir, resume_from, held = prepare_run_dir(cfg, dist_info)
