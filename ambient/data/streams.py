@@ -4,7 +4,7 @@ The data's draws come from counter-based Philox generators, one `Stream` per pur
 and the image index and epoch sit in the counter, so a draw is the same in every epoch, DataLoader worker, rank,
 process and resume (docs/design.md, "Data corruption is fixed"). Where torch itself draws (the data order, a
 step's noise levels and noise, dropout) its generators are seeded from the run's seed by the functions below,
-the only places that mix a seed with a counter.
+the only places that mix a seed with a counter; the consistency loss's draws are a Philox stream of their own.
 """
 import enum
 
@@ -22,6 +22,7 @@ class Stream(enum.IntEnum):
     BERNOULLI = 4   # per-image clean/noisy coin (p_clean mode)
     NOISE = 5       # the fixed noise z_i of image i (ambient.data.AmbientDataset)
     AUGMENT = 6     # flips and shifts of image i in an epoch
+    CONSISTENCY = 7  # the consistency loss's level and sampler noise for sample position i of a step
 
 
 def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.random.Generator:
@@ -33,6 +34,12 @@ def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.rand
     key = np.array([seed, stream], dtype=np.uint64)
     counter = np.array([0, 0, index, epoch], dtype=np.uint64)
     return np.random.Generator(np.random.Philox(key=key, counter=counter))
+
+
+def consistency_rng(seed: int, step: int, position: int) -> np.random.Generator:
+    """Generator of the consistency loss's draws for the sample at global `position` of training step `step`:
+    philox(seed, CONSISTENCY, index=position, epoch=step), a stream no other draw touches."""
+    return philox(seed, Stream.CONSISTENCY, position, step)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -1,4 +1,5 @@
-"""EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2)."""
+"""EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2), and the ancestral (posterior)
+sampler between two per-sample noise levels that the consistency loss runs with gradients."""
 from collections.abc import Callable
 
 import torch
@@ -46,3 +47,29 @@ def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
+
+
+def posterior_sampler(net: Callable, x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor,
+                      noise: torch.Tensor, class_labels: torch.Tensor | None = None, *, rho: float = 7) -> torch.Tensor:
+    """Ancestral steps from noise level `sigma_from` down to `sigma_to` (both (B,), per sample) on EDM's grid,
+    one step per noise image: `noise` is (B, K, *x.shape[1:]) standard normal, K >= 1 steps:
+
+        tau_k   = (sigma_from^(1/rho) + k/K (sigma_to^(1/rho) - sigma_from^(1/rho)))^rho,   k = 0..K
+        a       = tau_{k+1}^2 / tau_k^2
+        x_{k+1} = a x_k + (1 - a) D(x_k; tau_k) + tau_{k+1} sqrt(1 - a) z_k
+
+    Each step draws x_{k+1} from p(x_{k+1} | x_k, x0 = D(x_k; tau_k)), the Brownian bridge of the VE process, so
+    with the exact denoiser E[x_{k+1} | x_k] is exact for any step size. Autograd runs through it (no
+    inference mode); the state keeps x's dtype.
+    """
+    steps = noise.shape[1]
+    k = torch.arange(steps + 1, dtype=x.dtype, device=x.device).unsqueeze(1) / steps       # (K + 1, 1)
+    lo, hi = sigma_to.to(x.dtype) ** (1 / rho), sigma_from.to(x.dtype) ** (1 / rho)
+    tau = (hi + k * (lo - hi)) ** rho                                                     # (K + 1, B)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    for i in range(steps):
+        a = (tau[i + 1] / tau[i]) ** 2
+        denoised = net(x, tau[i], class_labels).to(x.dtype)
+        x = (a.view(shape) * x + (1 - a).view(shape) * denoised
+             + (tau[i + 1] * (1 - a).sqrt()).view(shape) * noise[:, i].to(x.dtype))
+    return x

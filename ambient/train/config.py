@@ -56,6 +56,14 @@ class TrainConfig:
     weighting: str = option("edm", None, choices=WEIGHTINGS)
     P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.finite_float)
     P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.positive_float)
+    consistency: float = option(0.0, "weight of the consistency loss of noisy images below their sigma_n (0: off)",
+                                type=cli.nonneg_float, group="consistency loss (below sigma_n)")
+    consistency_batch: int = option(4, "samples of each global batch that carry it (evenly spaced; the noisy "
+                                       "ones among them)", type=cli.positive_int)
+    consistency_steps: int = option(5, "ancestral sampler steps from sigma_n down to the lower level",
+                                    type=cli.positive_int)
+    consistency_repeats: int = option(6, "sampler runs whose predictions are averaged per sample",
+                                      type=cli.positive_int)
 
     batch: int = option(64, "global batch size", type=cli.positive_int, group="optimisation")  # all ranks, all rounds
     batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
@@ -100,6 +108,8 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(self)}
         if unknown := sorted(set(self.allow_change or ()) - fields):
             raise ValueError(f"--allow-change names no setting: {', '.join(unknown)}")
+        if self.consistency and self.consistency_batch > self.batch:
+            raise ValueError(f"--consistency-batch {self.consistency_batch} is more than --batch {self.batch}")
 
     def data_options(self) -> dict[str, Any]:
         """The arguments of ambient.data.make_dataset: the training data of this run."""
