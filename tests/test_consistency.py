@@ -87,6 +87,18 @@ def test_exact_gaussian_denoiser_is_consistent(steps):
     # The exact denoiser of another Gaussian is just as self-consistent: the loss ties levels to each other,
     # the ambient loss above sigma_n ties them to the data.
     assert (consistency_loss(gaussian_denoiser(mu, 2 * var), y, sigma_n, s, noise) < 1e-24).all()
+    # Right at sigma_n and above, another Gaussian's below: the pairs that start at sigma_n see it. One step:
+    #   L = c^2 ||y - mu||^2,  c = g_n - g'_s (a + (1 - a) g_n),  g = v / (v + sigma^2), g' with 2 v; c = 0 iff v' = v.
+    def split(x, sigma, labels=None):
+        below = (sigma < sigma_n[0] * (1 - 1e-9)).view(-1, 1, 1, 1)      # tau_0 may round a hair below sigma_n
+        return torch.where(below, gaussian_denoiser(mu, 2 * var)(x, sigma), gaussian_denoiser(mu, var)(x, sigma))
+    one_level, half = sigma_n[:1].expand(B), sigma_n[:1].expand(B) / 2
+    wrong_below = consistency_loss(split, y, one_level, half, noise)
+    if steps == 1:
+        a, g_n = 0.25, var / (var + one_level ** 2)
+        c = g_n - 2 * var / (2 * var + half ** 2) * (a + (1 - a) * g_n)
+        torch.testing.assert_close(wrong_below, c ** 2 * ((y - mu) ** 2).flatten(1).sum(1), rtol=1e-9, atol=0)
+    assert (wrong_below > 1e-12).all()          # smallest over 2000 seeds x 11 samples: 6.5e-7
     # An offset beta sigma^2 is not a posterior mean: for one step the bracket is, per pixel,
     #   beta sigma_n^2 - beta s^2 - g_s (1 - a) beta sigma_n^2 = beta (sigma_n^2 - s^2)(1 - g_s),
     # with a = s^2 / sigma_n^2 and g_s = v / (v + s^2); more steps: > 0.
