@@ -259,3 +259,16 @@ def test_two_processes_with_micro_batches_match_one(tmp_path):
     a, b = weights(one), weights(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--consistency", "1", "--batch", "8", "--consistency-batch", "9"],
+     "--consistency-batch 9 is more than --batch 8"),
+    (["--consistency", "-1"], "argument --consistency: must be >= 0"),
+    (["--consistency", "1", "--consistency-steps", "0"], "argument --consistency-steps: must be a positive integer"),
+])
+def test_bad_settings_are_one_usage_error(capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        parse_args(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert parse_args(["--batch", "2"]).consistency_batch == 4     # off, the default batch of 4 is never checked
