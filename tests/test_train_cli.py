@@ -26,6 +26,8 @@ VALUES = {
     "max_shift": ("2", 2), "workers": ("1", 1), "preset": ("ddpmpp", "ddpmpp"), "model_channels": ("32", 32),
     "dropout": ("0.1", 0.1), "sigma_sampling": ("truncate", "truncate"), "weighting": ("ambient", "ambient"),
     "P_mean": ("-1", -1.0), "P_std": ("2", 2.0), "batch": ("32", 32), "batch_gpu": ("8", 8), "lr": ("0.001", 0.001),
+    "consistency": ("0.5", 0.5), "consistency_batch": ("3", 3), "consistency_steps": ("2", 2),
+    "consistency_repeats": ("4", 4),
     "lr_rampup_kimg": ("2", 2.0), "ema_halflife_kimg": ("3", 3.0), "ema_rampup_ratio": ("none", None),
     "kimg": ("4", 4.0), "seed": ("7", 7), "precision": ("bf16", "bf16"), "threads": ("2", 2), "tf32": (None, False),
     "kernels": ("torch", "torch"), "compile": (None, True), "sigma_min_per_image": (None, True),

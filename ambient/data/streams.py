@@ -4,7 +4,7 @@ The data's draws come from counter-based Philox generators, one `Stream` per pur
 and the image index and epoch sit in the counter, so a draw is the same in every epoch, DataLoader worker, rank,
 process and resume (docs/design.md, "Data corruption is fixed"). Where torch itself draws (the data order, a
 step's noise levels and noise, dropout) its generators are seeded from the run's seed by the functions below,
-the only places that mix a seed with a counter.
+the only places that mix a seed with a counter; the consistency loss's draws are a Philox stream of their own.
 """
 import enum
 
@@ -25,6 +25,7 @@ class Stream(enum.IntEnum):
     WINDOW = 7      # a step's noise levels and images under per-image noise windows (the sigma-first sampler)
     RESTORE = 8     # the posterior sampler's draws for image i of a restored data set (python -m ambient.restore)
     CALIBRATE = 9   # the noise and sampler draws of calibration copy j of a restoration's residual noise
+    CONSISTENCY = 10 # the consistency loss's level and sampler noise for sample position i of a step
 
 
 def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.random.Generator:
@@ -41,6 +42,11 @@ def philox(seed: int, stream: Stream, index: int = 0, epoch: int = 0) -> np.rand
 def torch_seed(seed: int, stream: Stream, index: int) -> int:
     """A torch.Generator seed that is a pure function of (seed, stream, index): 63 bits of that Philox stream."""
     return int(philox(seed, stream, index).integers(2**63))
+
+def consistency_rng(seed: int, step: int, position: int) -> np.random.Generator:
+    """Generator of the consistency loss's draws for the sample at global `position` of training step `step`:
+    philox(seed, CONSISTENCY, index=position, epoch=step), a stream no other draw touches."""
+    return philox(seed, Stream.CONSISTENCY, position, step)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -1,5 +1,6 @@
-"""EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2), and the same sampler run as the
-reverse SDE from a noisy image down to 0: a sample of its posterior (docs/design.md, "Restoration")."""
+"""EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2); the same sampler run as the
+reverse SDE from a noisy image down to 0, a sample of its posterior (docs/design.md, "Restoration"); and the
+ancestral sampler between two per-sample noise levels that the consistency loss runs with gradients."""
 from collections.abc import Callable
 
 import torch
@@ -92,3 +93,29 @@ def posterior_sampler(net: Callable, y: torch.Tensor, sigma_n: torch.Tensor, cla
         denoised = net(x_hat.float(), t_hat.float(), class_labels).double()
         x_next = _heun_step(net, x_hat, t_hat, t_next, denoised, class_labels, correct=i < num_steps - 1)
     return x_next
+
+
+def ancestral_sampler(net: Callable, x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor,
+                      noise: torch.Tensor, class_labels: torch.Tensor | None = None, *, rho: float = 7) -> torch.Tensor:
+    """Ancestral steps from noise level `sigma_from` down to `sigma_to` (both (B,), per sample) on EDM's grid,
+    one step per noise image: `noise` is (B, K, *x.shape[1:]) standard normal, K >= 1 steps:
+
+        tau_k   = (sigma_from^(1/rho) + k/K (sigma_to^(1/rho) - sigma_from^(1/rho)))^rho,   k = 0..K
+        a       = tau_{k+1}^2 / tau_k^2
+        x_{k+1} = a x_k + (1 - a) D(x_k; tau_k) + tau_{k+1} sqrt(1 - a) z_k
+
+    Each step draws x_{k+1} from p(x_{k+1} | x_k, x0 = D(x_k; tau_k)), the Brownian bridge of the VE process, so
+    with the exact denoiser E[x_{k+1} | x_k] is exact for any step size. Autograd runs through it (no
+    inference mode); the state keeps x's dtype.
+    """
+    steps = noise.shape[1]
+    k = torch.arange(steps + 1, dtype=x.dtype, device=x.device).unsqueeze(1) / steps       # (K + 1, 1)
+    lo, hi = sigma_to.to(x.dtype) ** (1 / rho), sigma_from.to(x.dtype) ** (1 / rho)
+    tau = (hi + k * (lo - hi)) ** rho                                                     # (K + 1, B)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    for i in range(steps):
+        a = (tau[i + 1] / tau[i]) ** 2
+        denoised = net(x, tau[i], class_labels).to(x.dtype)
+        x = (a.view(shape) * x + (1 - a).view(shape) * denoised
+             + (tau[i + 1] * (1 - a).sqrt()).view(shape) * noise[:, i].to(x.dtype))
+    return x

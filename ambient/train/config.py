@@ -62,6 +62,14 @@ class TrainConfig:
     window_factor: bool = option(False, "with --sigma-min-per-image: weigh each sample's loss by the share of the "
                                         "images admissible at its level, which makes the objective exactly the "
                                         "image-first one", action="store_true")
+    consistency: float = option(0.0, "weight of the consistency loss of noisy images below their sigma_n (0: off)",
+                                type=cli.nonneg_float, group="consistency loss (below sigma_n)")
+    consistency_batch: int = option(4, "samples of each global batch that carry it (evenly spaced; the noisy "
+                                       "ones among them)", type=cli.positive_int)
+    consistency_steps: int = option(5, "ancestral sampler steps from sigma_n down to the lower level",
+                                    type=cli.positive_int)
+    consistency_repeats: int = option(6, "sampler runs whose predictions are averaged per sample",
+                                      type=cli.positive_int)
 
     batch: int = option(64, "global batch size", type=cli.positive_int, group="optimisation")  # all ranks, all rounds
     batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
@@ -108,6 +116,8 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(self)}
         if unknown := sorted(set(self.allow_change or ()) - fields):
             raise ValueError(f"--allow-change names no setting: {', '.join(unknown)}")
+        if self.consistency and self.consistency_batch > self.batch:
+            raise ValueError(f"--consistency-batch {self.consistency_batch} is more than --batch {self.batch}")
 
     def check_window_options(self) -> None:
         """ValueError where the per-image noise window options contradict the others (the parser and train() ask)."""

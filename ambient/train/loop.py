@@ -216,6 +216,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
         # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
         tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
         tick_draws = torch.zeros(3, dtype=torch.float64, device=device)     # draw_counts summed over the tick
+        consistency_stats = torch.zeros(2, dtype=torch.float64, device=device)    # its sum and count, when on
         bins = torch.tensor(SIGMA_BINS, device=device)
 
         while step < total_steps:
@@ -227,6 +228,9 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                 which = torch.bucketize(stats.sigma, bins, right=True) - 1
                 tick_stats[0].index_add_(0, which, stats.loss.double())
                 tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+                if stats.consistency is not None:
+                    consistency_stats[0] += stats.consistency.double().sum()
+                    consistency_stats[1] += len(stats.consistency)
                 bad_run = 0
             else:
                 bad_total, bad_run = bad_total + 1, bad_run + 1
@@ -250,6 +254,11 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                 all_reduce_sum(tick_draws)
                 rec = tick_record(step, cfg.batch, tick_stats, tick_draws, time.perf_counter() - tick_start,
                                   step - tick_step, skipped_steps=bad_total, lr=stats.lr, device=device)
+                if cfg.consistency > 0:             # the mean consistency loss of the tick's consistency samples
+                    all_reduce_sum(consistency_stats)
+                    count = float(consistency_stats[1])
+                    rec["consistency"] = float(consistency_stats[0]) / count if count else None
+                    consistency_stats.zero_()
                 if log_file is not None:
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()

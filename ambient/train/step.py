@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ambient.data.streams import dropout_seed, step_seed
-from ambient.model import AmbientLoss, EDMPrecond, build_network
+from ambient.data.streams import consistency_rng, dropout_seed, step_seed
+from ambient.model import AmbientLoss, EDMPrecond, build_network, consistency_loss, sample_sigma_below
 from kernels import attention_unavailable, resolve_backend
 
 from .config import TrainConfig
@@ -145,6 +145,41 @@ class StepStats:
     finite: bool
     lr: float
     ema_beta: float
+    consistency: torch.Tensor | None = None   # (consistency samples of this process,) their consistency losses
+
+
+def consistency_positions(batch: int, count: int) -> frozenset[int]:
+    """Global positions in a step's batch of the samples that carry the consistency loss: floor(j batch / count),
+    j < count, evenly spaced, so every rank and micro-batch gets its share."""
+    return frozenset(j * batch // count for j in range(count))
+
+
+def consistency_term(state: TrainState, y: torch.Tensor, sigma_n: torch.Tensor, labels: torch.Tensor | None,
+                     first: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices in this micro-batch, their consistency losses): the noisy samples of the micro-batch whose global
+    position (first + index) is a consistency position. Sample i's draws come from consistency_rng(seed, step,
+    position): one standard normal for its level s < sigma_n (loss.sample_sigma_below), then the sampler noise
+    (R, K, C, H, W). The network is state.net itself, inside the step's graph (not the DDP wrapper: one DDP
+    forward per backward), so its gradients join the step's reduction."""
+    cfg = state.cfg
+    chosen = consistency_positions(cfg.batch, cfg.consistency_batch)
+    idx = [i for i in range(len(y)) if first + i in chosen and sigma_n[i] > 0]
+    if not idx:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, device=y.device)
+    normals, noise = [], []
+    for i in idx:
+        rng = consistency_rng(cfg.seed, step, first + i)
+        normals.append(rng.standard_normal())
+        noise.append(torch.from_numpy(rng.standard_normal((cfg.consistency_repeats, cfg.consistency_steps,
+                                                           *state.sample_shape))))
+    index = torch.tensor(idx)
+    sigma_n = sigma_n[index].float()
+    s = sample_sigma_below(sigma_n, torch.tensor(normals), P_mean=cfg.P_mean, P_std=cfg.P_std)
+    on_device = index.to(y.device)
+    loss = consistency_loss(state.net, y[on_device], sigma_n.to(y.device), s.to(y.device),
+                            torch.stack(noise).to(y.device, torch.float32),
+                            labels[on_device] if labels is not None else None)
+    return index, loss
 
 
 def _micro_batches(state: TrainState, batch: Sequence[dict[str, Any]]) -> Iterator[tuple[int, bool, dict]]:
@@ -162,9 +197,10 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
     where it gives a loss factor: the backward pass takes weight x loss, the logged losses are unweighted):
 
         noise levels s >= sigma_n, x_t = y + sqrt(s^2 - sigma_n^2) eps, D(x_t; s), the ambient loss
-        (ambient.model.loss), backward of its mean over the global batch (gradients summed over micro-batches,
-        reduced over processes after the last), then unless a gradient is non-finite: Adam at lr_at(step),
-        EMA at ema_beta(step).
+        (ambient.model.loss), plus cfg.consistency times the consistency loss of the consistency samples
+        (consistency_term) when it is on, backward of its mean over the global batch (gradients summed over
+        micro-batches, reduced over processes after the last), then unless a gradient is non-finite: Adam at
+        lr_at(step), EMA at ema_beta(step).
     `timer(phase)` times "forward", "backward", "nonfinite_check", "optimiser" and "ema".
     """
     cfg = state.cfg
@@ -173,7 +209,7 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
     seed, normals, eps_all = step_randomness(cfg.seed, step, cfg.batch, state.sample_shape, state.device,
                                              state.eps_from_torch)
     state.optimizer.zero_grad(set_to_none=True)
-    losses, sigmas = [], []
+    losses, sigmas, consistencies = [], [], []
     for first, last, items in _micro_batches(state, batch):
         y = items["image"].to(state.device, non_blocking=True)
         part = slice(first, first + len(y))
@@ -187,9 +223,13 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
                                             seed=seed, offset=first * numel,
                                             eps=eps_all[part] if eps_all is not None else None,
                                             sigma=items.get("sigma"))
+                total = loss * items["weight"].to(loss) if "weight" in items else loss     # --window-factor
+                if cfg.consistency > 0:                     # off: not a single extra draw or operation
+                    index, consistency = consistency_term(state, y, items["sigma_n"], labels, first, step)
+                    total = total.index_add(0, index.to(loss.device), cfg.consistency * consistency)
+                    consistencies.append(consistency.detach())
             with timer("backward"):
-                weighted = loss * items["weight"].to(loss) if "weight" in items else loss
-                (weighted.sum() * (state.world_size / cfg.batch)).backward()   # mean over the global batch
+                (total.sum() * (state.world_size / cfg.batch)).backward()   # mean over the global batch
         losses.append(loss.detach())
         sigmas.append(sigma.detach())
 
@@ -203,4 +243,5 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
             state.optimizer.step()
         with timer("ema"):
             update_ema(state.ema, state.net, beta)
-    return StepStats(torch.cat(losses), torch.cat(sigmas), finite, lr, beta)
+    return StepStats(torch.cat(losses), torch.cat(sigmas), finite, lr, beta,
+                     torch.cat(consistencies) if consistencies else None)
