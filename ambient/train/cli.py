@@ -22,7 +22,6 @@ from ambient.data import check_split_options, is_noisy_dataset
 from ambient.io import CheckpointError
 
 from .config import TrainConfig, flag_name
-from .distributed import check_device
 from .loop import TrainingDiverged, TrainingInterrupted, train
 
 
@@ -63,7 +62,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The TrainConfig of a command line; a usage error (exit 2) for flags that contradict each other, by the
-    library's own rules (ambient.data.check_split_options, ambient.train.distributed.check_device)."""
+    library's own rules (ambient.data.check_split_options)."""
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -72,8 +71,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                             n_noisy=cfg.n_noisy, clean_fraction=cfg.clean_fraction, p_clean=cfg.p_clean,
                             keep_fraction=cfg.keep_fraction, all_clean=cfg.all_clean, sigma_n=cfg.sigma_n,
                             sigma_share=cfg.sigma_share, name=flag_name)
-        if cfg.device is not None:
-            check_device(cfg.device)
     except ValueError as e:
         p.error(str(e))
     return cfg
