@@ -400,7 +400,7 @@ def image_shape_of(shape: Sequence[int], where: str) -> tuple[int, int, int]:
     """(C, H, W) of an image whose header declares (H, W) or (H, W, C); ValueError naming `where` unless C is 1 or
     3 and H, W are at most MAX_RESOLUTION. Checked before any pixels are decoded or memory is allocated."""
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
-        raise ValueError(f"{where} has shape {tuple(shape)}; expected (H, W) or (H, W, C) with C 1 or 3")
+        raise ValueError(f"{where} has shape {tuple(shape)}; expected an image (H, W) or (H, W, C) with C 1 or 3")
     if not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_RESOLUTION:
         raise ValueError(f"{where} declares a {shape[1]}x{shape[0]} (WxH) image; images of a data set are at most "
                          f"{MAX_RESOLUTION}x{MAX_RESOLUTION}, refusing to decode it")

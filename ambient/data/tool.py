@@ -342,8 +342,7 @@ def _read_raw(source: ImageSource, name: str) -> np.ndarray:
         array = array[:, :, None]
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{where} holds {array.dtype} values; give float images as .npy on the [-1, 1] scale")
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise ValueError(f"{where} has shape {array.shape}; expected (H, W) or (H, W, C) with C 1 or 3")
+    image_shape_of(array.shape, where)
     return array
 
 
