@@ -15,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ambient.common import cli
 from ambient.data import check_split_options, is_noisy_dataset
@@ -52,12 +52,19 @@ def add_flags(container: argparse._ActionsContainer, names: Iterable[str] | None
             group.add_argument(flag, dest=f.name, default=f.default if defaults else argparse.SUPPRESS, **kw)
 
 
-def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, as its `option` metadata says."""
     p = argparse.ArgumentParser(prog=" ".join(cli.invocation("ambient.train")), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, defaults=defaults)
+    add_flags(p)
     return p
+
+
+class _RefusingParser(argparse.ArgumentParser):
+    """A parser whose usage errors are ValueErrors (for flags read from inside another command's option)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -77,8 +84,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def given_flags(argv: list[str]) -> dict[str, Any]:
-    """The TrainConfig fields that a list of flags sets, and their values (nothing for the flags not given)."""
-    return vars(build_parser(defaults=False).parse_args(argv))
+    """The TrainConfig fields that a list of flags sets, and their values (nothing for the flags not given);
+    ValueError for a flag the trainer does not know (--help included) or a value it refuses."""
+    p = _RefusingParser(add_help=False)
+    add_flags(p, defaults=False)
+    return vars(p.parse_args(argv))
 
 
 def resume_command(argv: list[str], run_dir: str | Path) -> str:
