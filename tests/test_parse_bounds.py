@@ -3,6 +3,7 @@ bounds (class 7): each refused value is one usage error naming its option; what 
 trains, samples and evaluates; the loss-by-sigma log skips non-finite samples; the injected noise is drawn per
 micro-batch with the numbers of one draw for the whole batch."""
 import math
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from ambient import sample
 from ambient.common import cli
+from ambient.data.tool import main as dataset_tool
 from ambient.eval import evaluation as ev
 from ambient.io import checkpoint
 from ambient.model.sampler import check_schedule, edm_time_steps
@@ -165,3 +167,20 @@ def test_the_noise_of_a_huge_global_batch_takes_the_memory_of_one_micro_batch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     shape, grown_kib = proc.stdout.rsplit(" ", 1)
     assert shape == "(64, 1, 32, 32)" and int(grown_kib) < 100 << 10, proc.stdout + proc.stderr
+
+
+def test_training_out_of_memory_is_one_error_naming_the_options_to_lower(tmp_path):
+    """1024x1024 images in a process allowed 4 GiB of address space: the first large activation cannot be
+    allocated (a real failed allocation, as on a host without the memory)."""
+    data = tmp_path / "large"
+    assert dataset_tool(["--source", "digits", "--max-images", "2", "--resolution", "1024", "--dest", str(data)]) == 0
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    argv = ["--data", str(data), "--all-clean", "--batch", "2", "--kimg", "0.002", "--run-dir", str(tmp_path / "run"),
+            "--no-progress", "--threads", "1", "--precision", "fp32"]
+    proc = subprocess.run([sys.executable, "-m", "ambient.train", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: out of memory") and "lower --batch-gpu" in proc.stderr, proc.stderr

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from ambient.common import cli
 from ambient.data import check_split_options, is_noisy_dataset
 from ambient.io import CheckpointError
@@ -102,6 +104,11 @@ def resume_command(argv: list[str], run_dir: str | Path) -> str:
     return shlex.join([*cli.invocation("ambient.train"), *kept, "--run-dir", str(run_dir), "--resume", "auto"])
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: MemoryError, CUDA's OutOfMemoryError, the CPU allocator's error."""
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train from a command line; the exit status: 0 done, 1 an error (one line), 130 interrupted."""
     argv = sys.argv[1:] if argv is None else argv
@@ -110,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = train(cfg)
     except (ValueError, OSError, CheckpointError, TrainingDiverged) as e:   # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"error: out of memory ({str(e).strip().splitlines()[-1][:200]}); lower --batch-gpu (the images each "
+              "process takes at once; default --batch / processes), the network's size (--model-channels, "
+              "--preset) or the images' resolution", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
         print(f"{e}; resume with: {resume_command(argv, e.run_dir)}", file=sys.stderr)
