@@ -7,10 +7,13 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
-from ambient.data.sources import load_dataset
+from ambient.data.sources import MAX_RESOLUTION, load_dataset
+from ambient.data.tool import main as dataset_tool
 
 
 def _png() -> bytes:
@@ -55,3 +58,41 @@ def test_a_fifo_in_a_folder_is_refused_not_read(tmp_path, fifo):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert run.returncode != 0 and f"{fifo} is not a regular file" in run.stderr
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_png_declaring_a_huge_image_is_refused_before_decoding(tmp_path, first):
+    """A few-kB PNG declaring more than MAX_RESOLUTION on a side: refused on its header, first file or not."""
+    side = MAX_RESOLUTION + int(np.random.default_rng().integers(1, 3000))
+    buffer = io.BytesIO()
+    Image.new("L", (side, 3)).save(buffer, format="PNG")
+    (tmp_path / ("a.png" if first else "b.png")).write_bytes(buffer.getvalue())
+    (tmp_path / ("b.png" if first else "a.png")).write_bytes(_png())
+    with pytest.raises(ValueError, match=rf"{'a' if first else 'b'}\.png (declares a {side}x3|images differ)"):
+        load_dataset(tmp_path)
+
+
+def test_a_tiff_declaring_a_huge_image_is_refused_before_decoding(tmp_path, capsys):
+    """dataset_tool reads TIFF itself (16-bit): a zlib TIFF of a few kB that would decode to more than 32 MiB."""
+    src = tmp_path / "src"
+    src.mkdir()
+    side = MAX_RESOLUTION + int(np.random.default_rng().integers(1, 200))
+    tifffile.imwrite(src / "a.tif", np.zeros((side, side), np.uint16), compression="zlib")
+    assert (src / "a.tif").stat().st_size < 1 << 20
+    assert dataset_tool(["--source", str(src), "--dest", str(tmp_path / "out"), "--sigma-n", "0.1"]) != 0
+    err = capsys.readouterr().err
+    assert f"a.tif declares a {side}x{side}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["1" * 400, "-" + "9" * 400, "1e400"])
+def test_a_huge_sigma_n_in_a_sigma_table_is_one_error(tmp_path, capsys, value):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((4, 4), np.float32))
+    (tmp_path / "sigma.json").write_text('{"a.npy": ' + value + "}")
+    assert dataset_tool(["--source", str(src), "--dest", str(tmp_path / "out"), "--sigma-n-from",
+                         str(tmp_path / "sigma.json")]) != 0
+    err = capsys.readouterr().err
+    assert "error: " in err and "sigma.json: the sigma_n of 'a.npy' must be a finite number >= 0 and <= 80" in err, err
+    assert not (tmp_path / "out").exists()
