@@ -15,11 +15,20 @@ import numpy as np
 import torch
 
 from ambient.common import cli
-from ambient.common.images import npz_writer, save_grid, save_pngs, to_uint8
+from ambient.common.images import MAX_GRID, npz_writer, save_grid, save_pngs, to_uint8
 from ambient.io import CheckpointError, load_network
 from ambient.model import generate, seed_classes
+from ambient.model.sampler import check_schedule
 
-MAX_GRID = 4096        # images in one PNG grid (held in memory); more go to a folder or an .npz
+
+def check_class(class_idx: int | None, label_dim: int) -> None:
+    """ValueError unless --class `class_idx` is absent or one of a conditional model's `label_dim` classes."""
+    if class_idx is None:
+        return
+    if not label_dim:
+        raise ValueError(f"--class {class_idx}: this model is unconditional (it has no classes)")
+    if class_idx >= label_dim:
+        raise ValueError(f"--class {class_idx}: this model has {label_dim} classes (0-{label_dim - 1})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,16 +52,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop early at this noise level, return the denoised estimate")
     p.add_argument("--class", dest="class_idx", type=cli.nonneg_int,
                    help="class label (conditional models; default: seed mod classes)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be >= 2")
+    try:
+        check_schedule(a.steps, a.sigma_min, a.sigma_max, a.rho)
+    except ValueError as e:
+        p.error(str(e))
     out, n = Path(a.out), len(a.seeds)
     try:                                          # the output is checked before any work
         if out.suffix == ".png" and n > MAX_GRID:
             raise ValueError(f"a grid of {n} images is more than {MAX_GRID}; write them to a folder or an .npz")
         cli.check_output(out, kind="file" if out.suffix in (".png", ".npz") else "folder")
         net, meta = load_network(a.ckpt, which=a.weights, device=a.device)
+        check_class(a.class_idx, net.label_dim)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

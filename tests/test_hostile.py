@@ -384,7 +384,9 @@ def test_zip_bombs_are_refused_without_reading_them(tmp_path, members, bomb, mes
     (lambda: npy_bytes(np.zeros((8, 8, 8, 8), np.float32)), "expected an image"),
 ])
 def test_arrays_declaring_more_than_they_hold_are_refused(tmp_path, array_bytes, message):
-    members = {"0.npy": npy_bytes(np.zeros((8, 8), np.float32)), "1.npy": array_bytes()}
+    """The hostile array is the first file, whose declared shape every other file is compared with (a later file
+    declaring another shape is refused for that before it is decoded)."""
+    members = {"0.npy": array_bytes(), "1.npy": npy_bytes(np.zeros((8, 8), np.float32))}
     members["dataset.json"] = json.dumps({"sigma_n": [["0.npy", 0.1], ["1.npy", 0.1]]}).encode()
     path = zip_set(tmp_path / "arrays.zip", members)
     with pytest.raises(ValueError, match=message):

@@ -105,7 +105,7 @@ def test_bad_input_one_clear_error(tmp_path, capsys, args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["--sigma-n", "-0.2"], "must be >= 0"),
-    (["--batch", "0"], "positive"),
+    (["--batch", "0"], "an integer in [1, "),
     (["--p-clean", "1.5"], "[0, 1]"),
     (["--p-clean", "0.5", "--n-clean", "10"], "choose one"),
     (["--sigma-n", "0.1,0.2", "--sigma-share", "1"], "entries"),

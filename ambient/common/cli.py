@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 
 def _number(text: str, kind: type, what: str) -> float:
     try:
@@ -35,6 +37,22 @@ nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
 positive_float = _checked(float, "a number", lambda v: v > 0, "> 0")
 nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
 fraction = _checked(float, "a number", lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+
+# Every seed of every command: below 2**40, so seed * SEED_MULTIPLIER + counter (ambient.data.streams) stays
+# within the 64-bit seeds of torch and numpy for any counter below 2**62.
+SEED_LIMIT = 2**40
+seed = _checked(int, "an integer", lambda v: 0 <= v < SEED_LIMIT, f"a seed in [0, 2**40 = {SEED_LIMIT})")
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+    return _checked(int, "an integer", lambda v: lo <= v <= hi, f"an integer in [{lo}, {hi}]")
+
+
+def float_in(lo: float, hi: float, *, open_low: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in [lo, hi] (in (lo, hi] with `open_low`)."""
+    return _checked(float, "a number", lambda v: (lo < v if open_low else lo <= v) and v <= hi,
+                    f"in {'(' if open_low else '['}{lo:g}, {hi:g}]")
 
 
 def or_none(parse: Callable[[str], float]) -> Callable[[str], float | None]:
@@ -82,15 +100,44 @@ class IntRanges(Sequence[int]):
 
 
 def int_range(text: str) -> IntRanges:
-    """"0-63" or "1,5,7-9" -> those ints (seeds), as ranges."""
+    """"0-63" or "1,5,7-9" -> those seeds (each by `seed`'s rule), as ranges."""
     out: list[range] = []
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        start, stop = nonneg_int(lo), nonneg_int(hi) if hi else None
+        start, stop = seed(lo), seed(hi) if hi else None
         if stop is not None and stop < start:
             raise argparse.ArgumentTypeError(f"range {part!r} runs backwards")
         out.append(range(start, (stop if stop is not None else start) + 1))
     return IntRanges(out)
+
+
+def device(text: str) -> str:
+    """An argparse type: a CPU or an available CUDA device ("cpu", "cuda", "cuda:1"), checked before any work."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda devices are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this host has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def check_folder(path: str | os.PathLike, *, option: str) -> Path:
+    """A folder to write into, checked before any work: ValueError unless it is a writable folder or can be made
+    (its nearest existing parent a writable folder). `option` names it in the message ("--cache-dir")."""
+    path = Path(path)
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if existing == path.absolute() and not path.is_dir():
+        raise ValueError(f"{option} {path} is not a folder")
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is not a writable folder")
+    return path
 
 
 def check_output(path: str | os.PathLike, *, kind: str = "file", overwrite: bool = False) -> Path:

@@ -18,6 +18,8 @@ from PIL import Image
 
 from .atomic import atomic_path
 
+MAX_GRID = 4096        # images in one PNG grid (held in memory); more go to a folder or an .npz
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8: x * 127.5 + 128, clipped to [0, 255] and truncated."""

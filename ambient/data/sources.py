@@ -22,6 +22,7 @@ import json
 import math
 import operator
 import os
+import stat
 import zipfile
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -42,6 +43,7 @@ LABELS_FILE = "dataset.json"
 MAX_CLASSES = 1 << 16       # labels are class indices below this (a one-hot per image has that many entries)
 SIGMA_N_MAX = 80.0          # the largest noise level of an image: EDM's sigma_max, the sampler's first level
 PLAUSIBLE_SIGMAS = 10       # a [-1, 1] image plus N(0, s^2) noise stays within 1 + 10 s (p < 1e-22 per pixel)
+MAX_RESOLUTION = 4096       # the largest height or width of an image; checked on its header, before decoding
 
 
 # Errors PIL / zipfile / json raise for unreadable, truncated or corrupt files (MemoryError: a file asking for
@@ -205,6 +207,7 @@ class ImageSource:
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid = -1
         if self.is_zip:
+            check_regular_file(self.path)
             if not zipfile.is_zipfile(self.path):
                 raise ValueError(f"{self.path} is neither a folder nor a .zip archive")
             try:
@@ -212,7 +215,11 @@ class ImageSource:
                     files = [n for n in archive.namelist() if not n.endswith("/")]
             except _READ_ERRORS as e:
                 raise ValueError(f"cannot read zip archive {self.path}: {e}") from None
+            seen: set[str] = set()
             for name in files:
+                if name in seen:
+                    raise ValueError(f"{self.path}: zip entry {name!r} appears twice; refusing to guess which is meant")
+                seen.add(name)
                 parts = name.replace("\\", "/").split("/")
                 if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
                     raise ValueError(f"{self.path}: zip entry {name!r} escapes the data set's folder")
@@ -238,7 +245,8 @@ class ImageSource:
     def _stream(self, name: str) -> IO[bytes]:
         """`name` as a stream (a zip member is decompressed as it is read)."""
         if not self.is_zip:
-            return open(os.path.join(self.path, name), "rb")
+            check_regular_file(self.where(name))
+            return open(self.where(name), "rb")
         if self._zip is None or self._zip_pid != os.getpid():
             # A handle inherited through fork shares its file offset with the parent: reopen.
             self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
@@ -262,10 +270,9 @@ class ImageSource:
         try:
             with self._stream(name) as f:
                 if is_array(name):
-                    shape, _ = _npy_header(f, where)
-                    return shape[2] if len(shape) == 3 else 1, shape[0], shape[1]
+                    return image_shape_of(_npy_header(f, where)[0], where)
                 with Image.open(f) as img:
-                    return _mode_channels(img.mode, "transparency" in img.info, where), img.size[1], img.size[0]
+                    return _pil_shape(img, where)
         except _READ_ERRORS as e:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
 
@@ -282,21 +289,21 @@ class ImageSource:
         where = self.where(name)
         try:
             with self.open(name) as f, Image.open(f) as img:
-                mode, transparent, (w, h) = img.mode, "transparency" in img.info, img.size
+                shape = _pil_shape(img, where)      # before decoding: a small file can declare a huge image
                 if img.format == "PNG":
                     img.verify()
                 else:
                     img.load()
         except _READ_ERRORS as e:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
-        return _mode_channels(mode, transparent, where), h, w
+        return shape
 
     def read_array(self, name: str) -> np.ndarray:
         """Pixels of one image as uint8 (H, W, C), C = 1 (grayscale) or 3 (RGB)."""
         where = self.where(name)
         try:
             with self.open(name) as f, Image.open(f) as img:
-                _mode_channels(img.mode, "transparency" in img.info, where)
+                _pil_shape(img, where)
                 if img.mode in ("1", "P"):
                     img = img.convert("L" if img.mode == "1" else "RGB")
                 array = np.array(img, dtype=np.uint8)
@@ -321,8 +328,6 @@ class ImageSource:
                              "on the [-1, 1] scale of the clean images plus their noise")
         if array.ndim == 2:
             array = array[:, :, None]
-        if array.ndim != 3 or array.shape[2] not in (1, 3):
-            raise ValueError(f"{where} has shape {array.shape}; expected (H, W) or (H, W, C) with C 1 or 3")
         with np.errstate(over="ignore"):             # a value beyond float32's range becomes inf: refused below
             array = array.astype(np.float32, copy=False)
         if not np.isfinite(array).all():
@@ -368,8 +373,8 @@ class ImageSource:
         where = self.where(LABELS_FILE)
         try:
             with self.open(LABELS_FILE, limit=labels_bytes_limit(len(self.files))) as f:
-                data = json.loads(f.read())
-        except (ValueError, *_READ_ERRORS) as e:
+                data = parse_json(f.read(), where)
+        except _READ_ERRORS as e:
             raise ValueError(f"{where} is not valid JSON: {e}") from None
         if not isinstance(data, dict) or not {"labels", "sigma_n"} & data.keys():
             raise ValueError(f'{where} must be a JSON object with a "labels" or "sigma_n" entry')
@@ -384,7 +389,7 @@ class ImageSource:
                 raise ValueError(f'{where}: each "{key}" entry must be ["relative/path", value], got {entry!r}')
             fname = entry[0].replace("\\", "/")
             if fname in table:
-                raise ValueError(f'{where}: "{key}" lists {fname!r} twice')
+                raise ValueError(f'{where}: "{key}" lists {fname!r} twice; refusing to guess which entry is meant')
             try:
                 table[fname] = value_of(entry[1], fname)
             except ValueError as e:
@@ -401,6 +406,45 @@ class ImageSource:
         return np.array([table[n] for n in self.image_names], dtype=dtype)
 
 
+def check_regular_file(path: str) -> None:
+    """ValueError naming `path` unless it is a regular file (checked before opening: a FIFO would block for ever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:                       # a symlink loop, a dangling link, no permission
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file (a FIFO, socket, device or folder); refusing to read it")
+
+
+def image_shape_of(shape: Sequence[int], where: str) -> tuple[int, int, int]:
+    """(C, H, W) of an image whose header declares (H, W) or (H, W, C); ValueError naming `where` unless C is 1 or
+    3 and H, W are at most MAX_RESOLUTION. Checked before any pixels are decoded or memory is allocated."""
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise ValueError(f"{where} has shape {tuple(shape)}; expected an image (H, W) or (H, W, C) with C 1 or 3")
+    if not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_RESOLUTION:
+        raise ValueError(f"{where} declares a {shape[1]}x{shape[0]} (WxH) image; images of a data set are at most "
+                         f"{MAX_RESOLUTION}x{MAX_RESOLUTION}, refusing to decode it")
+    return shape[2] if len(shape) == 3 else 1, shape[0], shape[1]
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """JSON `text` of the file `where`; ValueError naming it when invalid or when an object repeats a key (which
+    json.loads would resolve silently, the last one winning)."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) < len(keys):
+            duplicate = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"{where} gives the key {duplicate[:80]!r} twice; refusing to guess which is meant")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(where) else f"{where} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is not valid JSON: nested too deep") from None
+
+
 def file_bytes_limit(shape: Sequence[int]) -> int:
     """Most bytes one file of a data set of (C, H, W) images may hold: 16 per value (float128 .npy, 16-bit PNG
     with room to spare) plus 1 MiB of headers and metadata chunks."""
@@ -413,13 +457,15 @@ def labels_bytes_limit(n_files: int) -> int:
 
 
 def _npy_header(f: IO[bytes], where: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from an .npy header, refusing shapes that are not images (PIL's pixel limit) or, given the
+    """(shape, dtype) from an .npy header, refusing shapes that are not images (`image_shape_of`) or, given the
     file's `size`, more data than it holds (numpy would allocate the declared size before reading)."""
-    version = np.lib.format.read_magic(f)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(f)
-    if len(shape) not in (2, 3) or math.prod(shape[:2]) > Image.MAX_IMAGE_PIXELS:
-        raise ValueError(f"{where} declares an array of shape {shape}; expected an image (H, W) or (H, W, C)")
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    except ValueError as e:
+        raise ValueError(f"corrupt or unreadable array {where}: {e}") from None
+    image_shape_of(shape, where)
     if size is not None and math.prod(shape) * dtype.itemsize > size - f.tell():
         raise ValueError(f"{where} declares a {shape} {dtype} array but holds only {size - f.tell()} bytes of data")
     return shape, dtype
@@ -463,7 +509,7 @@ def is_noisy_dataset(name_or_path: str | os.PathLike) -> bool:
         if LABELS_FILE not in source.files:
             return False
         with source.open(LABELS_FILE) as f:
-            data = json.loads(f.read())
+            data = parse_json(f.read(), source.where(LABELS_FILE))
     except (ValueError, *_READ_ERRORS):
         return False
     return isinstance(data, dict) and data.get("sigma_n") is not None
@@ -471,6 +517,12 @@ def is_noisy_dataset(name_or_path: str | os.PathLike) -> bool:
 
 def _is_hidden(name: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
+def _pil_shape(img: Image.Image, where: str) -> tuple[int, int, int]:
+    """(C, H, W) of an opened, not yet decoded PIL image: its declared size bounded by `image_shape_of`."""
+    channels = _mode_channels(img.mode, "transparency" in img.info, where)
+    return image_shape_of((img.size[1], img.size[0], channels), where)
 
 
 def _mode_channels(mode: str, transparent: bool, where: str) -> int:
@@ -515,7 +567,9 @@ class ImageFolderDataset(BaseDataset):
                                  "its noise is clipped to [0, 255] and quantised; store noisy images as "
                                  "float32 .npy (python -m ambient.dataset_tool --allow-quantized converts "
                                  "8-bit ones if you accept that)")
-            shape = source.check_image(fname, None if sigma_n is None else float(sigma_n[k]))
+            shape = source.declared_shape(fname)    # compared with the first before decoding: none decodes larger
+            if first_shape is None or shape == first_shape:
+                shape = source.check_image(fname, None if sigma_n is None else float(sigma_n[k]))
             if shape[1] != shape[2]:
                 raise ValueError(f"images must be square: {source.where(fname)} is "
                                  f"{shape[2]}x{shape[1]} (WxH)")

@@ -57,8 +57,11 @@ from .sources import (
     LABELS_FILE,
     NAMED_DATASETS,
     ImageSource,
+    check_regular_file,
+    image_shape_of,
     is_array,
     load_dataset,
+    parse_json,
     sigma_n_value,
     subset_indices,
 )
@@ -265,15 +268,13 @@ def add_noise(source: str, dest: str, sigma_n: Sequence[float], *, sigma_share: 
 
 def _read_sigma_table(path: str) -> dict[str, float]:
     """file -> sigma_n from a CSV (`file,sigma_n` rows, an optional header) or a JSON object."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"--sigma-n-from file not found: {path}")
+    check_regular_file(path)
     with open(path, newline="") as f:
         text = f.read()
     if path.lower().endswith(".json"):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        data = parse_json(text, path)
         if not isinstance(data, dict):
             raise ValueError(f'{path} must be a JSON object {{"relative/file.npy": sigma_n, ...}}')
         rows = list(data.items())
@@ -314,9 +315,10 @@ def _read_raw(source: ImageSource, name: str) -> np.ndarray:
         import tifffile  # scikit-image's TIFF reader; Pillow reads 16-bit RGB TIFF as 8-bit
 
         try:
-            with source.open(name) as f:
-                array = tifffile.imread(f)
-        except (ValueError, OSError, tifffile.TiffFileError) as e:
+            with source.open(name) as f, tifffile.TiffFile(f) as tiff:
+                image_shape_of(tiff.series[0].shape, where)    # before decoding: a small file can declare a huge image
+                array = tiff.asarray()
+        except (OSError, tifffile.TiffFileError, IndexError) as e:
             raise ValueError(f"corrupt or unreadable image {where}: {e}") from None
     else:
         with source.open(name) as f:
@@ -327,6 +329,7 @@ def _read_raw(source: ImageSource, name: str) -> np.ndarray:
                              "16-bit TIFF or .npy")
         try:
             with source.open(name) as f, Image.open(f) as img:
+                image_shape_of(img.size[::-1], where)      # before decoding: a small file can declare a huge image
                 wide = img.mode.startswith("I")   # 16-bit grayscale PNG: I;16 (or I)
                 array = np.array(img) if wide else None
         except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
@@ -341,8 +344,7 @@ def _read_raw(source: ImageSource, name: str) -> np.ndarray:
         array = array[:, :, None]
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{where} holds {array.dtype} values; give float images as .npy on the [-1, 1] scale")
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise ValueError(f"{where} has shape {array.shape}; expected (H, W) or (H, W, C) with C 1 or 3")
+    image_shape_of(array.shape, where)
     return array
 
 

@@ -30,6 +30,7 @@ from ambient.common.images import from_uint8, to_uint8
 from ambient.data import NAMED_DATASETS, data_options, load_dataset, make_dataset
 from ambient.io import CheckpointError, load_network
 from ambient.model import generate, seed_classes
+from ambient.model.sampler import check_schedule
 
 from . import metrics
 
@@ -164,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=cli.positive_int, default=100)
     p.add_argument("--weights", choices=("ema", "net"), default="ema")
     p.add_argument("--cache-dir", help="FD-MNIST classifier cache (default $AMBIENT_CACHE or ~/.cache/ambient)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    try:
-        cli.check_output(a.out, overwrite=True)                  # before any sampling
+    try:                                                         # before any sampling
+        check_schedule(a.steps, a.sigma_min, 80.0, 7.0)          # evaluate's other sampler settings: EDM's
+        cli.check_output(a.out, overwrite=True)
+        if a.cache_dir is not None:
+            cli.check_folder(a.cache_dir, option="--cache-dir")
         m = evaluate(a.ckpt, n=a.n, steps=a.steps, metric=a.metric, ref=a.ref, inception_path=a.inception_path,
                      batch=a.batch, weights=a.weights, cache_dir=a.cache_dir, device=a.device,
                      progress=not a.no_progress, samples_out=a.samples_out, sigma_min=a.sigma_min)

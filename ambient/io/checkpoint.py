@@ -25,7 +25,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
+
+from ambient.common.atomic import writer_is_dead, writer_tag
 
 from .templates import checkpoint_template, state_mismatch
 
@@ -76,22 +77,13 @@ def _meta_digest(meta: dict[str, Any]) -> str:
 
 def _work_name(kind: str, name: str) -> str:
     """Name of a work directory (kind ".tmp-" or ".trash-") owned by this process on this host."""
-    return f"{kind}{name}.{os.getpid()}@{socket.gethostname()}"
+    return f"{kind}{name}.{writer_tag()}"
 
 
 def _writer_is_dead(name: str) -> bool:
-    """Whether a work directory's owner was a process on this host that no longer exists."""
+    """Whether a work directory's owner (`kind NAME.PID@HOST`) was a process on this host that no longer exists."""
     head, _, host = name.rpartition("@")
-    pid = head.rpartition(".")[2]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False                          # another machine's, or not ours: leave it alone
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:                           # exists, owned by someone else
-        return False
-    return False
+    return writer_is_dead(f"{head.rpartition('.')[2]}@{host}")
 
 
 def _remove_dir(path: Path) -> None:

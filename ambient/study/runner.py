@@ -20,6 +20,7 @@ and its evaluation images (samples/NAME.npz, uint8).
 """
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -37,6 +38,7 @@ from typing import Any
 from ambient.common import cli
 from ambient.common.atomic import write_json
 from ambient.data import load_dataset
+from ambient.data.sources import check_regular_file, parse_json
 from ambient.eval import METRICS
 from ambient.io import list_checkpoints
 from ambient.train import config_flags
@@ -152,6 +154,53 @@ def _run_logged(cmd: list[str], log: Path, env: dict[str, str], what: str) -> fl
     return time.perf_counter() - start
 
 
+# A point's files and the entries the study reads from them: (required, check, what it must be). The study and
+# ambient.eval write them atomically, so a file that fails these checks was damaged or edited by hand.
+Entries = dict[str, tuple[bool, Callable[[Any], bool], str]]
+MAX_POINT_FILE = 1 << 20
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def metrics_entries(metric: str) -> Entries:
+    """What metrics.json (and metrics-STEP.json) must hold: the metric and n; the rest the report reads if there."""
+    optional = (f"{metric}_sd", f"{metric}_floor", "kid", "memorised", "nn_ratio", "kimg")
+    return {metric: (True, _finite, "a finite number"),
+            "n": (True, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+            **{k: (False, _finite, "a finite number") for k in optional}}
+
+
+POINT_ENTRIES: Entries = {
+    "train_args": (True, lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of strings"),
+    "train_seconds": (True, _finite, "a finite number"), "eval_seconds": (False, _finite, "a finite number")}
+
+
+def read_point_file(path: Path, entries: Entries) -> dict[str, Any]:
+    """The JSON object of a point's file (point.json, metrics*.json) with `entries` checked (an optional one may be
+    absent or null); StudyError naming the file when it is not a regular file of at most MAX_POINT_FILE bytes of
+    JSON, not an object, or lacks or mistypes an entry. Such a point is neither re-run nor reported: its file is not
+    the study's, and running it again would overwrite what someone put there."""
+    hint = ("delete it to evaluate the point again" if path.name.startswith("metrics") else
+            "delete the point's folder to train it again")
+    try:
+        check_regular_file(str(path))
+        if (size := path.stat().st_size) > MAX_POINT_FILE:
+            raise ValueError(f"{path} holds {size} bytes, more than a point's file ever does ({MAX_POINT_FILE})")
+        data = parse_json(path.read_bytes(), str(path))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds {type(data).__name__}, not a JSON object")
+        for key, (required, ok, what) in entries.items():
+            if key not in data and required:
+                raise ValueError(f'{path} has no "{key}" entry')
+            if key in data and not (ok(data[key]) or (not required and data[key] is None)):
+                raise ValueError(f'{path}: "{key}" must be {what}, got {json.dumps(data[key])[:80]}')
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{e}; {hint}") from None
+    return data
+
+
 def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     """Train (or continue) and evaluate one point unless its metrics file exists; returns the point folder.
 
@@ -166,7 +215,7 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     run_dir = folder / "run"
     args = s.train_args_for(p, run_dir)
     record_file = folder / "point.json"
-    record = json.loads(record_file.read_text()) if record_file.exists() else {"train_seconds": 0.0}
+    record = read_point_file(record_file, POINT_ENTRIES) if os.path.lexists(record_file) else {"train_seconds": 0.0}
     if record.get("train_args", args) != args:
         raise StudyError(f"point {p.name} in {study_dir} was started with training arguments "
                          f"{shlex.join(record['train_args'])}, not {shlex.join(args)}; use a new --dir for new "
@@ -193,7 +242,7 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     record["eval_seconds"] += _run_logged(s.eval_args(newest, metrics_file, folder / "samples.npz"),
                                           folder / "eval.log", env, f"evaluating {p.name}")
     write_json(record, record_file)
-    say(f"done {p.name}: {json.loads(metrics_file.read_text())[s.metric]:.3f}")
+    say(f"done {p.name}: {read_point_file(metrics_file, metrics_entries(s.metric))[s.metric]:.3f}")
     return folder
 
 
@@ -224,27 +273,33 @@ def _snapshots(folder: Path, metric: str) -> dict[str, float]:
     """{kimg: metric} of every evaluated snapshot of a point (metrics-STEP.json and metrics.json)."""
     found = {}
     for f in sorted(folder.glob("metrics*.json")):
-        m = json.loads(f.read_text())
-        found[f"{m.get('kimg', 0):g}"] = m[metric]
+        m = read_point_file(f, metrics_entries(metric))
+        found[f"{m.get('kimg') or 0:g}"] = m[metric]
     return dict(sorted(found.items(), key=lambda kv: float(kv[0])))
 
 
-def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]:
-    """One row per point with a metrics file."""
-    rows = []
+def collect(points: Sequence[Point], study_dir: Path, metric: str) -> tuple[list[dict], list[str]]:
+    """One row per point with a metrics file, and one error per point whose files are damaged (read_point_file)."""
+    rows, errors = [], []
     for p in points:
         folder = study_dir / "points" / p.name
-        if not (folder / "metrics.json").exists():
+        if not os.path.lexists(folder / "metrics.json"):
             continue
-        m = json.loads((folder / "metrics.json").read_text())
-        rec = json.loads((folder / "point.json").read_text()) if (folder / "point.json").exists() else {}
+        try:
+            m = read_point_file(folder / "metrics.json", metrics_entries(metric))
+            record = folder / "point.json"
+            rec = read_point_file(record, POINT_ENTRIES) if os.path.lexists(record) else {}
+            snapshots = _snapshots(folder, metric)
+        except StudyError as e:
+            errors.append(str(e))
+            continue
         rows.append({"name": p.name, "n_clean": p.n_clean, "n_noisy": p.n_noisy, "sigma_n": p.sigma_n,
                      "seed": p.seed, "metric": metric, "value": m[metric], "sd": m.get(f"{metric}_sd"),
                      "floor": m.get(f"{metric}_floor"), "kid": m.get("kid"), "memorised": m.get("memorised"),
                      "nn_ratio": m.get("nn_ratio"), "n": m["n"], "kimg": m.get("kimg"),
-                     "snapshots": json.dumps(_snapshots(folder, metric)),
+                     "snapshots": json.dumps(snapshots),
                      "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds")})
-    return rows
+    return rows, errors
 
 
 def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
@@ -384,17 +439,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
-    pairs = list(a.points)
-    if a.table1 is not None:
-        if a.table1 == 0:
-            a.table1 = len(load_dataset(a.data))
-        pairs += list(table1_pairs(a.table1).values())
     try:
+        if a.table1 == 0:
+            try:
+                a.table1 = len(load_dataset(a.data))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--table1 without N counts the images of --data {a.data}: {e}") from None
+        pairs = [*a.points, *(table1_pairs(a.table1).values() if a.table1 is not None else ())]
         points = with_setting_seeds(make_points(a.n_clean, a.n_noisy, a.sigma_n, a.seeds, pairs), a.setting_seeds)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    extra = given_flags(shlex.split(a.train_args))
+    try:
+        extra = given_flags(shlex.split(a.train_args))
+    except ValueError as e:
+        print(f"error: --train-args {a.train_args!r}: {e}", file=sys.stderr)
+        return 2
     if own := sorted(set(extra) & set(SHARED)):
         print(f"error: --train-args sets {', '.join(map(flag_name, own))}: give the study's own option instead",
               file=sys.stderr)
@@ -413,15 +473,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   if a.report_only else f"{len(points)} point(s), {a.jobs} at a time"))
     start = time.perf_counter()
     errors = [] if a.report_only else run_points(points, study_dir, s, a.jobs)
-    rows = collect(points, study_dir, a.metric)
+    rows, damaged = collect(points, study_dir, a.metric)
+    for e in damaged:
+        print(f"error: {e}", file=sys.stderr)
     if rows:
         print(write_results(rows, results, a.metric, a.data, config))
         copy_samples(rows, study_dir, results)
         say(f"results in {results} ({len(rows)} of {len(points)} points, {time.perf_counter() - start:.0f} s)")
     if errors:
         print(f"error: {len(errors)} point(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if errors or damaged else 0
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import torch
 
 from ambient.common import cli
 from ambient.data import check_split_options, is_noisy_dataset
 from ambient.io import CheckpointError
 
 from .config import TrainConfig, flag_name
-from .distributed import check_device
 from .loop import TrainingDiverged, TrainingInterrupted, train
 
 
@@ -53,18 +54,24 @@ def add_flags(container: argparse._ActionsContainer, names: Iterable[str] | None
             group.add_argument(flag, dest=f.name, default=f.default if defaults else argparse.SUPPRESS, **kw)
 
 
-def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, as its `option` metadata says."""
     p = argparse.ArgumentParser(prog=" ".join(cli.invocation("ambient.train")), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, defaults=defaults)
+    add_flags(p)
     return p
+
+
+class _RefusingParser(argparse.ArgumentParser):
+    """A parser whose usage errors are ValueErrors (for flags read from inside another command's option)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The TrainConfig of a command line; a usage error (exit 2) for flags that contradict each other, by the
-    library's own rules (ambient.data.check_split_options, TrainConfig.check_window_options,
-    ambient.train.distributed.check_device)."""
+    library's own rules (ambient.data.check_split_options, TrainConfig.check_window_options)."""
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -74,16 +81,17 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                             keep_fraction=cfg.keep_fraction, all_clean=cfg.all_clean, sigma_n=cfg.sigma_n,
                             sigma_share=cfg.sigma_share, name=flag_name)
         cfg.check_window_options()
-        if cfg.device is not None:
-            check_device(cfg.device)
     except ValueError as e:
         p.error(str(e))
     return cfg
 
 
 def given_flags(argv: list[str]) -> dict[str, Any]:
-    """The TrainConfig fields that a list of flags sets, and their values (nothing for the flags not given)."""
-    return vars(build_parser(defaults=False).parse_args(argv))
+    """The TrainConfig fields that a list of flags sets, and their values (nothing for the flags not given);
+    ValueError for a flag the trainer does not know (--help included) or a value it refuses."""
+    p = _RefusingParser(add_help=False)
+    add_flags(p, defaults=False)
+    return vars(p.parse_args(argv))
 
 
 def resume_command(argv: list[str], run_dir: str | Path) -> str:
@@ -97,6 +105,11 @@ def resume_command(argv: list[str], run_dir: str | Path) -> str:
     return shlex.join([*cli.invocation("ambient.train"), *kept, "--run-dir", str(run_dir), "--resume", "auto"])
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: MemoryError, CUDA's OutOfMemoryError, the CPU allocator's error."""
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train from a command line; the exit status: 0 done, 1 an error (one line), 130 interrupted."""
     argv = sys.argv[1:] if argv is None else argv
@@ -105,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = train(cfg)
     except (ValueError, OSError, CheckpointError, TrainingDiverged) as e:   # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"error: out of memory ({str(e).strip().splitlines()[-1][:200]}); lower --batch-gpu (the images each "
+              "process takes at once; default --batch / processes), the network's size (--model-channels, "
+              "--preset) or the images' resolution", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
         print(f"{e}; resume with: {resume_command(argv, e.run_dir)}", file=sys.stderr)

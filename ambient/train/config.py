@@ -3,14 +3,25 @@
 `config_flags`, which writes a configuration back as those flags."""
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ambient.common import cli
+from ambient.common.images import MAX_GRID
 from ambient.data import DATA_OPTIONS, DEFAULT_CLEAN_FRACTION, DEFAULT_SIGMA_N
 from ambient.model import PRESETS, SIGMA_SAMPLINGS
 from kernels import BACKENDS, WEIGHTINGS
+
+# Bounds of the flags whose larger values fail only later, in an allocation or a float32 overflow:
+MAX_BATCH = 2**22                   # global batch
+MAX_CHANNELS = 1024                 # --model-channels (EDM's largest preset uses 192)
+MAX_THREADS = os.cpu_count() or 1   # --threads: at most one per core of this host
+# ln(sigma) = P_mean + P_std n with |n| < 10 for torch.randn's draws: |ln(sigma)| <= 10 + 10 * 3 = 40 keeps sigma^2
+# a normal float32 number (the ln of its largest is 88.7, of its smallest normal -87.3).
+P_MEAN_LIMIT = 10.0
+P_STD_LIMIT = 3.0
 
 
 def option(default: Any, help: str | None, **flag: Any) -> Any:
@@ -43,19 +54,19 @@ class TrainConfig:
     all_clean: bool = option(False, "use every image clean (plain EDM training)", action="store_true")
     p_clean: float | None = option(None, "paper's mode: each image clean with this probability", type=cli.fraction)
     keep_fraction: float = option(1.0, "paper's mode: fraction of the data set used", type=cli.fraction)
-    data_seed: int = option(0, "fixes which images are noisy and their noise", type=cli.nonneg_int)
+    data_seed: int = option(0, "fixes which images are noisy and their noise", type=cli.seed)
     cond: bool = option(False, "class-conditional training (needs labels)", action="store_true")
     xflip: bool = option(False, "random horizontal flips", action="store_true")
     max_shift: int = option(0, "random circular shifts up to this many pixels", type=cli.nonneg_int)
     workers: int | None = option(None, "DataLoader workers (default 0 on CPU, 4 on CUDA)", type=cli.nonneg_int)
 
     preset: str = option("tiny", None, choices=tuple(PRESETS), group="network and loss")
-    model_channels: int | None = option(None, "override the preset's base width", type=cli.positive_int)
+    model_channels: int | None = option(None, "override the preset's base width", type=cli.int_in(1, MAX_CHANNELS))
     dropout: float | None = option(None, "override the preset's dropout", type=cli.fraction)
     sigma_sampling: str = option("clamp", None, choices=SIGMA_SAMPLINGS)      # clamp: the paper's
     weighting: str = option("edm", None, choices=WEIGHTINGS)
-    P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.finite_float)
-    P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.positive_float)
+    P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.float_in(-P_MEAN_LIMIT, P_MEAN_LIMIT))
+    P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.float_in(0, P_STD_LIMIT, open_low=True))
     sigma_min_per_image: bool = option(False, "Ambient-o's per-image noise windows: use each image only at noise "
                                               "levels >= its sigma_tn (dataset.json; default its sigma_n), drawing "
                                               "the level first, then an image admissible there", action="store_true")
@@ -71,7 +82,8 @@ class TrainConfig:
     consistency_repeats: int = option(6, "sampler runs whose predictions are averaged per sample",
                                       type=cli.positive_int)
 
-    batch: int = option(64, "global batch size", type=cli.positive_int, group="optimisation")  # all ranks, all rounds
+    batch: int = option(64, "global batch size (all ranks, all rounds)", type=cli.int_in(1, MAX_BATCH),
+                        group="optimisation")
     batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
                                    type=cli.positive_int)
     lr: float = option(2e-3, None, type=cli.positive_float)
@@ -80,11 +92,11 @@ class TrainConfig:
     ema_rampup_ratio: float | None = option(0.05, "the EMA half-life is at most this ratio times the images seen "
                                                   "so far ('none': no ramp-up)", type=cli.or_none(cli.positive_float))
     kimg: float = option(80.0, "training duration in thousands of images", type=cli.positive_float)
-    seed: int = option(0, None, type=cli.nonneg_int)
+    seed: int = option(0, None, type=cli.seed)
     precision: str = option("auto", "auto: bf16 on CUDA; on a CPU bf16 where it is native and measured faster, "
                                     "else fp32", choices=("auto", "fp32", "bf16"))     # hostcpu.auto_precision
     threads: int | None = option(None, "torch CPU threads (default: OMP_NUM_THREADS, else one per process under "
-                                       "torchrun, else all available cores)", type=cli.positive_int)
+                                       "torchrun, else all available cores)", type=cli.int_in(1, MAX_THREADS))
     tf32: bool = option(True, "disable TF32 matmuls on CUDA", name="--no-tf32", action="store_false")
     kernels: str = option("auto", "auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for "
                                   "the rest", choices=BACKENDS)
@@ -103,13 +115,13 @@ class TrainConfig:
     tick_kimg: float = option(5.0, "log interval", type=cli.positive_float)
     snap_kimg: float = option(20.0, "checkpoint + sample grid interval", type=cli.positive_float)
     keep_ckpts: int = option(3, None, type=cli.positive_int)
-    grid_size: int = option(64, "images in the last sample grid", type=cli.positive_int)
+    grid_size: int = option(64, "images in the last sample grid", type=cli.int_in(1, MAX_GRID))
     snap_grid_size: int = option(16, "images in the sample grids of earlier snapshots (seeds 0..N-1, as the last "
-                                     "grid's first N)", type=cli.positive_int)
+                                     "grid's first N)", type=cli.int_in(1, MAX_GRID))
     # No flag: the grids are previews at EDM's 18 Heun steps; images to keep or score come from
     # `python -m ambient.sample --steps` and ambient.eval, which set their own.
     sample_steps: int = option(18, "Heun steps of the snapshot sample grids", name=None)
-    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)", type=cli.device)
     progress: bool = option(True, None, name="--no-progress", action="store_false")
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
 """torch.distributed set-up from the torchrun environment, and the collectives the training loop uses."""
+import argparse
 import os
 import time
 from dataclasses import dataclass
@@ -6,6 +7,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ambient.common import cli
 
 
 @dataclass(frozen=True)
@@ -21,14 +24,11 @@ class DistInfo:
 
 
 def check_device(device: str) -> torch.device:
-    """The device `device` names; ValueError unless it is one and, for CUDA, one is available."""
+    """The device `device` names; ValueError unless `ambient.common.cli.device` accepts it (the flag's rule)."""
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r} asked for, but no CUDA device is available")
-    return dev
+        return torch.device(cli.device(device))
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"--device {e}") from None
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

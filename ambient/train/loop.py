@@ -95,6 +95,15 @@ def draw_counts(sigma: torch.Tensor, sigma_n: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.tensor(len(sigma), device=sigma.device), noisy.sum(), (noisy & (sigma <= sigma_n)).sum()])
 
 
+def log_losses(tick_stats: torch.Tensor, bins: torch.Tensor, loss: torch.Tensor, sigma: torch.Tensor) -> None:
+    """Add per-sample losses to the (sums, counts) per SIGMA_BINS range; a sample whose loss or noise level is not
+    a finite number (sigma overflowed, or is 0 or negative) is left out, as a non-finite step's are."""
+    kept = torch.isfinite(loss) & torch.isfinite(sigma) & (sigma >= 0)     # masked, not indexed: no host sync
+    which = (torch.bucketize(sigma, bins, right=True) - 1).clamp(0, len(bins) - 2)
+    tick_stats[0].index_add_(0, which, torch.where(kept, loss.double(), 0.0))
+    tick_stats[1].index_add_(0, which, kept.double())
+
+
 def tick_record(step: int, batch: int, stats: torch.Tensor, draws: torch.Tensor, seconds: float, steps: int, *,
                 skipped_steps: int, lr: float, device: torch.device) -> dict[str, Any]:
     """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
@@ -115,8 +124,11 @@ def tick_record(step: int, batch: int, stats: torch.Tensor, draws: torch.Tensor,
 
 def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, state: dict[str, Any],
              meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int, timer: Timer = untimed) -> None:
-    """Write step `step`: the EMA's sample grid of seeds 0..n_grid-1 (phase "sample_grid"), then the checkpoint
-    of `net`, `ema`, the training `state` and `meta` ("checkpoint"). The grid comes first: a resume redoes both."""
+    """Write step `step`: the checkpoint of `net`, `ema`, the training `state` and `meta` ("checkpoint"), then the
+    EMA's sample grid of seeds 0..n_grid-1 ("sample_grid"). The checkpoint comes first, so the slow sampling never
+    delays or loses it (a grid lost to a crash is not redone on resume)."""
+    with timer("checkpoint"):
+        ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
     shape = (ema.img_channels, ema.img_resolution, ema.img_resolution)
     path = run_dir / f"samples-{step:09d}.png"
     with timer("sample_grid"):
@@ -127,8 +139,6 @@ def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, st
             save_grid(grid, path)
         except OSError as e:
             raise ckpt.write_error(path, e) from None
-    with timer("checkpoint"):
-        ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
 
 
 def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, batch_gpu: int,
@@ -225,9 +235,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             stats = train_step(state, batch, step, timer)
             tick_draws += draw_counts(stats.sigma, torch.cat([items["sigma_n"] for items in batch]).to(device).float())
             if stats.finite:                           # a skipped step's losses (and noise levels) are not logged
-                which = torch.bucketize(stats.sigma, bins, right=True) - 1
-                tick_stats[0].index_add_(0, which, stats.loss.double())
-                tick_stats[1].index_add_(0, which, torch.ones_like(which, dtype=torch.float64))
+                log_losses(tick_stats, bins, stats.loss, stats.sigma)
                 if stats.consistency is not None:
                     consistency_stats[0] += stats.consistency.double().sum()
                     consistency_stats[1] += len(stats.consistency)

@@ -7,6 +7,7 @@ another number of processes, sees exactly the same numbers.
 """
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -36,21 +37,56 @@ def make_optimizer(net: torch.nn.Module, lr: float, device: torch.device) -> tor
     return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=cuda, foreach=not cuda)
 
 
+class NoiseStream:
+    """eps[i] ~ N(0, I), the injected noise of sample i of a step's global batch of `batch` samples of shape
+    `sample_shape`: the numbers of torch.randn((batch, *sample_shape), generator=torch.Generator(device).manual_seed(s))
+    sliced, asked for one micro-batch at a time, in order (`take(first, count)`).
+
+    On a CPU (and a sample size a multiple of 16) only the micro-batch asked for is held, so memory follows
+    --batch-gpu: randn of n float32 values (n >= 16, a multiple of 16) draws n uniforms, one generator word each,
+    then maps each block of 16 of them to normals (Box-Muller), so values i .. i + m (i, m multiples of 16) are
+    randn(m) drawn after i uniforms. Elsewhere (CUDA's Philox lays the values out by the kernel launch) the batch is
+    drawn at once.
+    """
+
+    DISCARD_CHUNK = 1 << 20     # uniforms drawn at a time to skip the samples of the ranks before this one
+
+    def __init__(self, s: int, batch: int, sample_shape: tuple[int, ...], device: torch.device) -> None:
+        self.shape, self.numel = tuple(sample_shape), math.prod(sample_shape)
+        self.generator = torch.Generator(device).manual_seed(s)
+        self.whole = None
+        if device.type != "cpu" or self.numel % 16:
+            self.whole = torch.randn((batch, *self.shape), generator=self.generator, device=device)
+        self.position = 0       # samples drawn so far
+
+    def take(self, first: int, count: int) -> torch.Tensor:
+        """eps of samples first .. first + count - 1 (first at or after the end of the last micro-batch taken)."""
+        if first < self.position:
+            raise ValueError(f"noise of sample {first} asked for after that of sample {self.position - 1}")
+        if self.whole is not None:
+            self.position = first + count
+            return self.whole[first:first + count]
+        skip = (first - self.position) * self.numel
+        while skip > 0:
+            torch.rand(min(skip, self.DISCARD_CHUNK), generator=self.generator)
+            skip -= min(skip, self.DISCARD_CHUNK)
+        self.position = first + count
+        return torch.randn((count, *self.shape), generator=self.generator)
+
+
 def step_randomness(seed: int, step: int, batch: int, sample_shape: tuple[int, ...], device: torch.device,
-                    draw_eps: bool) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+                    draw_eps: bool) -> tuple[int, torch.Tensor, NoiseStream | None]:
     """(s, normals, eps): the random numbers of step `step`, for the whole global batch (ranks slice theirs).
 
         s          = step_seed(seed, step)
         normals[i] ~ N(0, 1), CPU generator seeded s: sample i's noise level (loss.sample_sigma)
-        eps[i]     ~ N(0, I), `device` generator seeded s, drawn only with `draw_eps` (the torch kernels);
-                     Triton draws it in-kernel from (s, offset i * numel) instead, so eps is None
+        eps[i]     ~ N(0, I), `device` generator seeded s (NoiseStream: per micro-batch), drawn only with `draw_eps`
+                     (the torch kernels); Triton draws it in-kernel from (s, offset i * numel) instead: eps is None
     Dropout masks come from torch.manual_seed(dropout_seed(s, i)) at each micro-batch's first sample i.
     """
     s = step_seed(seed, step)
     normals = torch.randn(batch, generator=torch.Generator().manual_seed(s))
-    eps = torch.randn((batch, *sample_shape), generator=torch.Generator(device).manual_seed(s), device=device) \
-        if draw_eps else None
-    return s, normals, eps
+    return s, normals, NoiseStream(s, batch, sample_shape, device) if draw_eps else None
 
 
 def lr_at(cfg: TrainConfig, nimg: int) -> float:
@@ -206,8 +242,8 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
     cfg = state.cfg
     nimg = step * cfg.batch
     numel = state.sample_shape[0] * state.sample_shape[1] * state.sample_shape[2]
-    seed, normals, eps_all = step_randomness(cfg.seed, step, cfg.batch, state.sample_shape, state.device,
-                                             state.eps_from_torch)
+    seed, normals, eps = step_randomness(cfg.seed, step, cfg.batch, state.sample_shape, state.device,
+                                         state.eps_from_torch)
     state.optimizer.zero_grad(set_to_none=True)
     losses, sigmas, consistencies = [], [], []
     for first, last, items in _micro_batches(state, batch):
@@ -221,7 +257,7 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
                                                   enabled=cfg.precision == "bf16"):
                 loss, sigma = state.loss_fn(state.model, y, items["sigma_n"].float(), normals[part], labels,
                                             seed=seed, offset=first * numel,
-                                            eps=eps_all[part] if eps_all is not None else None,
+                                            eps=eps.take(first, len(y)) if eps is not None else None,
                                             sigma=items.get("sigma"))
                 total = loss * items["weight"].to(loss) if "weight" in items else loss     # --window-factor
                 if cfg.consistency > 0:                     # off: not a single extra draw or operation
