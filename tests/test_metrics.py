@@ -144,7 +144,9 @@ def test_fd_mnist_grows_with_gaussian_noise(cache_dir, mnist):
     subset = images[torch.randperm(len(images), generator=gen)[:1000]]
     results = [metrics.fd_mnist(subset + s * torch.randn(subset.shape, generator=gen), cache_dir=cache_dir,
                                 kid_subsets=2)
-               for s in (0.0, 0.1, 0.3, 0.6)]
+               for s in (0.0, 0.2, 0.3, 0.6)]
+    # Noise 0.1 is within a subset's scatter of clean (FD 4.84 against 5.32 clean for one draw; 4.20 against 4.38 in
+    # CI); from 0.2 up every level is far apart (clean 3-7, 0.2: 45-80, 0.3: 216-284 over six draws).
     fds = [r["fd_mnist"] for r in results]
     assert all(b > a for a, b in zip(fds, fds[1:])), fds
     clean = results[0]
