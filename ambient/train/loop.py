@@ -118,6 +118,17 @@ def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, 
                                             persistent_workers=workers > 0))
 
 
+def snapshot_due(step: int, total_steps: int, steps_per_snap: int) -> bool:
+    """Whether step `step` writes a snapshot: every `steps_per_snap` steps and at the end, but a snapshot falling
+    less than half an interval before the end is left to the end's (not two snapshots a few steps apart), so the
+    last interval is 0.5 to 1.5 intervals long:
+
+        step == total_steps  or  (step % steps_per_snap == 0  and  total_steps - step >= steps_per_snap / 2)
+
+    A function of the step alone: a resumed run writes the snapshots an uninterrupted one writes."""
+    return step == total_steps or (step % steps_per_snap == 0 and total_steps - step >= steps_per_snap / 2)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -221,7 +232,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
                 tick_stats.zero_()
                 tick_start, tick_step = time.perf_counter(), step
-            if step % steps_per_snap == 0 or step == total_steps:
+            if snapshot_due(step, total_steps, steps_per_snap):
                 if dist_info.is_main:                                          # rank 0 writes; the others wait
                     # The last grid in full, the earlier ones smaller: snapshots are sampling-bound.
                     n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)
