@@ -18,7 +18,7 @@ from ambient.data.order import EpochIndexed, GlobalOrderSampler
 from ambient.io import checkpoint as ckpt
 from ambient.model import EDMPrecond, generate, seed_classes
 
-from . import hostcpu
+from . import events, hostcpu
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .rundir import cut_log, prepare_run_dir, resume_changes
@@ -74,8 +74,9 @@ def resume(path: Path, state: TrainState, cfg: TrainConfig, *, network: dict[str
 
 
 def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, steps: int, *, skipped_steps: int,
-                lr: float, device: torch.device) -> dict[str, Any]:
-    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
+                lr: float, ema_beta: float, device: torch.device) -> dict[str, Any]:
+    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds` (`lr` and `ema_beta`:
+    its last step's).
 
     `stats` holds the loss sums and sample counts per SIGMA_BINS range (summed over ranks): the mean loss is
     sum / count, overall and per range (0 for an empty range).
@@ -85,13 +86,16 @@ def tick_record(step: int, batch: int, stats: torch.Tensor, seconds: float, step
     return {"step": step, "kimg": step * batch / 1000, "loss": float(stats[0].sum()) / counted if counted else None,
             "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
             "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
-            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
+            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "ema_beta": ema_beta,
+            "time": time.time()}
 
 
 def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, state: dict[str, Any],
-             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int, timer: Timer = untimed) -> None:
-    """Write step `step`: the EMA's sample grid of seeds 0..n_grid-1 (phase "sample_grid"), then the checkpoint
-    of `net`, `ema`, the training `state` and `meta` ("checkpoint"). The grid comes first: a resume redoes both."""
+             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int, timer: Timer = untimed,
+             event_log: events.EventLog | None = None) -> None:
+    """Write step `step`: the EMA's sample grid of seeds 0..n_grid-1 (phase "sample_grid"; also to `event_log`),
+    then the checkpoint of `net`, `ema`, the training `state` and `meta` ("checkpoint"). The grid comes first: a
+    resume redoes both."""
     shape = (ema.img_channels, ema.img_resolution, ema.img_resolution)
     path = run_dir / f"samples-{step:09d}.png"
     with timer("sample_grid"):
@@ -99,9 +103,11 @@ def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, st
                                                      class_labels=seed_classes(ema.label_dim),
                                                      num_steps=sample_steps)])
         try:
-            save_grid(grid, path)
+            image = save_grid(grid, path)
         except OSError as e:
             raise ckpt.write_error(path, e) from None
+        if event_log is not None:
+            event_log.grid(step, image)
     with timer("checkpoint"):
         ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
 
@@ -162,7 +168,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
 
     # Run directory (held for the run's life: released in the finally below) and resume.
     run_dir, resume_from, held = prepare_run_dir(cfg, dist_info)
-    bar = log_file = None
+    bar = log_file = event_log = None
     try:
         step, bad_total, changes = 0, 0, []
         if resume_from is not None:
@@ -170,6 +176,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                                               dataset=dataset.describe())
         if dist_info.is_main:
             cut_log(run_dir, step)
+            events.cut_events(run_dir, step)
             host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
                     "precision_reason": precision_why, "dataset": dataset.describe()}
             write_json({**dataclasses.asdict(cfg), **host, "changes": changes}, run_dir / "config.json")
@@ -190,6 +197,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             from tqdm import tqdm
             bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
         log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
+        if cfg.tensorboard and dist_info.is_main and events.available():
+            event_log = events.EventLog(run_dir)
         tick_start, tick_step, bad_run, first_step = time.perf_counter(), step, 0, step
         # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
         tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
@@ -224,10 +233,12 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             if step % steps_per_tick == 0 or step == total_steps:
                 all_reduce_sum(tick_stats)
                 rec = tick_record(step, cfg.batch, tick_stats, time.perf_counter() - tick_start, step - tick_step,
-                                  skipped_steps=bad_total, lr=stats.lr, device=device)
+                                  skipped_steps=bad_total, lr=stats.lr, ema_beta=stats.ema_beta, device=device)
                 if log_file is not None:
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
+                if event_log is not None:
+                    event_log.tick(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
                 tick_stats.zero_()
@@ -241,7 +252,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                               "batch": cfg.batch},
                              {"network": net_kwargs, "kimg": step * cfg.batch / 1000,
                               "config": dataclasses.asdict(cfg), "dataset": dataset.describe(), "changes": changes},
-                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts, timer=timer)
+                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts, timer=timer,
+                             event_log=event_log)
                 barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir, step, step * cfg.batch / 1000) from None
@@ -250,6 +262,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             bar.close()
         if log_file is not None:
             log_file.close()
+        if event_log is not None:
+            event_log.close()
         if held is not None:
             held.close()
     return run_dir
