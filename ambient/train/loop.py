@@ -187,6 +187,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
         steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
         steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
 
+        if cfg.tensorboard and dist_info.is_main and events.available():
+            event_log = events.EventLog(run_dir)
         if dist_info.is_main:
             params = sum(p.numel() for p in state.net.parameters())
             print(f"run {run_dir}: {dataset.describe()}; {params / 1e6:.2f}M parameters; {dist_info.world_size} "
@@ -197,8 +199,6 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             from tqdm import tqdm
             bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
         log_file = open(run_dir / "log.jsonl", "a") if dist_info.is_main else None
-        if cfg.tensorboard and dist_info.is_main and events.available():
-            event_log = events.EventLog(run_dir)
         tick_start, tick_step, bad_run, first_step = time.perf_counter(), step, 0, step
         # Loss sums and counts per sigma bin, kept on the device: no host sync per step.
         tick_stats = torch.zeros(2, len(SIGMA_BINS) - 1, dtype=torch.float64, device=device)
