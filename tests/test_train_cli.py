@@ -37,7 +37,7 @@ VALUES = {
     "allow_change": ("lr,P-mean", ("lr", "P_mean")),
     "tick_kimg": ("1", 1.0), "snap_kimg": ("2", 2.0),
     "keep_ckpts": ("5", 5), "grid_size": ("9", 9), "snap_grid_size": ("4", 4), "device": ("cpu", "cpu"),
-    "progress": (None, False),
+    "progress": (None, False), "tensorboard": (None, False),
 }
 
 

@@ -1,5 +1,6 @@
 """Training end to end: train.py and sample.py as a user runs them, exact resume, bad input."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from ambient.networks import build_network
 from ambient.train import TrainConfig
 from ambient.train import cli as train
 from ambient.train import train as run_training
+from ambient.train.loop import snapshot_due
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8x8 digits, tiny UNet: a few seconds per run on two cores.
@@ -37,7 +39,7 @@ def test_train_then_sample_from_the_command_line(tmp_path):
                     "--n-clean", "200", "--sigma-n", "0.1,0.4", "--sigma-share", "0.5,0.5", "--xflip"],
                    cwd=ROOT, env=env, check=True, timeout=300)
     ckpts = list_checkpoints(run)
-    assert [c.name for c in ckpts] == ["checkpoint-000000003", "checkpoint-000000006", "checkpoint-000000007"]
+    assert [c.name for c in ckpts] == ["checkpoint-000000003", "checkpoint-000000007"]    # 6: left to the end's
     meta = json.loads((ckpts[-1] / "meta.json").read_text())
     assert meta["dataset"].startswith("digits: 200 clean + 1597 noisy")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -159,3 +161,14 @@ def test_class_indices_give_the_numbers_of_one_hot_labels():
              for labels in (lambda s: torch.tensor(s) % 10,
                             lambda s: torch.nn.functional.one_hot(torch.tensor(s) % 10, 10).float())]
     assert torch.equal(*grids)
+
+
+@pytest.mark.parametrize("batch, kimg, snap_kimg", [(64, 80, 20), (64, 90, 20), (16, 0.1, 0.05), (7, 3.001, 0.1)])
+def test_a_snapshot_just_before_the_end_is_the_ends(batch, kimg, snap_kimg):
+    total, every = math.ceil(kimg * 1000 / batch), max(1, round(snap_kimg * 1000 / batch))     # as train() has them
+    due = [s for s in range(1, total + 1) if snapshot_due(s, total, every)]
+    assert due[-1] == total and all(s % every == 0 for s in due[:-1])
+    gaps = np.diff([0, *due])
+    assert (gaps[:-1] == every).all() and every / 2 <= gaps[-1] < 1.5 * every
+    if (batch, kimg) == (64, 80):                                  # the default run: not 1248 and 1250
+        assert due == [312, 624, 936, 1250]

@@ -45,8 +45,8 @@ def _pil(img: np.ndarray) -> Image.Image:
     return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -> None:
-    """One PNG with the images tiled row by row."""
+def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -> np.ndarray:
+    """One PNG with the images tiled row by row; returns the tiled (H, W, C) uint8 image it holds."""
     arr = to_uint8(images)
     n, h, w, c = arr.shape
     ncol = ncol or int(np.ceil(np.sqrt(n)))
@@ -57,6 +57,7 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None) -
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
     with atomic_path(path) as tmp:                              # a killed run leaves no half PNG
         _pil(grid).save(tmp, format="PNG")
+    return grid
 
 
 def save_pngs(images: torch.Tensor, seeds: Sequence[int], folder: str | Path) -> None:

@@ -123,6 +123,9 @@ class TrainConfig:
     sample_steps: int = option(18, "Heun steps of the snapshot sample grids", name=None)
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)", type=cli.device)
     progress: bool = option(True, None, name="--no-progress", action="store_false")
+    tensorboard: bool = option(True, "write no TensorBoard events (written into the run directory when the "
+                                     "tensorboard package is installed)", name="--no-tensorboard",
+                               action="store_false")
 
     def __post_init__(self) -> None:
         fields = {f.name for f in dataclasses.fields(self)}

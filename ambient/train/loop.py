@@ -18,7 +18,7 @@ from ambient.data.order import EpochIndexed, GlobalOrderSampler
 from ambient.io import checkpoint as ckpt
 from ambient.model import EDMPrecond, generate, seed_classes
 
-from . import hostcpu
+from . import events, hostcpu
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .rundir import cut_log, prepare_run_dir, resume_changes
@@ -105,8 +105,9 @@ def log_losses(tick_stats: torch.Tensor, bins: torch.Tensor, loss: torch.Tensor,
 
 
 def tick_record(step: int, batch: int, stats: torch.Tensor, draws: torch.Tensor, seconds: float, steps: int, *,
-                skipped_steps: int, lr: float, device: torch.device) -> dict[str, Any]:
-    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds`.
+                skipped_steps: int, lr: float, ema_beta: float, device: torch.device) -> dict[str, Any]:
+    """The log.jsonl line of a tick: the `steps` steps up to `step`, which took `seconds` (`lr` and `ema_beta`:
+    its last step's).
 
     `stats` holds the loss sums and sample counts per SIGMA_BINS range (summed over ranks): the mean loss is
     sum / count, overall and per range (0 for an empty range). `draws` sums draw_counts over the tick's steps (skipped
@@ -119,14 +120,16 @@ def tick_record(step: int, batch: int, stats: torch.Tensor, draws: torch.Tensor,
             "loss_by_sigma": {f"{lo:g}-{hi:g}": v for lo, hi, v in zip(SIGMA_BINS, SIGMA_BINS[1:], per_bin)},
             "wasted_draws": wasted / total, "wasted_draws_of_noisy": wasted / noisy if noisy else None,
             "img_per_s": steps * batch / seconds, "sec_per_step": seconds / steps,
-            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "time": time.time()}
+            "peak_mem_mb": peak_memory_mb(device), "skipped_steps": skipped_steps, "lr": lr, "ema_beta": ema_beta,
+            "time": time.time()}
 
 
 def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, state: dict[str, Any],
-             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int, timer: Timer = untimed) -> None:
+             meta: dict[str, Any], *, n_grid: int, sample_steps: int, keep: int, timer: Timer = untimed,
+             event_log: events.EventLog | None = None) -> None:
     """Write step `step`: the checkpoint of `net`, `ema`, the training `state` and `meta` ("checkpoint"), then the
-    EMA's sample grid of seeds 0..n_grid-1 ("sample_grid"). The checkpoint comes first, so the slow sampling never
-    delays or loses it (a grid lost to a crash is not redone on resume)."""
+    EMA's sample grid of seeds 0..n_grid-1 ("sample_grid"; also to `event_log`). The checkpoint comes first, so the
+    slow sampling never delays or loses it (a grid lost to a crash is not redone on resume)."""
     with timer("checkpoint"):
         ckpt.save_checkpoint(run_dir, step, net.state_dict(), ema.state_dict(), state, meta, keep=keep)
     shape = (ema.img_channels, ema.img_resolution, ema.img_resolution)
@@ -136,9 +139,11 @@ def snapshot(run_dir: Path, step: int, net: torch.nn.Module, ema: EDMPrecond, st
                                                      class_labels=seed_classes(ema.label_dim),
                                                      num_steps=sample_steps)])
         try:
-            save_grid(grid, path)
+            image = save_grid(grid, path)
         except OSError as e:
             raise ckpt.write_error(path, e) from None
+        if event_log is not None:
+            event_log.grid(step, image)
 
 
 def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, batch_gpu: int,
@@ -156,6 +161,17 @@ def data_loader(dataset: AmbientDataset, cfg: TrainConfig, dist_info: DistInfo, 
     return iter(torch.utils.data.DataLoader(EpochIndexed(dataset), batch_size=batch_gpu, sampler=sampler,
                                             num_workers=workers, pin_memory=device.type == "cuda",
                                             persistent_workers=workers > 0))
+
+
+def snapshot_due(step: int, total_steps: int, steps_per_snap: int) -> bool:
+    """Whether step `step` writes a snapshot: every `steps_per_snap` steps and at the end, but a snapshot falling
+    less than half an interval before the end is left to the end's (not two snapshots a few steps apart), so the
+    last interval is 0.5 to 1.5 intervals long:
+
+        step == total_steps  or  (step % steps_per_snap == 0  and  total_steps - step >= steps_per_snap / 2)
+
+    A function of the step alone: a resumed run writes the snapshots an uninterrupted one writes."""
+    return step == total_steps or (step % steps_per_snap == 0 and total_steps - step >= steps_per_snap / 2)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -194,7 +210,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
 
     # Run directory (held for the run's life: released in the finally below) and resume.
     run_dir, resume_from, held = prepare_run_dir(cfg, dist_info)
-    bar = log_file = None
+    bar = log_file = event_log = None
     try:
         step, bad_total, changes = 0, 0, []
         if resume_from is not None:
@@ -202,6 +218,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                                               dataset=dataset.describe())
         if dist_info.is_main:
             cut_log(run_dir, step)
+            events.cut_events(run_dir, step)
             host = {"host_kind": "cuda" if device.type == "cuda" else hostcpu.this_host_kind(),
                     "precision_reason": precision_why, "dataset": dataset.describe()}
             write_json({**dataclasses.asdict(cfg), **host, "changes": changes}, run_dir / "config.json")
@@ -212,6 +229,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
         steps_per_tick = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
         steps_per_snap = max(1, round(cfg.snap_kimg * 1000 / cfg.batch))
 
+        if cfg.tensorboard and dist_info.is_main and events.available():
+            event_log = events.EventLog(run_dir)
         if dist_info.is_main:
             params = sum(p.numel() for p in state.net.parameters())
             print(f"run {run_dir}: {dataset.describe()}; {params / 1e6:.2f}M parameters; {dist_info.world_size} "
@@ -261,7 +280,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                 all_reduce_sum(tick_stats)
                 all_reduce_sum(tick_draws)
                 rec = tick_record(step, cfg.batch, tick_stats, tick_draws, time.perf_counter() - tick_start,
-                                  step - tick_step, skipped_steps=bad_total, lr=stats.lr, device=device)
+                                  step - tick_step, skipped_steps=bad_total, lr=stats.lr, ema_beta=stats.ema_beta,
+                                  device=device)
                 if cfg.consistency > 0:             # the mean consistency loss of the tick's consistency samples
                     all_reduce_sum(consistency_stats)
                     count = float(consistency_stats[1])
@@ -270,12 +290,14 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                 if log_file is not None:
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
+                if event_log is not None:
+                    event_log.tick(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
                 tick_stats.zero_()
                 tick_draws.zero_()
                 tick_start, tick_step = time.perf_counter(), step
-            if step % steps_per_snap == 0 or step == total_steps:
+            if snapshot_due(step, total_steps, steps_per_snap):
                 if dist_info.is_main:                                          # rank 0 writes; the others wait
                     # The last grid in full, the earlier ones smaller: snapshots are sampling-bound.
                     n_grid = cfg.grid_size if step == total_steps else min(cfg.snap_grid_size, cfg.grid_size)
@@ -284,7 +306,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
                               "batch": cfg.batch},
                              {"network": net_kwargs, "kimg": step * cfg.batch / 1000,
                               "config": dataclasses.asdict(cfg), "dataset": dataset.describe(), "changes": changes},
-                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts, timer=timer)
+                             n_grid=n_grid, sample_steps=cfg.sample_steps, keep=cfg.keep_ckpts, timer=timer,
+                             event_log=event_log)
                 barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir, step, step * cfg.batch / 1000) from None
@@ -293,6 +316,8 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
             bar.close()
         if log_file is not None:
             log_file.close()
+        if event_log is not None:
+            event_log.close()
         if held is not None:
             held.close()
     return run_dir

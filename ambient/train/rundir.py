@@ -22,12 +22,14 @@ from ambient.io import checkpoint as ckpt
 
 from .config import TrainConfig, flag_name
 from .distributed import DistInfo, broadcast_object
+from .events import EVENTS_PREFIX
 
 LOG_FILE = "log.jsonl"
 RUN_FILES = ("config.json", LOG_FILE)     # what a run writes before its first checkpoint, besides a grid
 # How a run is carried out rather than what it computes: free to differ between a run and its resumption.
 RUN_CONTROLS = ("kimg", "run_dir", "outdir", "resume", "allow_change", "tick_kimg", "snap_kimg", "keep_ckpts",
-                "grid_size", "snap_grid_size", "device", "progress", "workers", "threads", "max_bad_steps")
+                "grid_size", "snap_grid_size", "device", "progress", "tensorboard", "workers", "threads",
+                "max_bad_steps")
 
 
 class RunDirInUse(FileExistsError):
@@ -70,9 +72,10 @@ class RunDirLock:
 
 
 def _foreign(run_dir: Path) -> list[str]:
-    """The names in run_dir that no run writes (not RUN_FILES, grids, checkpoints or their work directories)."""
-    return sorted(p.name for p in run_dir.iterdir()
-                  if p.name not in RUN_FILES and not p.name.startswith((ckpt.PREFIX, "samples-", *ckpt.WORK_PREFIXES)))
+    """The names in run_dir that no run writes (not RUN_FILES, grids, event files, checkpoints or their work
+    directories)."""
+    ours = (ckpt.PREFIX, "samples-", EVENTS_PREFIX, *ckpt.WORK_PREFIXES)
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith(ours))
 
 
 def _numbered(cfg: TrainConfig) -> Path:
