@@ -1,12 +1,25 @@
 """EDM's deterministic / stochastic Heun sampler (Karras et al. 2022, Algorithm 2); the same sampler run as the
 reverse SDE from a noisy image down to 0, a sample of its posterior (docs/design.md, "Restoration"); and the
 ancestral sampler between two per-sample noise levels that the consistency loss runs with gradients."""
+import math
 from collections.abc import Callable
 
 import torch
 
+SIGMA_MAX = 80.0        # EDM's first noise level, the default of the samplers below
 
-def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
+
+def check_sigma_stop(sigma_stop: float, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX) -> float:
+    """`sigma_stop` if the sampler on [sigma_min, sigma_max] can stop there: finite and
+    sigma_min <= sigma_stop < sigma_max (below sigma_min no level is reached, at sigma_max it would return the first
+    step's estimate); else ValueError naming the rule."""
+    if not (math.isfinite(sigma_stop) and sigma_min <= sigma_stop < sigma_max):
+        raise ValueError(f"sigma_stop must be a finite level in [sigma_min, sigma_max) = [{sigma_min:g}, "
+                         f"{sigma_max:g}) of the sampler's schedule, got {sigma_stop:g}")
+    return sigma_stop
+
+
+def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho for i < N, and t_N = 0 (float64)."""
     if num_steps < 2:
@@ -37,7 +50,7 @@ def _heun_step(net: Callable, x_hat: torch.Tensor, t_hat: torch.Tensor, t_next: 
 
 @torch.inference_mode()
 def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None, *,
-                num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
+                num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7,
                 S_churn: float = 0, S_min: float = 0, S_max: float = float("inf"), S_noise: float = 1,
                 sigma_stop: float | None = None, randn_like: Callable = torch.randn_like) -> torch.Tensor:
     """Samples from standard normal `latents` (scaled by sigma_max here); `net(x, sigma, labels)` returns D.
