@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from ambient.common.images import to_uint8
 from ambient.eval import evaluation as ev
 from ambient.eval import metrics
-from ambient.io import checkpoint
+from ambient.io import checkpoint, load_network
+from ambient.model import edm_time_steps, generate
 from ambient.networks import build_network
 from ambient.study import power, report
 from ambient.study import runner as study
@@ -176,6 +178,69 @@ def test_eval_scores_an_8x8_model_against_its_own_resolution_and_keeps_quantised
                              reference=ev.reference_images("digits", (1, 8, 8)), cache_dir=classifier_cache)
     assert again["fd_mnist"] == pytest.approx(m["fd_mnist"], rel=1e-6)
 
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sigma-stop", "0"], "must be > 0"),
+    (["--sigma-stop", "nan"], "not a finite number"),
+    (["--sigma-stop", "inf"], "not a finite number"),
+    (["--sigma-stop", "80"], "in [sigma_min, sigma_max) = [0.002, 80)"),
+    (["--sigma-stop", "0.001"], "in [sigma_min, sigma_max) = [0.002, 80)"),
+    (["--sigma-stop", "0.3", "--sigma-min", "0.5"], "in [sigma_min, sigma_max) = [0.5, 80)"),
+])
+def test_eval_sigma_stop_is_checked_before_anything_is_loaded(tmp_path, capsys, extra, message):
+    out = tmp_path / "m.json"
+    with pytest.raises(SystemExit) as e:            # the checkpoint does not exist: the flag is checked first
+        ev.main(["--ckpt", str(tmp_path / "missing"), *extra, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: argument --sigma-stop: " in err and message in err
+    assert "Traceback" not in err and not out.exists()
+    with pytest.raises(ValueError, match="sigma_stop must be a finite level"):     # the library function alike
+        ev.evaluate(tmp_path / "missing", sigma_stop=80.0)
+
+
+STOP_STUDY = ["--data", "digits", "--ref", "digits", "--points", "0:16", "--sigma-n", "0.3", "--model-channels", "8",
+              "--batch", "8", "--kimg", "0.016", "--eval-n", "6", "--eval-steps", "5", "--threads", "1",
+              "--train-args", "--grid-size 4 --tick-kimg 1 --snap-kimg 0.016 --lr-rampup-kimg 0.01"]
+
+
+def test_eval_stop_noisy_adds_a_stopped_evaluation_beside_metrics_json_and_resumes(classifier_cache, tmp_path,
+                                                                                  capsys):
+    root = tmp_path / "s"
+    folder = root / "points" / "c0_n16_s0.3_seed0"
+    assert study.main(["--dir", str(root), *STOP_STUDY]) == 0              # a study run without the option
+    assert not (folder / study.STOP_METRICS).exists() and "stopped" not in (root / "table.md").read_text()
+    before = {f: f.read_bytes() for f in (folder / "metrics.json", folder / "samples.npz")}
+    capsys.readouterr()
+    # Switched on later: the finished point is only evaluated again, stopped; nothing it had is changed.
+    assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 0
+    out = capsys.readouterr().out
+    assert "train " not in out and "eval c0_n16_s0.3_seed0 stopped at sigma_n = 0.3" in out
+    assert {f: f.read_bytes() for f in before} == before
+    stop = json.loads((folder / study.STOP_METRICS).read_text())
+    full = json.loads((folder / "metrics.json").read_text())
+    levels = edm_time_steps(5)                                           # 80, 17.5, 2.5, 0.17, 0.002
+    assert stop["sigma_stop"] == 0.3 and stop["sigma_stopped"] == levels[3].item() and full["sigma_stop"] is None
+    assert stop["ckpt"] == full["ckpt"] and stop["n"] == full["n"] == 6
+    # The stopped samples are the sampler's, stopped, on the checkpoint metrics.json scored; not the full ones.
+    net, _ = load_network(stop["ckpt"])
+    direct = torch.cat([im for _, im in generate(net, range(6), (1, 8, 8), batch=4, num_steps=5, sigma_stop=0.3)])
+    images = np.load(folder / study.STOP_SAMPLES)["images"]
+    assert np.array_equal(images, to_uint8(direct))
+    assert not np.array_equal(images, np.load(folder / "samples.npz")["images"])
+    with open(root / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["value_stop"]) == stop["fd_mnist"] and float(row["value"]) == full["fd_mnist"]
+    assert float(row["sd_stop"]) == stop["fd_mnist_sd"]
+    table = (root / "table.md").read_text()
+    assert (f"| 0.3 | 16 | {full['fd_mnist']:.2f} | {full['fd_mnist_sd']:.2f} | 1 | {stop['fd_mnist']:.2f} | "
+            f"{stop['fd_mnist_sd']:.2f} | 1 |") in table
+    assert (root / "samples" / "c0_n16_s0.3_seed0-stop.npz").read_bytes() == (folder / study.STOP_SAMPLES).read_bytes()
+    # Resumable: a third run evaluates nothing.
+    before = _mtimes(root)
+    assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 0
+    out = capsys.readouterr().out
+    assert "eval " not in out and "skip c0_n16_s0.3_seed0 stopped at sigma_n" in out and _mtimes(root) == before
 
 def test_grid_points_share_clean_runs_and_table1_pairs():
     pts = study.make_points([500, 5000], [0, 4500], [0.2, 0.4], [0, 1])
