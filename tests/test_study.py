@@ -7,6 +7,7 @@ temporary cache (AMBIENT_CACHE), so nothing depends on ~/.cache.
 import csv
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -417,6 +418,47 @@ def test_write_results_with_mixed_points_draws_the_worth_figure(tmp_path):
     assert worth[(0.2, 0)]["bound"] == "<" and "fd_mnist @ 200 kimg" in text
     assert res["table1_ordering"] == {"0.2": "holds", "0.4": "holds"}
 
+
+
+def test_noisy_only_points_under_both_samplers_and_table1_under_each(tmp_path):
+    """Fresh draws with a known answer: at sigma_n 0.2 the 100%-noisy seeds scatter under the full sampler (the
+    ordering unresolved) and sit 5 above the mixed setting when stopped (2 seeds, the third not evaluated stopped;
+    every draw within 0.1 of its setting's value, so each sd <= 0.15 and the Welch half-width is at most
+    t_0.975(df >= 1) 0.15 sqrt(1/3 + 1/2) = 12.71 x 0.137 = 1.7 against a gap >= 4.8: the ordering holds); at 0.4
+    none was evaluated stopped, shown as dashes."""
+    rng = np.random.default_rng()
+    jitter = rng.uniform(-0.1, 0.1, size=20)
+    settings = {(1000, 0, 0.0): 6.0, (100, 0, 0.0): 30.0, (100, 900, 0.2): 7.0, (100, 900, 0.4): 9.0}
+    rows = [{"name": f"c{c}_n{m}_s{s:g}_seed{seed}", "n_clean": c, "n_noisy": m, "sigma_n": s, "seed": seed,
+             "value": v + jitter[3 * i + seed], "sd": 0.5, "floor": 1.0, "memorised": None, "n": 1000,
+             "snapshots": "{}"} for i, ((c, m, s), v) in enumerate(settings.items()) for seed in range(3)]
+    full = {0.2: [7.5, 40.0, 8.0] + rng.uniform(0, 1, 3), 0.4: rng.uniform(10, 30, 3)}
+    stop = {0.2: [12.0 + jitter[18], 12.0 + jitter[19], None], 0.4: [None] * 3}
+    rows += [{**rows[0], "name": f"c0_n1000_s{s:g}_seed{seed}", "n_clean": 0, "n_noisy": 1000, "sigma_n": s,
+              "seed": seed, "value": full[s][seed], "value_stop": stop[s][seed], "sd_stop": 0.3}
+             for s in (0.2, 0.4) for seed in range(3)]
+    text, verdicts = report.samplers_table(rows, "fd_mnist", "mnist")
+
+    def mean_sd(v):
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+    stopped, mixed = stop[0.2][:2], [r["value"] for r in rows if (r["n_clean"], r["sigma_n"]) == (100, 0.2)]
+    assert f"| 0.2 | 1000 | {mean_sd(full[0.2])} | 0.50 | 3 | {mean_sd(stopped)} | 0.30 | 2 |" in text
+    assert f"| 0.4 | 1000 | {mean_sd(full[0.4])} | 0.50 | 3 | - | - | 0 |" in text
+    lines = {tuple(line.split(" | ")[:2]): line for line in text.splitlines()}
+    assert lines["| 0.2", "full (to 0.002)"].startswith(f"| 0.2 | full (to 0.002) | {mean_sd(full[0.2])} (3 seeds) | ")
+    assert lines["| 0.2", "full (to 0.002)"].endswith("| tie | tie | unresolved | unresolved |")
+    assert lines["| 0.2", "stopped at sigma_n"] == (
+        f"| 0.2 | stopped at sigma_n | {mean_sd(stopped)} (2 seeds) | "
+        f"{statistics.mean(stopped) - statistics.mean(mixed):.2f} | "
+        "{1:.2f} to {2:.2f} | yes | yes | holds | holds |".format(*power.welch(mixed, stopped)))
+    assert lines["| 0.4", "stopped at sigma_n"] == "| 0.4 | stopped at sigma_n | - | - | - | - | - | - | - |"
+    assert verdicts == {"0.2": ("holds", "holds"), "0.4": (None, None)}
+    report.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["table1_ordering"]["0.2"] == res["table1_ordering_means"]["0.2"] == "unresolved"
+    assert res["table1_ordering_stopped"] == {"0.2": "holds", "0.4": None}
+    assert res["table1_ordering_means_stopped"] == {"0.2": "holds", "0.4": None}
+    assert text in (tmp_path / "table.md").read_text()
 
 def test_summary_table_groups_seeds():
     rows = [{"n_clean": 500, "n_noisy": 0, "sigma_n": 0.0, "value": v, "sd": 1.0, "floor": 2.0, "n": 100}
