@@ -7,6 +7,7 @@ temporary cache (AMBIENT_CACHE), so nothing depends on ~/.cache.
 import csv
 import json
 import math
+import shutil
 import statistics
 
 import numpy as np
@@ -212,6 +213,7 @@ def test_eval_stop_noisy_adds_a_stopped_evaluation_beside_metrics_json_and_resum
     assert study.main(["--dir", str(root), *STOP_STUDY]) == 0              # a study run without the option
     assert not (folder / study.STOP_METRICS).exists() and "stopped" not in (root / "table.md").read_text()
     before = {f: f.read_bytes() for f in (folder / "metrics.json", folder / "samples.npz")}
+    before_metrics = before[folder / "metrics.json"]
     capsys.readouterr()
     # Switched on later: the finished point is only evaluated again, stopped; nothing it had is changed.
     assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 0
@@ -242,6 +244,15 @@ def test_eval_stop_noisy_adds_a_stopped_evaluation_beside_metrics_json_and_resum
     assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 0
     out = capsys.readouterr().out
     assert "eval " not in out and "skip c0_n16_s0.3_seed0 stopped at sigma_n" in out and _mtimes(root) == before
+    # A point whose checkpoints are gone (its metrics.json made elsewhere): one error naming it, nothing invented.
+    shutil.rmtree(folder / "run")
+    (folder / study.STOP_METRICS).unlink()
+    assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 1
+    out = capsys.readouterr().out
+    assert "error: cannot evaluate c0_n16_s0.3_seed0 stopped at sigma_n = 0.3: no checkpoint" in out
+    assert not (folder / study.STOP_METRICS).exists() and (folder / "metrics.json").read_bytes() == before_metrics
+    with open(root / "results.csv") as f:
+        assert next(csv.DictReader(f))["value_stop"] == ""
 
 def test_grid_points_share_clean_runs_and_table1_pairs():
     pts = study.make_points([500, 5000], [0, 4500], [0.2, 0.4], [0, 1])
