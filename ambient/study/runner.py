@@ -264,6 +264,12 @@ def _snapshots(folder: Path, metric: str) -> dict[str, float]:
     return dict(sorted(found.items(), key=lambda kv: float(kv[0])))
 
 
+def _stopped(folder: Path, metric: str) -> dict[str, float | None]:
+    """value_stop and sd_stop of a point: the metric and its bootstrap sd in its STOP_METRICS (None without)."""
+    stop = json.loads((folder / STOP_METRICS).read_text()) if (folder / STOP_METRICS).exists() else {}
+    return {"value_stop": stop.get(metric), "sd_stop": stop.get(f"{metric}_sd")}
+
+
 def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]:
     """One row per point with a metrics file."""
     rows = []
@@ -273,14 +279,13 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> list[dict]
             continue
         m = json.loads((folder / "metrics.json").read_text())
         rec = json.loads((folder / "point.json").read_text()) if (folder / "point.json").exists() else {}
-        stop = json.loads((folder / STOP_METRICS).read_text()) if (folder / STOP_METRICS).exists() else {}
         rows.append({"name": p.name, "n_clean": p.n_clean, "n_noisy": p.n_noisy, "sigma_n": p.sigma_n,
                      "seed": p.seed, "metric": metric, "value": m[metric], "sd": m.get(f"{metric}_sd"),
                      "floor": m.get(f"{metric}_floor"), "kid": m.get("kid"), "memorised": m.get("memorised"),
                      "nn_ratio": m.get("nn_ratio"), "n": m["n"], "kimg": m.get("kimg"),
                      "snapshots": json.dumps(_snapshots(folder, metric)),
                      "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds"),
-                     "value_stop": stop.get(metric), "sd_stop": stop.get(f"{metric}_sd")})
+                     **_stopped(folder, metric)})
     return rows
 
 
