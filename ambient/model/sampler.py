@@ -9,14 +9,13 @@ import torch
 SIGMA_MAX = 80.0        # EDM's first noise level, the default of the samplers below
 
 
-def check_sigma_stop(sigma_stop: float, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX) -> float:
-    """`sigma_stop` if the sampler on [sigma_min, sigma_max] can stop there: finite and
+def check_sigma_stop(sigma_stop: float, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX) -> None:
+    """ValueError naming the rule unless the sampler on [sigma_min, sigma_max] can stop at `sigma_stop`: finite and
     sigma_min <= sigma_stop < sigma_max (below sigma_min no level is reached, at sigma_max it would return the first
-    step's estimate); else ValueError naming the rule."""
+    step's estimate)."""
     if not (math.isfinite(sigma_stop) and sigma_min <= sigma_stop < sigma_max):
         raise ValueError(f"sigma_stop must be a finite level in [sigma_min, sigma_max) = [{sigma_min:g}, "
                          f"{sigma_max:g}) of the sampler's schedule, got {sigma_stop:g}")
-    return sigma_stop
 
 
 def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7,
