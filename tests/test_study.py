@@ -7,14 +7,18 @@ temporary cache (AMBIENT_CACHE), so nothing depends on ~/.cache.
 import csv
 import json
 import math
+import shutil
+import statistics
 
 import numpy as np
 import pytest
 import torch
 
+from ambient.common.images import to_uint8
 from ambient.eval import evaluation as ev
 from ambient.eval import metrics
-from ambient.io import checkpoint
+from ambient.io import checkpoint, load_network
+from ambient.model import edm_time_steps, generate
 from ambient.networks import build_network
 from ambient.study import power, report
 from ambient.study import runner as study
@@ -176,6 +180,79 @@ def test_eval_scores_an_8x8_model_against_its_own_resolution_and_keeps_quantised
                              reference=ev.reference_images("digits", (1, 8, 8)), cache_dir=classifier_cache)
     assert again["fd_mnist"] == pytest.approx(m["fd_mnist"], rel=1e-6)
 
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sigma-stop", "0"], "must be > 0"),
+    (["--sigma-stop", "nan"], "not a finite number"),
+    (["--sigma-stop", "inf"], "not a finite number"),
+    (["--sigma-stop", "80"], "in [sigma_min, sigma_max) = [0.002, 80)"),
+    (["--sigma-stop", "0.001"], "in [sigma_min, sigma_max) = [0.002, 80)"),
+    (["--sigma-stop", "0.3", "--sigma-min", "0.5"], "in [sigma_min, sigma_max) = [0.5, 80)"),
+])
+def test_eval_sigma_stop_is_checked_before_anything_is_loaded(tmp_path, capsys, extra, message):
+    out = tmp_path / "m.json"
+    with pytest.raises(SystemExit) as e:            # the checkpoint does not exist: the flag is checked first
+        ev.main(["--ckpt", str(tmp_path / "missing"), *extra, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: argument --sigma-stop: " in err and message in err
+    assert "Traceback" not in err and not out.exists()
+    with pytest.raises(ValueError, match="sigma_stop must be a finite level"):     # the library function alike
+        ev.evaluate(tmp_path / "missing", sigma_stop=80.0)
+
+
+STOP_STUDY = ["--data", "digits", "--ref", "digits", "--points", "0:16", "--sigma-n", "0.3", "--model-channels", "8",
+              "--batch", "8", "--kimg", "0.016", "--eval-n", "6", "--eval-steps", "5", "--threads", "1",
+              "--train-args", "--grid-size 4 --tick-kimg 1 --snap-kimg 0.016 --lr-rampup-kimg 0.01"]
+
+
+def test_eval_stop_noisy_adds_a_stopped_evaluation_beside_metrics_json_and_resumes(classifier_cache, tmp_path,
+                                                                                  capsys):
+    root = tmp_path / "s"
+    folder = root / "points" / "c0_n16_s0.3_seed0"
+    assert study.main(["--dir", str(root), *STOP_STUDY]) == 0              # a study run without the option
+    assert not (folder / study.STOP_METRICS).exists() and "stopped" not in (root / "table.md").read_text()
+    before = {f: f.read_bytes() for f in (folder / "metrics.json", folder / "samples.npz")}
+    before_metrics = before[folder / "metrics.json"]
+    capsys.readouterr()
+    # Switched on later: the finished point is only evaluated again, stopped; nothing it had is changed.
+    assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 0
+    out = capsys.readouterr().out
+    assert "train " not in out and "eval c0_n16_s0.3_seed0 stopped at sigma_n = 0.3" in out
+    assert {f: f.read_bytes() for f in before} == before
+    stop = json.loads((folder / study.STOP_METRICS).read_text())
+    full = json.loads((folder / "metrics.json").read_text())
+    levels = edm_time_steps(5)                                           # 80, 17.5, 2.5, 0.17, 0.002
+    assert stop["sigma_stop"] == 0.3 and stop["sigma_stopped"] == levels[3].item() and full["sigma_stop"] is None
+    assert stop["ckpt"] == full["ckpt"] and stop["n"] == full["n"] == 6
+    # The stopped samples are the sampler's, stopped, on the checkpoint metrics.json scored; not the full ones.
+    net, _ = load_network(stop["ckpt"])
+    direct = torch.cat([im for _, im in generate(net, range(6), (1, 8, 8), batch=4, num_steps=5, sigma_stop=0.3)])
+    images = np.load(folder / study.STOP_SAMPLES)["images"]
+    assert np.array_equal(images, to_uint8(direct))
+    assert not np.array_equal(images, np.load(folder / "samples.npz")["images"])
+    with open(root / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["value_stop"]) == stop["fd_mnist"] and float(row["value"]) == full["fd_mnist"]
+    assert float(row["sd_stop"]) == stop["fd_mnist_sd"]
+    table = (root / "table.md").read_text()
+    assert (f"| 0.3 | 16 | {full['fd_mnist']:.2f} | {full['fd_mnist_sd']:.2f} | 1 | {stop['fd_mnist']:.2f} | "
+            f"{stop['fd_mnist_sd']:.2f} | 1 |") in table
+    assert (root / "samples" / "c0_n16_s0.3_seed0-stop.npz").read_bytes() == (folder / study.STOP_SAMPLES).read_bytes()
+    # Resumable: a third run evaluates nothing.
+    before = _mtimes(root)
+    assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 0
+    out = capsys.readouterr().out
+    assert "eval " not in out and "skip c0_n16_s0.3_seed0 stopped at sigma_n" in out and _mtimes(root) == before
+    # A point whose checkpoints are gone (its metrics.json made elsewhere): one error naming it, nothing invented.
+    shutil.rmtree(folder / "run")
+    (folder / study.STOP_METRICS).unlink()
+    assert study.main(["--dir", str(root), *STOP_STUDY, "--eval-stop-noisy"]) == 1
+    out = capsys.readouterr().out
+    assert "error: cannot evaluate c0_n16_s0.3_seed0 stopped at sigma_n = 0.3: no checkpoint" in out
+    assert not (folder / study.STOP_METRICS).exists() and (folder / "metrics.json").read_bytes() == before_metrics
+    with open(root / "results.csv") as f:
+        assert next(csv.DictReader(f))["value_stop"] == ""
 
 def test_grid_points_share_clean_runs_and_table1_pairs():
     pts = study.make_points([500, 5000], [0, 4500], [0.2, 0.4], [0, 1])
@@ -352,6 +429,47 @@ def test_write_results_with_mixed_points_draws_the_worth_figure(tmp_path):
     assert worth[(0.2, 0)]["bound"] == "<" and "fd_mnist @ 200 kimg" in text
     assert res["table1_ordering"] == {"0.2": "holds", "0.4": "holds"}
 
+
+
+def test_noisy_only_points_under_both_samplers_and_table1_under_each(tmp_path):
+    """Fresh draws with a known answer: at sigma_n 0.2 the 100%-noisy seeds scatter under the full sampler (the
+    ordering unresolved) and sit 5 above the mixed setting when stopped (2 seeds, the third not evaluated stopped;
+    every draw within 0.1 of its setting's value, so each sd <= 0.15 and the Welch half-width is at most
+    t_0.975(df >= 1) 0.15 sqrt(1/3 + 1/2) = 12.71 x 0.137 = 1.7 against a gap >= 4.8: the ordering holds); at 0.4
+    none was evaluated stopped, shown as dashes."""
+    rng = np.random.default_rng()
+    jitter = rng.uniform(-0.1, 0.1, size=20)
+    settings = {(1000, 0, 0.0): 6.0, (100, 0, 0.0): 30.0, (100, 900, 0.2): 7.0, (100, 900, 0.4): 9.0}
+    rows = [{"name": f"c{c}_n{m}_s{s:g}_seed{seed}", "n_clean": c, "n_noisy": m, "sigma_n": s, "seed": seed,
+             "value": v + jitter[3 * i + seed], "sd": 0.5, "floor": 1.0, "memorised": None, "n": 1000,
+             "snapshots": "{}"} for i, ((c, m, s), v) in enumerate(settings.items()) for seed in range(3)]
+    full = {0.2: [7.5, 40.0, 8.0] + rng.uniform(0, 1, 3), 0.4: rng.uniform(10, 30, 3)}
+    stop = {0.2: [12.0 + jitter[18], 12.0 + jitter[19], None], 0.4: [None] * 3}
+    rows += [{**rows[0], "name": f"c0_n1000_s{s:g}_seed{seed}", "n_clean": 0, "n_noisy": 1000, "sigma_n": s,
+              "seed": seed, "value": full[s][seed], "value_stop": stop[s][seed], "sd_stop": 0.3}
+             for s in (0.2, 0.4) for seed in range(3)]
+    text, verdicts = report.samplers_table(rows, "fd_mnist", "mnist")
+
+    def mean_sd(v):
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+    stopped, mixed = stop[0.2][:2], [r["value"] for r in rows if (r["n_clean"], r["sigma_n"]) == (100, 0.2)]
+    assert f"| 0.2 | 1000 | {mean_sd(full[0.2])} | 0.50 | 3 | {mean_sd(stopped)} | 0.30 | 2 |" in text
+    assert f"| 0.4 | 1000 | {mean_sd(full[0.4])} | 0.50 | 3 | - | - | 0 |" in text
+    lines = {tuple(line.split(" | ")[:2]): line for line in text.splitlines()}
+    assert lines["| 0.2", "full (to 0.002)"].startswith(f"| 0.2 | full (to 0.002) | {mean_sd(full[0.2])} (3 seeds) | ")
+    assert lines["| 0.2", "full (to 0.002)"].endswith("| tie | tie | unresolved | unresolved |")
+    assert lines["| 0.2", "stopped at sigma_n"] == (
+        f"| 0.2 | stopped at sigma_n | {mean_sd(stopped)} (2 seeds) | "
+        f"{statistics.mean(stopped) - statistics.mean(mixed):.2f} | "
+        "{1:.2f} to {2:.2f} | yes | yes | holds | holds |".format(*power.welch(mixed, stopped)))
+    assert lines["| 0.4", "stopped at sigma_n"] == "| 0.4 | stopped at sigma_n | - | - | - | - | - | - | - |"
+    assert verdicts == {"0.2": ("holds", "holds"), "0.4": (None, None)}
+    report.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["table1_ordering"]["0.2"] == res["table1_ordering_means"]["0.2"] == "unresolved"
+    assert res["table1_ordering_stopped"] == {"0.2": "holds", "0.4": None}
+    assert res["table1_ordering_means_stopped"] == {"0.2": "holds", "0.4": None}
+    assert text in (tmp_path / "table.md").read_text()
 
 def test_summary_table_groups_seeds():
     rows = [{"n_clean": 500, "n_noisy": 0, "sigma_n": 0.0, "value": v, "sd": 1.0, "floor": 2.0, "n": 100}

@@ -5,6 +5,7 @@
     python -m ambient.eval --ckpt RUN --metric fid --ref cifar10.zip --inception-path inception.pt
 
     python -m ambient.eval --ckpt RUN16 --ref data/mnist16.zip --samples-out samples.npz   # a 16x16 model
+    python -m ambient.eval --ckpt RUN16 --ref data/mnist16.zip --sigma-stop 0.2   # stopped at 0.2 (--stop_variance)
 
 Images are clamped to [-1, 1] and quantised to 8 bits before any metric, as a saved PNG would be.
 FD-MNIST (1-channel models of any resolution, resized to the classifier's 32x32 input together with
@@ -29,7 +30,7 @@ from ambient.common.atomic import atomic_path, write_json
 from ambient.common.images import from_uint8, to_uint8
 from ambient.data import NAMED_DATASETS, data_options, load_dataset, make_dataset
 from ambient.io import CheckpointError, load_network
-from ambient.model import generate, seed_classes
+from ambient.model import check_sigma_stop, edm_time_steps, generate, seed_classes
 from ambient.model.sampler import check_schedule
 
 from . import metrics
@@ -69,20 +70,25 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
              ref: str | os.PathLike | None = None, inception_path: str | os.PathLike | None = None,
              batch: int = 100, weights: str = "ema", cache_dir: str | os.PathLike | None = None,
              device: str = "cpu", progress: bool = True, samples_out: str | os.PathLike | None = None,
-             sigma_min: float = 0.002) -> dict:
-    """Metrics of the images a checkpoint generates from seeds 0..n-1 with `steps` Heun steps down to `sigma_min`.
+             sigma_min: float = 0.002, sigma_stop: float | None = None) -> dict:
+    """Metrics of the images a checkpoint generates from seeds 0..n-1 with `steps` Heun steps down to `sigma_min`,
+    or with `sigma_stop` stopped at the first step whose level is <= sigma_stop, taking the denoised estimate
+    there (the paper's generate.py --stop_variance; for models that never trained below a level).
 
     Every image is first clamped to [-1, 1] and quantised to 8 bits, as a saved PNG would be (EDM's
     generate.py), so no metric sees values that no saved image could hold.
     fd_mnist (1-channel models of any resolution; `ref`: the real images at the model's resolution, default
     the embedded MNIST-5k for 32x32): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
     "class_histogram", "background_noise", "memorised", "nn_ratio", ...}; fid: {"fid", "kid", "ref"}; both also carry
-    "n", "steps", "sigma_min", "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
+    "n", "steps", "sigma_min", "sigma_stop" (None: the full sampler) and "sigma_stopped" (the level it stopped at),
+    "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if n < 2 or steps < 2:
         raise ValueError(f"need n >= 2 and steps >= 2, got n={n}, steps={steps}")
+    if sigma_stop is not None:
+        check_sigma_stop(sigma_stop, sigma_min)
     if metric == "fid" and ref is None:
         raise ValueError("--metric fid needs --ref (a folder of images or an EDM data set zip)")
     if ref is not None and not Path(ref).exists() and str(ref) not in NAMED_DATASETS:
@@ -105,7 +111,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
     def batches() -> Iterator[torch.Tensor]:
         from tqdm import tqdm
         stream = generate(net, range(n), shape, batch=batch, device=device, class_labels=seed_classes(net.label_dim),
-                          num_steps=steps, sigma_min=sigma_min)
+                          num_steps=steps, sigma_min=sigma_min, sigma_stop=sigma_stop)
         with tqdm(total=n, unit="img", desc="generating", disable=not progress, dynamic_ncols=True) as bar:
             for _, images in stream:
                 bar.update(len(images))
@@ -127,20 +133,24 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
                "kid": metrics.kid(gen, real), "ref": str(ref)}
     if samples_out is not None:
         _save_samples(np.concatenate(pixels), samples_out)
-    out.update(metric=metric, n=n, steps=steps, sigma_min=sigma_min, weights=weights, ckpt=str(ckpt),
-               kimg=meta.get("kimg"), resolution=shape[1], ref=None if ref is None else str(ref),
+    levels = edm_time_steps(steps, sigma_min)                  # no churn: the sampler's levels are these
+    stopped = None if sigma_stop is None else levels[levels <= sigma_stop][0].item()
+    out.update(metric=metric, n=n, steps=steps, sigma_min=sigma_min, sigma_stop=sigma_stop, sigma_stopped=stopped,
+               weights=weights, ckpt=str(ckpt), kimg=meta.get("kimg"), resolution=shape[1],
+               ref=None if ref is None else str(ref),
                seconds=round(time.perf_counter() - start, 1))
     return out
 
 
 def summary(m: dict) -> str:
     """One line for the terminal."""
+    sampler = f"{m['steps']} steps" + (f", stopped at {m['sigma_stopped']:.4g}" if m.get("sigma_stop") else "")
     if m["metric"] == "fid":
-        return f"FID {m['fid']:.3f}, KID {m['kid']:.5f} (n = {m['n']}, {m['steps']} steps) against {m['ref']}"
+        return f"FID {m['fid']:.3f}, KID {m['kid']:.5f} (n = {m['n']}, {sampler}) against {m['ref']}"
     copies = f"; {m['memorised']:.1%} copies of training images" if "memorised" in m else ""
     return (f"FD-MNIST {m['fd_mnist']:.3f} (bootstrap sd {m['fd_mnist_sd']:.3f}; floor {m['fd_mnist_floor']:.3f} "
             f"at n = {m['floor_n']}), "
-            f"KID {m['kid']:.5f}, n = {m['n']}, {m['steps']} steps; classes {m['class_histogram']}{copies}")
+            f"KID {m['kid']:.5f}, n = {m['n']}, {sampler}; classes {m['class_histogram']}{copies}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=cli.positive_int, default=18, help="Heun sampler steps")
     p.add_argument("--sigma-min", type=cli.positive_float, default=0.002,
                    help="the sampler's last noise level; its final step returns the denoised estimate there")
+    p.add_argument("--sigma-stop", type=cli.positive_float,
+                   help="stop the sampler at its first level <= this one and return the denoised estimate there "
+                        "(in [--sigma-min, 80)), as the paper's generate.py --stop_variance; recorded in the JSON")
     p.add_argument("--out", default="metrics.json", help="metrics JSON file")
     p.add_argument("--metric", choices=METRICS, default="fd_mnist")
     p.add_argument("--ref", help="reference images: a folder or EDM data set zip (--metric fid: required; "
@@ -168,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.sigma_stop is not None:
+        try:
+            check_sigma_stop(a.sigma_stop, a.sigma_min)
+        except ValueError as e:
+            p.error(f"argument --sigma-stop: {e}")
     try:                                                         # before any sampling
         check_schedule(a.steps, a.sigma_min, 80.0, 7.0)          # evaluate's other sampler settings: EDM's
         cli.check_output(a.out, overwrite=True)
@@ -175,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             cli.check_folder(a.cache_dir, option="--cache-dir")
         m = evaluate(a.ckpt, n=a.n, steps=a.steps, metric=a.metric, ref=a.ref, inception_path=a.inception_path,
                      batch=a.batch, weights=a.weights, cache_dir=a.cache_dir, device=a.device,
-                     progress=not a.no_progress, samples_out=a.samples_out, sigma_min=a.sigma_min)
+                     progress=not a.no_progress, samples_out=a.samples_out, sigma_min=a.sigma_min,
+                     sigma_stop=a.sigma_stop)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -6,8 +6,19 @@ from collections.abc import Callable
 
 import torch
 
+SIGMA_MAX = 80.0        # EDM's first noise level, the default of the samplers below
 
-def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
+
+def check_sigma_stop(sigma_stop: float, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX) -> None:
+    """ValueError naming the rule unless the sampler on [sigma_min, sigma_max] can stop at `sigma_stop`: finite and
+    sigma_min <= sigma_stop < sigma_max (below sigma_min no level is reached, at sigma_max it would return the first
+    step's estimate)."""
+    if not (math.isfinite(sigma_stop) and sigma_min <= sigma_stop < sigma_max):
+        raise ValueError(f"sigma_stop must be a finite level in [sigma_min, sigma_max) = [{sigma_min:g}, "
+                         f"{sigma_max:g}) of the sampler's schedule, got {sigma_stop:g}")
+
+
+def edm_time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho for i < N, and t_N = 0 (float64)."""
     if num_steps < 2:
@@ -59,7 +70,7 @@ def check_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: floa
 
 @torch.inference_mode()
 def edm_sampler(net: Callable, latents: torch.Tensor, class_labels: torch.Tensor | None = None, *,
-                num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7,
+                num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX, rho: float = 7,
                 S_churn: float = 0, S_min: float = 0, S_max: float = float("inf"), S_noise: float = 1,
                 sigma_stop: float | None = None, randn_like: Callable = torch.randn_like) -> torch.Tensor:
     """Samples from standard normal `latents` (scaled by sigma_max here); `net(x, sigma, labels)` returns D.

@@ -1,7 +1,8 @@
 """The report of a data-scaling study, made from its rows alone (one dict per evaluated point, see CSV_FIELDS).
 
 Tables in markdown (all points; the paper's Table 1 per sigma_n with its ordering verdict; the equivalent clean
-count of every mixed point; the metric at the last snapshots), the effective-sample fit, the figures, and
+count of every mixed point; the noisy-only points under both samplers, where they were also evaluated stopped at
+sigma_n; the metric at the last snapshots), the effective-sample fit, the figures, and
 results.csv / results.json. Nothing here knows the study folder or runs anything: ambient.study collects the
 rows from the points it ran and calls write_results.
 """
@@ -20,7 +21,8 @@ from . import power, scaling
 
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
-              "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds")
+              "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds",
+              "value_stop", "sd_stop")      # a noisy-only point's metric with the sampler stopped at sigma_n
 SIGNIFICANCE = 2.0                 # a difference counts when it exceeds 2 x the combined sd over seeds
 TABLE1_COMPARISONS = (("100% clean", "90% noisy + 10% clean"),          # the ordering's "<=": not reversed
                       ("90% noisy + 10% clean", "10% clean only"),      # its two strict "<"
@@ -42,10 +44,14 @@ def _spread(group: Sequence[dict]) -> float:
     return group[0]["sd"] or 0.0
 
 
+def _mean_sd(values: Sequence[float]) -> str:
+    """'mean ± sd' over seeds (the value alone for one seed)."""
+    return f"{values[0]:.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
 def _group_cells(group: Sequence[dict]) -> str:
     """'value | bootstrap sd | seeds' cells of a group of rows: mean ± sd over seeds, mean bootstrap sd."""
-    values = [r["value"] for r in group]
-    value = f"{values[0]:.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+    value = _mean_sd([r["value"] for r in group])
     sds = [r["sd"] for r in group if r["sd"] is not None]
     return f"{value} | {f'{np.mean(sds):.2f}' if sds else ''} | {len(group)}"
 
@@ -93,6 +99,15 @@ def _verdict(first: str | None, strict: Sequence[str | None]) -> str | None:
             "holds" if list(strict) == ["yes", "yes"] else "unresolved")
 
 
+def _comparison(better: Sequence[dict], worse: Sequence[dict]) -> tuple[str, tuple[str, str | None]]:
+    """'mean difference | Welch 95% interval | per-run verdict | means verdict' cells of two settings' rows, and
+    the two verdicts (`compare`; power.compare_means, None with one seed)."""
+    b, w = [r["value"] for r in better], [r["value"] for r in worse]
+    runs, means = compare(better, worse), power.compare_means(b, w)
+    interval = "" if means is None else "{1:.2f} to {2:.2f}".format(*power.welch(b, w))
+    return f"{np.mean(w) - np.mean(b):.2f} | {interval} | {runs} | {means or 'needs 2 seeds'}", (runs, means)
+
+
 def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, str | None, str | None] | None:
     """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run: mean ± sd over
     seeds, and the mean bootstrap sd of a single evaluation), then each of its three comparisons with both
@@ -114,19 +129,55 @@ def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tupl
     lines += _floor_lines(rows)
     if len(groups) < len(TABLE1):
         return "\n".join(lines), None, None
-    values = {k: [r["value"] for r in g] for k, g in groups.items()}
     lines += ["", "| comparison | mean difference | Welch 95% interval | per-run verdict | means verdict |",
               "|---|---|---|---|---|"]
     verdicts = {}
     for better, worse in TABLE1_COMPARISONS:
-        runs, means = compare(groups[better], groups[worse]), power.compare_means(values[better], values[worse])
-        verdicts[better, worse] = runs, means
-        interval = ("" if means is None else "{1:.2f} to {2:.2f}".format(*power.welch(values[better], values[worse])))
-        lines.append(f"| {better} < {worse} | {np.mean(values[worse]) - np.mean(values[better]):.2f} | {interval} | "
-                     f"{runs} | {means or 'needs 2 seeds'} |")
+        cells, verdicts[better, worse] = _comparison(groups[better], groups[worse])
+        lines.append(f"| {better} < {worse} | {cells} |")
     first, *strict = TABLE1_COMPARISONS
     return ("\n".join(lines), _verdict(verdicts[first][0], [verdicts[c][0] for c in strict]),
             _verdict(verdicts[first][1], [verdicts[c][1] for c in strict]))
+
+
+def stopped_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows as the study reads with its noisy-only points (n_clean = 0) sampled stopped at sigma_n: their
+    value and bootstrap sd are the stopped ones, their seeds not evaluated that way are left out, every other row
+    is unchanged."""
+    return [r if r["n_clean"] or not r["n_noisy"] else {**r, "value": r["value_stop"], "sd": r.get("sd_stop")}
+            for r in rows if r["n_clean"] or not r["n_noisy"] or r.get("value_stop") is not None]
+
+
+def samplers_table(rows: Sequence[dict], metric: str, data: str) -> tuple[str, dict[str, tuple[str | None, ...]]]:
+    """Markdown: every noisy-only setting under the full sampler (down to 0.002) and stopped at its sigma_n (mean ±
+    sd over seeds, "-" where no seed was evaluated that way); then, per sigma_n, Table 1's comparison with the
+    100%-noisy setting and the two ordering verdicts under each choice (the other settings keep the full
+    sampler). Also {sigma_n: (per-run, means verdict)} with the stopped sampler."""
+    stopped = stopped_rows(rows)
+    lines = [f"| sigma_n | n_noisy | full sampler: {metric} | bootstrap sd | seeds | stopped at sigma_n: {metric} | "
+             "bootstrap sd | seeds |", "|---|---|---|---|---|---|---|---|"]
+    for _, m, s in sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows if not r["n_clean"]}):
+        group = _setting(stopped, 0, m, s)
+        lines.append(f"| {s:g} | {m} | {_group_cells(_setting(rows, 0, m, s))} | "
+                     f"{_group_cells(group) if group else '- | - | 0'} |")
+    size = max(r["n_clean"] + r["n_noisy"] for r in rows)
+    pairs = table1_pairs(size)
+    mixed, noisy = "90% noisy + 10% clean", "100% noisy"
+    lines += ["", f"| sigma_n | 100% noisy sampled | {noisy}: {metric} | {mixed} < {noisy}: mean difference | "
+              "Welch 95% interval | per-run verdict | means verdict | ordering per run | ordering on the means |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    verdicts = {}
+    for s in sorted({r["sigma_n"] for r in rows if not r["n_clean"] and r["n_noisy"] == size}):
+        for how, variant in (("full (to 0.002)", rows), ("stopped at sigma_n", stopped)):
+            better, worse = _setting(variant, *pairs[mixed], s), _setting(variant, *pairs[noisy], s)
+            result = table1(variant, s, metric, data) if worse else None
+            cells = _comparison(better, worse)[0] if better and worse else "- | - | - | -"
+            said = [v or "-" for v in result[1:]] if result else ["-", "-"]
+            value = f"{_mean_sd([r['value'] for r in worse])} ({len(worse)} seeds)" if worse else "-"
+            lines.append(f"| {s:g} | {how} | {value} | {cells} | {' | '.join(said)} |")
+            if variant is stopped:
+                verdicts[f"{s:g}"] = tuple(result[1:]) if result else (None, None)
+    return "\n".join(lines), verdicts
 
 
 def table1_seed_plan(rows: Sequence[dict]) -> tuple[dict[tuple[int, int, float], int], str]:
@@ -295,6 +346,11 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
                       ordering_sentence(result[2], metric, means=True), ""]
             orderings[f"{s:g}"] = result[1]
             means[f"{s:g}"] = result[2]
+    stopped = {}
+    if any(r.get("value_stop") is not None for r in rows):
+        text, stopped = samplers_table(rows, metric, data)
+        parts += ["Noisy-only points under both samplers: the full sampler (down to 0.002) and stopped at sigma_n "
+                  "(the denoised estimate there), and Table 1 under each choice:", "", text, ""]
     eqs = equivalent_counts(rows)
     if eqs:
         parts += ["Worth of a noisy image, equivalent clean count:", "", equivalent_table(eqs), "",
@@ -306,7 +362,9 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
     text = "\n".join(parts)
     (out / "table.md").write_text(text + "\n")
     write_json({"config": config, "rows": list(rows), "table1_ordering": orderings,
-                "table1_ordering_means": means, "equivalent_clean": eqs,
+                "table1_ordering_means": means,
+                "table1_ordering_stopped": {s: v[0] for s, v in stopped.items()},
+                "table1_ordering_means_stopped": {s: v[1] for s, v in stopped.items()}, "equivalent_clean": eqs,
                 "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
                out / "results.json")
     plot(rows, out / f"{metric}_vs_n_clean.png", metric)

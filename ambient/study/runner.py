@@ -16,7 +16,9 @@ so a study can run from a `git worktree` at a fixed commit. Results (ambient.stu
 results.json, a figure of the metric against n_clean per n_noisy, Table 1 per sigma_n with 2-sigma
 verdicts, the equivalent clean count and worth of every mixed point (table and figure), the
 effective-sample fit, the metric at the last snapshots, each point's last sample grid (samples/NAME.png)
-and its evaluation images (samples/NAME.npz, uint8).
+and its evaluation images (samples/NAME.npz, uint8). With --eval-stop-noisy every noisy-only point (n_clean = 0)
+is evaluated a second time with the sampler stopped at its sigma_n (STOP_METRICS, STOP_SAMPLES beside
+metrics.json; samples/NAME-stop.npz), and the report sets both samplers side by side.
 """
 import argparse
 import json
@@ -51,6 +53,7 @@ IMPORT_ROOT = Path(__file__).resolve().parents[2]     # the folder `ambient` was
 SHARED = ("data", "data_seed", "preset", "model_channels", "batch", "kimg")     # training options of the study
 POINT_FIELDS = ("n_clean", "n_noisy", "clean_fraction", "all_clean", "p_clean", "keep_fraction", "sigma_n",
                 "sigma_share", "seed", "run_dir", "outdir", "resume")            # set by each point
+STOP_METRICS, STOP_SAMPLES = "stop-metrics.json", "stop-samples.npz"    # a noisy-only point stopped at sigma_n
 _print_lock = threading.Lock()
 
 
@@ -106,6 +109,7 @@ class Settings:
     ref: str | None = None
     inception_path: str | None = None
     eval_snapshots: int = 1
+    eval_stop_noisy: bool = False      # also evaluate each noisy-only point with the sampler stopped at its sigma_n
     nproc: int = 1
     threads: int | None = None
 
@@ -129,9 +133,12 @@ class Settings:
                     "-m", "ambient.train"]
         return [sys.executable, "-m", "ambient.train"]
 
-    def eval_args(self, ckpt: Path, out: Path, samples: Path | None = None) -> list[str]:
+    def eval_args(self, ckpt: Path, out: Path, samples: Path | None = None,
+                  sigma_stop: float | None = None) -> list[str]:
         args = [sys.executable, "-m", "ambient.eval", "--ckpt", str(ckpt), "--n", str(self.eval_n),
                 "--steps", str(self.eval_steps), "--metric", self.metric, "--out", str(out), "--no-progress"]
+        if sigma_stop is not None:
+            args += ["--sigma-stop", repr(sigma_stop)]
         if samples is not None:
             args += ["--samples-out", str(samples)]
         if self.ref:
@@ -201,6 +208,16 @@ def read_point_file(path: Path, entries: Entries) -> dict[str, Any]:
     return data
 
 
+def _subprocess_env(s: Settings) -> dict[str, str]:
+    """The environment of a point's subprocesses: they import `ambient` from where the study did; PYTHONSAFEPATH
+    keeps `-m` from putting the working directory (which may hold another checkout) before PYTHONPATH."""
+    env = dict(os.environ, PYTHONSAFEPATH="1",
+               PYTHONPATH=os.pathsep.join([str(IMPORT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    if s.threads is not None:
+        env["OMP_NUM_THREADS"] = str(s.threads)
+    return env
+
+
 def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     """Train (or continue) and evaluate one point unless its metrics file exists; returns the point folder.
 
@@ -222,12 +239,7 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
                          "settings")
     record["train_args"] = args
     write_json(record, record_file)
-    # The subprocesses import `ambient` from where the study did; PYTHONSAFEPATH keeps `-m` from putting the
-    # working directory (which may hold another checkout) before PYTHONPATH.
-    env = dict(os.environ, PYTHONSAFEPATH="1",
-               PYTHONPATH=os.pathsep.join([str(IMPORT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    if s.threads is not None:
-        env["OMP_NUM_THREADS"] = str(s.threads)
+    env = _subprocess_env(s)
     say(f"train {p.name} ({'continuing' if run_dir.exists() else 'new'})")
     record["train_seconds"] += _run_logged(s.launcher() + args, folder / "train.log", env, f"training {p.name}")
     write_json(record, record_file)
@@ -246,6 +258,27 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     return folder
 
 
+def evaluate_stopped(p: Point, study_dir: Path, s: Settings) -> None:
+    """A finished noisy-only point's newest checkpoint (the one metrics.json scored) evaluated again with the
+    sampler stopped at its sigma_n, into STOP_METRICS and STOP_SAMPLES, unless STOP_METRICS exists; other points,
+    and points not yet finished, are left alone."""
+    folder = study_dir / "points" / p.name
+    out = folder / STOP_METRICS
+    if p.n_clean or not p.n_noisy or not (folder / "metrics.json").exists():
+        return
+    if out.exists():
+        say(f"skip {p.name} stopped at sigma_n: {out} exists")
+        return
+    ckpts = list_checkpoints(folder / "run")
+    if not ckpts:
+        raise StudyError(f"cannot evaluate {p.name} stopped at sigma_n = {p.sigma_n:g}: no checkpoint in "
+                         f"{folder / 'run'} (its metrics.json was made elsewhere)")
+    say(f"eval {p.name} stopped at sigma_n = {p.sigma_n:g}")
+    _run_logged(s.eval_args(ckpts[-1], out, folder / STOP_SAMPLES, sigma_stop=p.sigma_n), folder / "eval.log",
+                _subprocess_env(s), f"evaluating {p.name} stopped at sigma_n")
+    say(f"done {p.name} stopped at sigma_n: {json.loads(out.read_text())[s.metric]:.3f}")
+
+
 def run_points(points: Sequence[Point], study_dir: Path, s: Settings, jobs: int = 1) -> list[str]:
     """Run every point, `jobs` at a time: started ones first, then seed by seed, each seed's clean-only curve
     (largest first) before the noisy points by noise level, so a study cut short has every setting at its
@@ -257,6 +290,8 @@ def run_points(points: Sequence[Point], study_dir: Path, s: Settings, jobs: int 
     def one(p: Point) -> None:
         try:
             run_point(p, study_dir, s)
+            if s.eval_stop_noisy:
+                evaluate_stopped(p, study_dir, s)
         except StudyError as e:
             say(f"error: {e}")
             errors.append(str(e))
@@ -278,6 +313,13 @@ def _snapshots(folder: Path, metric: str) -> dict[str, float]:
     return dict(sorted(found.items(), key=lambda kv: float(kv[0])))
 
 
+def _stopped(folder: Path, metric: str) -> dict[str, float | None]:
+    """value_stop and sd_stop of a point: the metric and its bootstrap sd in its STOP_METRICS (None without)."""
+    path = folder / STOP_METRICS
+    stop = read_point_file(path, metrics_entries(metric)) if path.exists() else {}
+    return {"value_stop": stop.get(metric), "sd_stop": stop.get(f"{metric}_sd")}
+
+
 def collect(points: Sequence[Point], study_dir: Path, metric: str) -> tuple[list[dict], list[str]]:
     """One row per point with a metrics file, and one error per point whose files are damaged (read_point_file)."""
     rows, errors = [], []
@@ -289,7 +331,7 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> tuple[list
             m = read_point_file(folder / "metrics.json", metrics_entries(metric))
             record = folder / "point.json"
             rec = read_point_file(record, POINT_ENTRIES) if os.path.lexists(record) else {}
-            snapshots = _snapshots(folder, metric)
+            snapshots, stopped = _snapshots(folder, metric), _stopped(folder, metric)
         except StudyError as e:
             errors.append(str(e))
             continue
@@ -298,12 +340,14 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> tuple[list
                      "floor": m.get(f"{metric}_floor"), "kid": m.get("kid"), "memorised": m.get("memorised"),
                      "nn_ratio": m.get("nn_ratio"), "n": m["n"], "kimg": m.get("kimg"),
                      "snapshots": json.dumps(snapshots),
-                     "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds")})
+                     "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds"),
+                     **stopped})
     return rows, errors
 
 
 def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
-    """Every point's last sample grid (out/samples/NAME.png) and evaluation images (out/samples/NAME.npz)."""
+    """Every point's last sample grid (out/samples/NAME.png) and evaluation images (out/samples/NAME.npz; stopped
+    at sigma_n: out/samples/NAME-stop.npz)."""
     (out / "samples").mkdir(parents=True, exist_ok=True)
     for r in rows:
         folder = study_dir / "points" / r["name"]
@@ -312,6 +356,8 @@ def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
             shutil.copyfile(grids[-1], out / "samples" / f"{r['name']}.png")
         if (folder / "samples.npz").exists():
             shutil.copyfile(folder / "samples.npz", out / "samples" / f"{r['name']}.npz")
+        if (folder / STOP_SAMPLES).exists():
+            shutil.copyfile(folder / STOP_SAMPLES, out / "samples" / f"{r['name']}-stop.npz")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "resolution, default the embedded MNIST-5k)")
     g.add_argument("--eval-snapshots", type=cli.positive_int, default=Settings.eval_snapshots,
                    help="evaluate this many of the newest checkpoints of each point (convergence check)")
+    g.add_argument("--eval-stop-noisy", action="store_true",
+                   help=f"also evaluate every noisy-only point (n_clean = 0) with the sampler stopped at its sigma_n "
+                        f"(the denoised estimate there) into {STOP_METRICS} beside metrics.json; the report shows "
+                        "both samplers")
     g.add_argument("--inception-path")
     g.add_argument("--nproc", type=cli.positive_int, default=1, help="processes per training run (torchrun)")
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
@@ -462,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         s = Settings(train={**{k: getattr(a, k) for k in SHARED}, **extra}, eval_n=a.eval_n, eval_steps=a.eval_steps,
                      metric=a.metric, ref=a.ref, inception_path=a.inception_path, eval_snapshots=a.eval_snapshots,
+                     eval_stop_noisy=a.eval_stop_noisy,
                      nproc=a.nproc, threads=a.threads if a.threads is not None or a.jobs == 1 else 1)  # jobs: 1 thread
     except StudyError as e:
         print(f"error: --train-args: {e}", file=sys.stderr)
