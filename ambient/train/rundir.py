@@ -70,9 +70,13 @@ class RunDirLock:
 
 
 def _foreign(run_dir: Path) -> list[str]:
-    """The names in run_dir that no run writes (not RUN_FILES, grids, checkpoints or their work directories)."""
+    """The names in run_dir that no run writes: not RUN_FILES, grids, checkpoints or their work directories, nor
+    the hidden temporaries of RUN_FILES and grids (atomic_path's `.NAME.*.tmp*`) that a writer killed mid-write
+    leaves, which a run killed before its first checkpoint may hold."""
+    temporaries = (*(f".{name}." for name in RUN_FILES), ".samples-")
     return sorted(p.name for p in run_dir.iterdir()
-                  if p.name not in RUN_FILES and not p.name.startswith((ckpt.PREFIX, "samples-", *ckpt.WORK_PREFIXES)))
+                  if p.name not in RUN_FILES and not p.name.startswith((ckpt.PREFIX, "samples-", *ckpt.WORK_PREFIXES))
+                  and not (p.name.startswith(temporaries) and ".tmp" in p.name))
 
 
 def _numbered(cfg: TrainConfig) -> Path:
