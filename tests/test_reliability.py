@@ -45,8 +45,13 @@ KILL_RUN = FAST + ["--kimg", "0.32", "--snap-kimg", "0.032"]
 
 
 def work_dirs(run_dir: Path) -> list[str]:
-    """Leftover `.tmp-*` / `.trash-*` directories of checkpoint writes and deletions."""
-    return sorted(p.name for p in run_dir.iterdir() if p.name.startswith((".tmp-", ".trash-")))
+    """Leftover `.tmp-*` / `.trash-*` directories of checkpoint writes and deletions (none before run_dir exists)."""
+    return sorted(p.name for p in run_dir.iterdir() if p.name.startswith((".tmp-", ".trash-"))) if run_dir.is_dir() \
+        else []
+
+
+def checkpoint_names(run_dir: Path) -> set[str]:
+    return {c.name for c in list_checkpoints(run_dir)}
 
 
 def file_states(root: Path) -> dict[str, tuple]:
@@ -153,23 +158,29 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run
 
 
-def kill_round(run: Path, rng: random.Random, during_write: bool, log: Path) -> dict:
-    """Start training (resume auto), SIGKILL it at a random moment; returns what the round saw."""
+def kill_round(run: Path, rng: random.Random, target: int | None, log: Path) -> dict:
+    """Start training (resume auto) and SIGKILL it: at a random point of this round's `target`-th checkpoint write
+    (on a slow disk), or with target None at a random moment of the 3 s after training began but no later than
+    this round's first new checkpoint (so no round gets far, however fast the machine); returns what it saw."""
     env = dict(os.environ, SLOW_FSYNC_S="0.15")
-    cmd = [sys.executable, "-c", SLOW_DISK_TRAIN] if during_write else [sys.executable, "train.py"]
+    cmd = [sys.executable, "-c", SLOW_DISK_TRAIN] if target else [sys.executable, "train.py"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd + KILL_RUN + ["--run-dir", str(run), "--resume", "auto"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline, writes, target = time.time() + 240, set(), rng.choice([1, 2])
+        deadline, writes, before = time.time() + 240, set(), checkpoint_names(run)
         while proc.poll() is None and time.time() < deadline:
-            if during_write:        # the target-th checkpoint write of this round, at a random point inside it
-                writes |= set(n for n in work_dirs(run) if n.startswith(".tmp-")) if run.is_dir() else set()
+            if target:    # the checkpoints this round began: its own work directories (its pid) and new checkpoint-*
+                own = {n[len(".tmp-"):].partition(".")[0] for n in work_dirs(run)
+                       if n.startswith(".tmp-") and f".{proc.pid}@" in n}
+                writes |= own | (checkpoint_names(run) - before)
                 if len(writes) >= target:
                     time.sleep(rng.uniform(0, 0.8))
                     break
-            elif "\nrun " in "\n" + log.read_text():   # training has begun: anywhere in the next 3 s
-                time.sleep(rng.uniform(0, 3))
+            elif "\nrun " in "\n" + log.read_text():       # training has begun
+                until = time.time() + rng.uniform(0, 3)
+                while time.time() < until and proc.poll() is None and checkpoint_names(run) <= before:
+                    time.sleep(0.005)
                 break
             time.sleep(0.005)
         assert time.time() < deadline, "the training process never got going"
@@ -177,27 +188,39 @@ def kill_round(run: Path, rng: random.Random, during_write: bool, log: Path) -> 
     finally:
         proc.kill()
         proc.wait()
+    for ckpt in list_checkpoints(run):       # a kill never leaves a partial checkpoint-* behind
+        read_meta(ckpt, verify=True)
     newest = latest_checkpoint(run)
     return {"killed": proc.returncode == -signal.SIGKILL, "newest": newest.name if newest else None,
-            "leftovers": work_dirs(run) if run.is_dir() else []}
+            "leftovers": work_dirs(run)}
 
 
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path, uninterrupted):
+    """Six rounds of kill -9, then `--resume auto` with the newest checkpoint damaged on top: the run ends with the
+    uninterrupted run's checkpoints and weights.
+
+    Slow-disk rounds (0, 2, 4) are killed at a random point of a checkpoint write (mostly inside it: five fsyncs of
+    0.15 s); a write that is not atomic leaves a partial checkpoint-* that fails verification. Round 0 is killed in
+    the run's first write, so round 1 mostly starts where no checkpoint exists yet. Rounds 2 and 4 are killed in
+    their second write, after one complete checkpoint each: the damaged newest always has an older one to fall back
+    to, however slow the machine. (Rounds killed after so many seconds left one checkpoint only on a loaded
+    machine; damaging it left every checkpoint damaged, which `--resume auto` rightly refuses rather than start
+    afresh: tests/test_rundir.py.) Rounds 1, 3 and 5 write one new checkpoint at most: by round 4 the run is at
+    step 10 at most, so the slow-disk rounds always have writes left to be killed in.
+    """
     run, rng = tmp_path / "run", random.Random(2024)
-    rounds = [kill_round(run, rng, during_write=i % 2 == 0, log=tmp_path / f"round{i}.log") for i in range(6)]
+    rounds = [kill_round(run, rng, target, log=tmp_path / f"round{i}.log")
+              for i, target in enumerate([1, None, 2, None, 2, None])]
     print("kill rounds:", rounds)
     assert all(r["killed"] for r in rounds[::2]), rounds     # a slow-disk run cannot finish before its kill
-    for ckpt in list_checkpoints(run):       # a kill never leaves a partial checkpoint-* behind
-        read_meta(ckpt, verify=True)
     # On top of the kills, damage the newest checkpoint: --resume auto must fall back to the one before.
-    damaged = list_checkpoints(run)[-1] if list_checkpoints(run) else None
-    if damaged is not None:
-        flip_byte(damaged / "net.safetensors", rng)
+    assert len(list_checkpoints(run)) >= 2, rounds
+    damaged = list_checkpoints(run)[-1]
+    flip_byte(damaged / "net.safetensors", rng)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_training(train.parse_args(KILL_RUN + ["--run-dir", str(run), "--resume", "auto"]))
-    if damaged is not None:
-        assert any(f"{damaged} is damaged" in str(w.message) for w in caught)
+    assert any(f"{damaged} is damaged" in str(w.message) for w in caught)
     assert [c.name for c in list_checkpoints(run)] == [c.name for c in list_checkpoints(uninterrupted)]
     for ckpt in list_checkpoints(run):
         read_meta(ckpt, verify=True)

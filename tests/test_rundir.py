@@ -15,7 +15,7 @@ import torch
 
 from ambient.io.checkpoint import list_checkpoints, save_checkpoint
 from ambient.train import cli as train
-from ambient.train.rundir import RunDirInUse, RunDirLock
+from ambient.train.rundir import RunDirInUse, RunDirLock, choose_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.016", "--grid-size", "4",
@@ -107,6 +107,35 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_a_clean_log
     assert train.main(FAST + ["--run-dir", str(run), "--resume", "auto", "--kimg", "0.048"]) == 0
     assert logged_steps(run) == [1, 2, 3]
     assert json.loads((run / "log.jsonl").read_text().splitlines()[0])["loss"] != 9
+
+
+# A writer killed inside the atomic writes a run makes before its first checkpoint: config.json, the log cut back
+# on a restart, the first grid (all three temporaries at once).
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from ambient.common.atomic import atomic_path
+run = Path(sys.argv[1])
+with atomic_path(run / "config.json") as a, atomic_path(run / "log.jsonl") as b, \\
+        atomic_path(run / "samples-000000002.png") as c:
+    for tmp in (a, b, c):
+        tmp.write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporaries_of_a_writer_killed_before_the_first_checkpoint_are_no_foreign_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run)], cwd=ROOT)
+    assert killed.returncode == -9 and len(list(run.iterdir())) == 3 and not list(run.glob("[!.]*"))
+    cfg = train.parse_args(FAST + ["--run-dir", str(run), "--resume", "auto"])
+    run_dir, resume_from, held = choose_run_dir(cfg)
+    held.close()
+    assert (run_dir, resume_from) == (run, None)                                       # a fresh start, no error
+    (run / ".notes.txt.1-2.tmp.txt").write_text("not a run's")
+    refused(capsys, FAST + ["--run-dir", str(run), "--resume", "auto", "--kimg", "0.032"], ".notes.txt",
+            "found no run")
 
 
 def test_damaged_checkpoints_are_never_trained_over(finished, tmp_path, capsys):

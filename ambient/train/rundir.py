@@ -72,10 +72,14 @@ class RunDirLock:
 
 
 def _foreign(run_dir: Path) -> list[str]:
-    """The names in run_dir that no run writes (not RUN_FILES, grids, event files, checkpoints or their work
-    directories)."""
+    """The names in run_dir that no run writes: not RUN_FILES, grids, event files, checkpoints or their work
+    directories, nor the hidden temporaries of RUN_FILES, grids and event files (atomic_path's `.NAME.*.tmp*`) that a
+    writer killed mid-write leaves, which a run killed before its first checkpoint may hold."""
     ours = (ckpt.PREFIX, "samples-", EVENTS_PREFIX, *ckpt.WORK_PREFIXES)
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith(ours))
+    temporaries = (*(f".{name}." for name in RUN_FILES), ".samples-", f".{EVENTS_PREFIX}")
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name not in RUN_FILES and not p.name.startswith(ours)
+                  and not (p.name.startswith(temporaries) and ".tmp" in p.name))
 
 
 def _numbered(cfg: TrainConfig) -> Path:
