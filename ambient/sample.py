@@ -18,7 +18,7 @@ from ambient.common import cli
 from ambient.common.images import MAX_GRID, npz_writer, save_grid, save_pngs, to_uint8
 from ambient.io import CheckpointError, load_network
 from ambient.model import generate, seed_classes
-from ambient.model.sampler import check_schedule
+from ambient.model.sampler import check_schedule, check_sigma_stop
 
 
 def check_class(class_idx: int | None, label_dim: int) -> None:
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps must be >= 2")
     try:
         check_schedule(a.steps, a.sigma_min, a.sigma_max, a.rho)
+        if a.sigma_stop is not None:
+            check_sigma_stop(a.sigma_stop, a.sigma_min, a.sigma_max)
     except ValueError as e:
         p.error(str(e))
     out, n = Path(a.out), len(a.seeds)

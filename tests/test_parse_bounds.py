@@ -97,6 +97,8 @@ def _model(folder: Path, label_dim: int) -> Path:
     (0, ["--sigma-max", "1e39"], "--sigma-max 1e+39 is above 1000", 2),
     (0, ["--sigma-min", "100", "--sigma-max", "80"], "--sigma-min 100 must be > 0 and below --sigma-max 80", 2),
     (0, ["--device", "meta"], "only cpu and cuda devices", 2),
+    (0, ["--sigma-stop", "0.001"], "sigma_stop must be a finite level in [sigma_min, sigma_max) = [0.002, 80)", 2),
+    (0, ["--sigma-max", "20", "--sigma-stop", "20"], "= [0.002, 20) of the sampler's schedule, got 20", 2),
 ])
 def test_sample_refuses_before_sampling(tmp_path, capsys, label_dim, flags, message, code):
     ckpt = _model(tmp_path / "run", label_dim)
