@@ -31,7 +31,7 @@ from ambient.common.images import from_uint8, to_uint8
 from ambient.data import NAMED_DATASETS, data_options, load_dataset, make_dataset
 from ambient.io import CheckpointError, load_network
 from ambient.model import check_sigma_stop, edm_time_steps, generate, seed_classes
-from ambient.model.sampler import check_schedule
+from ambient.model.sampler import SIGMA_MAX, check_schedule
 
 from . import metrics
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(f"argument --sigma-stop: {e}")
     try:                                                         # before any sampling
-        check_schedule(a.steps, a.sigma_min, 80.0, 7.0)          # evaluate's other sampler settings: EDM's
+        check_schedule(a.steps, a.sigma_min, SIGMA_MAX, 7.0)     # evaluate's other sampler settings: EDM's
         cli.check_output(a.out, overwrite=True)
         if a.cache_dir is not None:
             cli.check_folder(a.cache_dir, option="--cache-dir")

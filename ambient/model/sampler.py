@@ -6,7 +6,26 @@ from collections.abc import Callable
 
 import torch
 
-SIGMA_MAX = 80.0        # EDM's first noise level, the default of the samplers below
+SIGMA_MAX = 80.0            # EDM's first noise level, the default of the samplers below
+SIGMA_MAX_LIMIT = 1000.0     # the largest accepted: a float32 net sees x ~ sigma_max at the first step
+
+
+def check_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> None:
+    """ValueError, naming the flag to change (--sigma-min, --sigma-max, --rho), unless 0 < sigma_min < sigma_max <=
+    SIGMA_MAX_LIMIT and rho > 0 give a finite, strictly decreasing noise schedule (edm_time_steps)."""
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"--sigma-min {sigma_min:g} must be > 0 and below --sigma-max {sigma_max:g}")
+    if sigma_max > SIGMA_MAX_LIMIT:
+        raise ValueError(f"--sigma-max {sigma_max:g} is above {SIGMA_MAX_LIMIT:g} (EDM uses 80)")
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"--rho {rho:g} must be a finite number > 0 (EDM uses 7)")
+    try:
+        t = edm_time_steps(num_steps, sigma_min, sigma_max, rho)[:-1]
+    except OverflowError:                       # sigma_max ** (1 / rho) beyond a float
+        t = torch.tensor([math.inf])
+    if not (torch.isfinite(t).all() and (t > 0).all() and (t[1:] < t[:-1]).all()):
+        raise ValueError(f"--rho {rho:g} gives a noise schedule from --sigma-max {sigma_max:g} to --sigma-min "
+                         f"{sigma_min:g} that is not finite and strictly decreasing; choose --rho in [1, 100]")
 
 
 def check_sigma_stop(sigma_stop: float, sigma_min: float = 0.002, sigma_max: float = SIGMA_MAX) -> None:
@@ -45,27 +64,6 @@ def _heun_step(net: Callable, x_hat: torch.Tensor, t_hat: torch.Tensor, t_next: 
         d_prime = (x_next - denoised) / tn
         x_next = x_hat + (tn - th) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
-
-
-SIGMA_MAX_LIMIT = 1000.0     # EDM's sigma_max is 80; a float32 net sees x ~ sigma_max at the first step
-
-
-def check_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> None:
-    """ValueError, naming the flag to change (--sigma-min, --sigma-max, --rho), unless 0 < sigma_min < sigma_max <=
-    SIGMA_MAX_LIMIT and rho > 0 give a finite, strictly decreasing noise schedule (edm_time_steps)."""
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"--sigma-min {sigma_min:g} must be > 0 and below --sigma-max {sigma_max:g}")
-    if sigma_max > SIGMA_MAX_LIMIT:
-        raise ValueError(f"--sigma-max {sigma_max:g} is above {SIGMA_MAX_LIMIT:g} (EDM uses 80)")
-    if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"--rho {rho:g} must be a finite number > 0 (EDM uses 7)")
-    try:
-        t = edm_time_steps(num_steps, sigma_min, sigma_max, rho)[:-1]
-    except OverflowError:                       # sigma_max ** (1 / rho) beyond a float
-        t = torch.tensor([math.inf])
-    if not (torch.isfinite(t).all() and (t > 0).all() and (t[1:] < t[:-1]).all()):
-        raise ValueError(f"--rho {rho:g} gives a noise schedule from --sigma-max {sigma_max:g} to --sigma-min "
-                         f"{sigma_min:g} that is not finite and strictly decreasing; choose --rho in [1, 100]")
 
 
 @torch.inference_mode()
