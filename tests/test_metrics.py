@@ -316,16 +316,21 @@ def test_memorisation_counts_copies_and_not_new_images(mnist):
 
 def test_background_noise_recovers_known_noise(mnist):
     from ambient.common.images import quantise
-    images, _ = mnist
     gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    square = -torch.ones(333, 1, 13, 13)         # exact answer: noise-free background, no edges
+    square[:, :, 4:7, 5:9] = 1
+    assert metrics.background_noise(square) == 0
+    for r in (0.03, 0.1, 0.2, 0.3):              # clamped at -1 and quantised, as saved samples are
+        noisy = quantise(square + r * torch.randn(square.shape, generator=gen))
+        assert metrics.background_noise(noisy) == pytest.approx(r, rel=0.04)     # 300 draws: within 2.0%
+    images, _ = mnist
     small = torch.nn.functional.avg_pool2d(images[torch.randperm(5000, generator=gen)[:333]], 2)   # 16x16 digits
     r0 = metrics.background_noise(quantise(small))
     assert 0 < r0 < 0.05                         # antialiased edges only: the strokes themselves are masked out
-    for r in (0.03, 0.1, 0.2, 0.3):              # clamped at -1 and quantised, as saved samples are
+    # Where the noise is well above the edges' r0 the two add in quadrature; near r0 (r = 0.03) they do not,
+    # since noise moves edge pixels in and out of the background (300 draws: -17%..+6% there, within 3.7% here).
+    for r in (0.1, 0.2, 0.3):
         noisy = quantise(small + r * torch.randn(small.shape, generator=gen))
-        assert metrics.background_noise(noisy) == pytest.approx((r0 ** 2 + r ** 2) ** 0.5, rel=0.05, abs=0.005)
-    square = -torch.ones(50, 1, 13, 13)          # exact answer: noise-free background, no edges
-    square[:, :, 4:7, 5:9] = 1
-    assert metrics.background_noise(square) == 0
+        assert metrics.background_noise(noisy) == pytest.approx((r0 ** 2 + r ** 2) ** 0.5, rel=0.06)
     with pytest.raises(ValueError, match="background"):
         metrics.background_noise(torch.ones(3, 1, 8, 8))
