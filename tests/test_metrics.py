@@ -156,6 +156,25 @@ def test_fd_mnist_grows_with_gaussian_noise(cache_dir, mnist):
     assert clean["class_histogram"].sum() == 1000 and clean["class_histogram"].min() > 50
 
 
+def test_confident_share_is_the_classifiers_top_probability_above_the_threshold(cache_dir, mnist):
+    images, labels = mnist
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
+    perm = torch.randperm(len(images), generator=gen)
+    real = images[perm[:200]]
+    a, b = perm[200:800], perm[800:1400]
+    pairs = (labels[a] != labels[b]).nonzero()[:, 0][:133]
+    blends = (images[a[pairs]] + images[b[pairs]]) / 2          # two different digits overlaid: malformed ones
+    results = {name: metrics.fd_mnist(x, cache_dir=cache_dir, kid_subsets=1, n_boot=0)
+               for name, x in (("real", real), ("blends", blends), ("mixed", torch.cat([real, blends])))}
+    share = {name: r["confident"] for name, r in results.items()}
+    with torch.no_grad():           # the same share from the classifier's logits directly
+        top = metrics.get_feature_extractor(cache_dir).logits(blends).softmax(1).max(1).values
+    assert share["blends"] == pytest.approx(float((top > metrics.CONFIDENT).double().mean()), abs=1e-12)
+    assert share["mixed"] == pytest.approx((200 * share["real"] + 133 * share["blends"]) / 333, abs=1e-12)
+    assert share["real"] > 0.9 and share["blends"] < 0.7          # measured: 0.97 and 0.40 (one draw)
+    assert results["real"]["confident_ref"] > 0.9                   # MNIST-5k itself
+
+
 def test_fd_mnist_bootstrap_sd_shrinks_with_the_sample_size(cache_dir, mnist):
     images, _ = mnist
     gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))

@@ -79,7 +79,8 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
     generate.py), so no metric sees values that no saved image could hold.
     fd_mnist (1-channel models of any resolution; `ref`: the real images at the model's resolution, default
     the embedded MNIST-5k for 32x32): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
-    "class_histogram", "background_noise", "memorised", "nn_ratio", ...}; fid: {"fid", "kid", "ref"}; both also carry
+    "class_histogram", "confident", "confident_ref", "background_noise", "memorised", "nn_ratio", ...};
+    fid: {"fid", "kid", "ref"}; both also carry
     "n", "steps", "sigma_min", "sigma_stop" (None: the full sampler) and "sigma_stopped" (the level it stopped at),
     "ckpt", "kimg", "seconds". `samples_out` keeps the quantised images as a uint8 .npz.
     """
@@ -150,7 +151,8 @@ def summary(m: dict) -> str:
     copies = f"; {m['memorised']:.1%} copies of training images" if "memorised" in m else ""
     return (f"FD-MNIST {m['fd_mnist']:.3f} (bootstrap sd {m['fd_mnist_sd']:.3f}; floor {m['fd_mnist_floor']:.3f} "
             f"at n = {m['floor_n']}), "
-            f"KID {m['kid']:.5f}, n = {m['n']}, {sampler}; classes {m['class_histogram']}{copies}")
+            f"KID {m['kid']:.5f}, {m['confident']:.1%} recognised digits (real: {m['confident_ref']:.1%}), "
+            f"n = {m['n']}, {sampler}; classes {m['class_histogram']}{copies}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ _BATCH = 128
 _MAX_SHIFT = 2                     # augmentation: random integer shifts in [-2, 2] pixels
 _FEATURE_DIM = 128
 CLASSIFIER_RESOLUTION = 32          # the classifier's input is 1 x 32 x 32
+CONFIDENT = 0.9                     # a sample is a recognised digit when the classifier's top probability exceeds this
 COPY_RATIO = 1 / 3                  # memorisation: nearest training image 3x closer than the second nearest
 INCEPTION_FILE = "inception-2015-12-05.pt"
 _CLEANFID_CACHE = Path("/tmp")     # where clean-fid itself keeps the Inception weights on Linux
@@ -185,22 +186,24 @@ def classifier_input(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _embed(net: FeatureNet, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float64) and predicted classes of `images` (any resolution), computed in batches."""
+def _embed(net: FeatureNet, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features (float64), predicted classes and the top class probability of `images` (any resolution),
+    computed in batches."""
     device = next(net.parameters()).device
-    feats, preds = [], []
+    feats, probs = [], []
     for i in range(0, len(images), batch_size):
         f = net.features(classifier_input(images[i:i + batch_size]).to(device))
         feats.append(f.double().cpu())
-        preds.append(net.classify(f).argmax(1).cpu())
-    return torch.cat(feats).numpy(), torch.cat(preds).numpy()
+        probs.append(net.classify(f).softmax(1).cpu())
+    top = torch.cat(probs).max(1)
+    return torch.cat(feats).numpy(), top.indices.numpy(), top.values.double().numpy()
 
 
 def classifier_accuracy(cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> float:
     """Accuracy of the cached classifier on the fixed 1000-image held-out split of MNIST-5k."""
     images, labels = _mnist()
     _, held = _split(labels)
-    _, pred = _embed(get_feature_extractor(cache_dir, device), images[held])
+    _, pred, _ = _embed(get_feature_extractor(cache_dir, device), images[held])
     return float((pred == labels[held].numpy()).mean())
 
 
@@ -266,7 +269,7 @@ def kid(feats1: np.ndarray, feats2: np.ndarray, subset_size: int = 1000, num_sub
 # ----------------------------------------------------------------------------------------------
 # FD-MNIST
 
-_REFERENCE: dict[tuple[str, str], np.ndarray] = {}   # in-process cache of MNIST-5k features
+_REFERENCE: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}   # in-process cache of MNIST-5k's _embed
 
 
 def _check_images(images: torch.Tensor, name: str) -> None:
@@ -277,10 +280,11 @@ def _check_images(images: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values")
 
 
-def _mnist_features(net: FeatureNet, cache_dir: str | os.PathLike | None) -> np.ndarray:
+def _mnist_features(net: FeatureNet, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, ...]:
+    """_embed of the embedded MNIST-5k, computed once per classifier file and device."""
     key = (str(classifier_path(cache_dir).resolve()), str(next(net.parameters()).device))
     if key not in _REFERENCE:
-        _REFERENCE[key] = _embed(net, _mnist()[0])[0]
+        _REFERENCE[key] = _embed(net, _mnist()[0])
     return _REFERENCE[key]
 
 
@@ -309,7 +313,9 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
     `reference` is "mnist" (the embedded MNIST-5k, 1x32x32) or a tensor of real images at the resolution of
     `images` (e.g. MNIST-5k resized as the training data was); both pass through `classifier_input`.
 
-    Returns {"fd_mnist", "fd_mnist_floor", "floor_n", "fd_mnist_sd", "kid", "class_histogram", "n"}: the floor
+    Returns {"fd_mnist", "fd_mnist_floor", "floor_n", "fd_mnist_sd", "kid", "class_histogram", "confident",
+    "confident_ref", "n"}: "confident" is the share of the images the classifier recognises as a digit with
+    probability > CONFIDENT ("confident_ref": of the reference images), a second measure of legible digits; the floor
     is the FD between two disjoint random subsets (drawn with `seed`) of the reference set of n images each,
     capped at half the reference size (2500 for MNIST-5k); when capped, "floor_note" says so. "fd_mnist_sd"
     is the bootstrap standard deviation over the images (`n_boot` >= 2 resamples; absent when n_boot is 0).
@@ -320,20 +326,20 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
     if not 2 <= n <= len(images):
         raise ValueError(f"n must be in [2, {len(images)}] (the number of images given), got {n}")
     net = get_feature_extractor(cache_dir, device)
-    feats, preds = _embed(net, images[:n])
+    feats, preds, top = _embed(net, images[:n])
     if isinstance(reference, str):
         if reference == "mnist" and tuple(images.shape[2:]) != (32, 32):
             raise ValueError(f"the embedded MNIST-5k reference is 32x32, the images are "
                              f"{tuple(images.shape[2:])}: pass reference images of their resolution")
         if reference != "mnist":
             raise ValueError(f"reference must be 'mnist' or a tensor of images, got {reference!r}")
-        ref = _mnist_features(net, cache_dir)
+        ref, _, ref_top = _mnist_features(net, cache_dir)
     else:
         _check_images(reference, "reference")
         if reference.shape[2:] != images.shape[2:]:
             raise ValueError(f"reference images are {tuple(reference.shape[2:])}, the scored images "
                              f"{tuple(images.shape[2:])}: compare images of the same resolution")
-        ref = _embed(net, reference)[0]
+        ref, _, ref_top = _embed(net, reference)
     if len(ref) < 4:
         raise ValueError(f"reference needs at least 4 images, got {len(ref)}")
     if n_boot == 1 or n_boot < 0:
@@ -348,6 +354,8 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
         "floor_n": n_floor,
         "kid": kid(feats, ref, num_subsets=kid_subsets, seed=seed),
         "class_histogram": np.bincount(preds, minlength=10),
+        "confident": float((top > CONFIDENT).mean()),
+        "confident_ref": float((ref_top > CONFIDENT).mean()),
         "n": n,
     }
     if n_boot:
