@@ -2,7 +2,7 @@
 
 The step is the trainer's own, `ambient.train.train_step` on a `build_state` of a TrainConfig: noise
 levels, noise injection, the preconditioned forward and the ambient loss, backward, the non-finite gradient
-check, Adam (fused on CUDA, foreach on a CPU) with the learning-rate ramp-up, the EMA with its ramp-up,
+check, fused Adam with the learning-rate ramp-up, the EMA with its ramp-up,
 torch.compile with --compile, micro-batches (gradient accumulation) when a batch does not fit. It leaves
 out what is not the step: data loading (the batch stays resident on the device), the per-noise-level
 loss bookkeeping, logging, checkpoints and sample grids.
@@ -34,10 +34,11 @@ class TrainStep:
     """One optimiser step of the trainer on a fixed synthetic batch (10% clean, 90% at sigma_n = 0.2)."""
 
     def __init__(self, preset: str, batch: int, precision: str, backend: str, compile: bool, device: torch.device,
-                 tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0):
+                 tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0, **options: Any):
+        """`options`: further TrainConfig fields (channels_last, model_channels)."""
         channels, res = PRESET_DATA[preset]
         cfg = TrainConfig(preset=preset, batch=batch, precision=precision, kernels=backend, compile=compile,
-                          tf32=tf32, lr=lr, ema_halflife_kimg=ema_halflife_kimg)
+                          tf32=tf32, lr=lr, ema_halflife_kimg=ema_halflife_kimg, **options)
         self.state: TrainState = build_state(cfg, cfg.network_kwargs(res, channels, 0), device, (channels, res, res))
         self.state.distribute(rank=0, world_size=1)
         self.net = self.state.net

@@ -30,11 +30,10 @@ def untimed(phase: str) -> AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def make_optimizer(net: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam, fused on CUDA; foreach on a CPU (multi-tensor ops, the same numbers as the per-tensor loop that
-    torch picks there by default; CPU fused Adam is faster still but not bit-identical)."""
-    cuda = device.type == "cuda"
-    return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=cuda, foreach=not cuda)
+def make_optimizer(net: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam, fused (one kernel for all parameters) on CUDA and on a CPU alike; bench/README.md has its speed
+    beside the per-tensor loop and foreach forms (its rounding differs from theirs in the last bit)."""
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
 class NoiseStream:
@@ -161,14 +160,15 @@ def build_state(cfg: TrainConfig, network: dict[str, Any], device: torch.device,
     """The network `build_network(**network)` (initialised from cfg.seed), its EMA, Adam and the loss of `cfg`, on
     `device`; ValueError when cfg.kernels cannot run there."""
     torch.manual_seed(cfg.seed)
-    net = build_network(**network).to(device).train()
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net = build_network(**network).to(device, memory_format=layout).train()
     net.set_attn_backend(cfg.kernels)
     if (why := attention_unavailable(cfg.kernels, device)) is not None:
         raise ValueError(f"--kernels {cfg.kernels}: {why}")
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     loss_fn = AmbientLoss(P_mean=cfg.P_mean, P_std=cfg.P_std, sigma_sampling=cfg.sigma_sampling,
                           weighting=cfg.weighting, backend=cfg.kernels)
-    return TrainState(cfg, net, ema, make_optimizer(net, cfg.lr, device), loss_fn, device, sample_shape)
+    return TrainState(cfg, net, ema, make_optimizer(net, cfg.lr), loss_fn, device, sample_shape)
 
 
 @dataclass
@@ -248,6 +248,8 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
     losses, sigmas, consistencies = [], [], []
     for first, last, items in _micro_batches(state, batch):
         y = items["image"].to(state.device, non_blocking=True)
+        if cfg.channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
         part = slice(first, first + len(y))
         labels = items["label"].to(state.device) if cfg.cond else None        # class indices
         torch.manual_seed(dropout_seed(seed, first))
