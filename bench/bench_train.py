@@ -35,7 +35,7 @@ class TrainStep:
 
     def __init__(self, preset: str, batch: int, precision: str, backend: str, compile: bool, device: torch.device,
                  tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0, **options: Any):
-        """`options`: further TrainConfig fields (channels_last, model_channels)."""
+        """`options`: further TrainConfig fields (memory_format, model_channels)."""
         channels, res = PRESET_DATA[preset]
         cfg = TrainConfig(preset=preset, batch=batch, precision=precision, kernels=backend, compile=compile,
                           tf32=tf32, lr=lr, ema_halflife_kimg=ema_halflife_kimg, **options)

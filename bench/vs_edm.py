@@ -36,7 +36,7 @@ NETS = (("ddpmpp64-b32", "ddpmpp", 64, 32), ("tiny-b64", "tiny", None, 64))
 def edm_style(preset: str, channels: int | None, batch: int) -> TrainStep:
     """fp32, contiguous, eager, torch's default Adam (per-tensor on a CPU): EDM's training loop."""
     step = TrainStep(preset, batch, "fp32", "torch", False, torch.device("cpu"), model_channels=channels,
-                     channels_last=False)
+                     memory_format="contiguous")
     state = step.state
     state.optimizer = torch.optim.Adam(state.net.parameters(), lr=state.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     return step

@@ -1,11 +1,12 @@
 """The speed-ups of issue 13 keep what they must: smaller grids only before the last snapshot, no churn noise
-drawn at S_churn = 0, Adam's numbers from its fused form on a CPU."""
+drawn at S_churn = 0, Adam's numbers from its fused form on a CPU, the same training in either memory layout."""
 import torch
 from PIL import Image
 
 import train
 from ambient.networks import build_network
 from ambient.sampler import edm_sampler
+from ambient.train import TrainConfig, build_state, train_step
 from ambient.train import train as run_training
 from ambient.train.step import make_optimizer
 
@@ -54,3 +55,26 @@ def test_fused_adam_on_cpu_follows_adams_formula_in_float64():
         opt.step()
     for p, ref in zip(net.parameters(), params):
         assert torch.allclose(p.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_changes_the_rounding_only():
+    gen = torch.Generator().manual_seed(int(torch.randint(2**31, ())))
+    sigma_n = torch.where(torch.arange(24) % 10 == 0, 0.0, 0.2)
+    batch = [{"image": torch.rand(24, 1, 12, 12, generator=gen) * 2 - 1, "sigma_n": sigma_n,
+              "label": torch.full((24,), -1)}]
+    losses, weights = {}, {}
+    for layout in ("contiguous", "channels_last", "channels_last"):
+        cfg = TrainConfig(preset="tiny", model_channels=8, batch=24, precision="fp32", kernels="torch",
+                          memory_format=layout, seed=3)
+        state = build_state(cfg, cfg.network_kwargs(12, 1, 0), torch.device("cpu"), (1, 12, 12))
+        state.distribute(0, 1)
+        conv = next(p for p in state.net.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+        run = [train_step(state, batch, step).loss for step in range(3)]
+        if layout in losses:                      # the same configuration: the same numbers, bit for bit
+            assert all(torch.equal(a, b) for a, b in zip(losses[layout], run))
+        losses[layout], weights[layout] = run, [p.detach().clone() for p in state.net.parameters()]
+    for a, b in zip(losses["contiguous"], losses["channels_last"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(weights["contiguous"], weights["channels_last"]):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Precision and threads chosen by the host: bf16 only where native and measured faster, threads per process."""
+"""Precision, layout and threads chosen by the host: bf16 only where native and measured faster, channels-last for
+fp32 on a CPU, threads per process."""
 import json
 
 import pytest
@@ -16,6 +17,12 @@ def test_auto_precision_follows_the_cpu_kind(monkeypatch, kind, precision):
     chosen, why = hostcpu.auto_precision(torch.device("cpu"))
     assert chosen == precision and why.startswith(kind)
     assert hostcpu.auto_precision(torch.device("cuda")) == ("bf16", "cuda")
+
+
+@pytest.mark.parametrize("device, precision, layout", [("cpu", "fp32", "channels_last"), ("cpu", "bf16", "contiguous"),
+                                                       ("cuda", "bf16", "contiguous"), ("cuda", "fp32", "contiguous")])
+def test_auto_memory_format(device, precision, layout):
+    assert hostcpu.auto_memory_format(torch.device(device), precision) == layout
 
 
 def test_emulated_avx2_reads_as_avx2():
@@ -45,4 +52,5 @@ def test_the_choice_is_in_the_first_line_and_config_json(tmp_path, monkeypatch, 
     assert "fp32 (cpu-avx2: no native bf16), 1 thread(s)" in first
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["precision"] == "fp32" and config["threads"] == 1 and config["host_kind"] == "cpu-avx2"
+    assert config["memory_format"] == "channels_last"
     assert config["precision_reason"] == "cpu-avx2: no native bf16"

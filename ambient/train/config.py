@@ -100,9 +100,9 @@ class TrainConfig:
     tf32: bool = option(True, "disable TF32 matmuls on CUDA", name="--no-tf32", action="store_false")
     kernels: str = option("auto", "auto: Triton on CUDA; xformers: its memory-efficient attention, Triton for "
                                   "the rest", choices=BACKENDS)
-    channels_last: bool = option(True, "keep weights and activations in the contiguous NCHW layout instead of "
-                                       "channels-last (faster on CPUs and GPUs, measured: bench/README.md)",
-                                 name="--no-channels-last", action="store_false")
+    memory_format: str = option("auto", "layout of weights and activations; auto: channels-last for fp32 on a CPU, "
+                                        "else contiguous (measured: bench/README.md)",
+                                choices=("auto", "channels_last", "contiguous"))     # hostcpu.auto_memory_format
     compile: bool = option(False, "torch.compile the network", action="store_true")
     max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", type=cli.positive_int)
 

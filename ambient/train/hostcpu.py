@@ -75,6 +75,12 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
     return "fp32", f"{kind}: " + ("bf16 not measured faster" if native_bf16(kind) else "no native bf16")
 
 
+def auto_memory_format(device: torch.device, precision: str) -> str:
+    """--memory-format auto: channels-last for fp32 on a CPU (1.06-1.09x on the tiny and DDPM++ steps), contiguous
+    for bf16 there (channels-last measured 0.87x and 1.02x) and on CUDA (not measured; today's layout)."""
+    return "channels_last" if device.type == "cpu" and precision == "fp32" else "contiguous"
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:

@@ -191,7 +191,9 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
         hostcpu.auto_precision(device)
     threads = cfg.threads or hostcpu.default_threads(dist_info.world_size)
     torch.set_num_threads(threads)
-    cfg = dataclasses.replace(cfg, precision=precision, threads=threads)
+    memory_format = cfg.memory_format if cfg.memory_format != "auto" else \
+        hostcpu.auto_memory_format(device, precision)
+    cfg = dataclasses.replace(cfg, precision=precision, threads=threads, memory_format=memory_format)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     batch_rank = cfg.batch // dist_info.world_size
     batch_gpu = min(cfg.batch_gpu or batch_rank, batch_rank)

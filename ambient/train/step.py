@@ -7,6 +7,7 @@ another number of processes, sees exactly the same numbers.
 """
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -21,6 +22,7 @@ from ambient.model import AmbientLoss, EDMPrecond, build_network, consistency_lo
 from kernels import attention_unavailable, resolve_backend
 
 from .config import TrainConfig
+from .hostcpu import auto_memory_format
 
 Timer = Callable[[str], AbstractContextManager]     # timer(phase) -> a context that times that phase
 
@@ -126,7 +128,7 @@ class TrainState:
     """What a training step reads and updates: the network, its EMA, the optimiser and the loss, and where this
     process's samples sit in a step's global batch."""
 
-    cfg: TrainConfig                    # precision and threads resolved (no "auto")
+    cfg: TrainConfig                    # precision, memory format and threads resolved (no "auto")
     net: EDMPrecond                     # the trained weights: gradients checked, EMA source, checkpointed
     ema: EDMPrecond
     optimizer: torch.optim.Optimizer
@@ -159,8 +161,10 @@ def build_state(cfg: TrainConfig, network: dict[str, Any], device: torch.device,
                 sample_shape: tuple[int, int, int]) -> TrainState:
     """The network `build_network(**network)` (initialised from cfg.seed), its EMA, Adam and the loss of `cfg`, on
     `device`; ValueError when cfg.kernels cannot run there."""
+    if cfg.memory_format == "auto":        # train() resolves it for config.json; the benchmarks leave it here
+        cfg = dataclasses.replace(cfg, memory_format=auto_memory_format(device, cfg.precision))
     torch.manual_seed(cfg.seed)
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    layout = torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
     net = build_network(**network).to(device, memory_format=layout).train()
     net.set_attn_backend(cfg.kernels)
     if (why := attention_unavailable(cfg.kernels, device)) is not None:
@@ -248,7 +252,7 @@ def train_step(state: TrainState, batch: Sequence[dict[str, Any]], step: int, ti
     losses, sigmas, consistencies = [], [], []
     for first, last, items in _micro_batches(state, batch):
         y = items["image"].to(state.device, non_blocking=True)
-        if cfg.channels_last:
+        if cfg.memory_format == "channels_last":
             y = y.contiguous(memory_format=torch.channels_last)
         part = slice(first, first + len(y))
         labels = items["label"].to(state.device) if cfg.cond else None        # class indices
