@@ -2,13 +2,14 @@
 
     python -m bench.vs_edm                        # DDPM++-shaped 64-channel net at batch 32, and the default run
     python -m bench.vs_edm --rounds 5 --compile --out vs_edm.json
+    python -m bench.vs_edm --grid                 # also fp32 / bf16 x contiguous / channels-last, one at a time
 
 The EDM-style step is how NVIDIA's EDM trains (training/training_loop.py there): fp32, contiguous NCHW tensors,
 eager, and torch.optim.Adam with its defaults, which on a CPU is the per-tensor loop. Our modules' eager fp32 step
 was measured at 1.0x EDM's own modules' (issue 24), so the EDM-style step stands for EDM's here. Ours is
-`train_step` at the trainer's defaults: `--precision auto` (bf16 where the CPU has it natively), channels-last,
-fused Adam; with `--compile` also under torch.compile, whose compile time is reported beside it (the first step,
-minus an eager step).
+`train_step` at the trainer's defaults: `--precision auto` (bf16 where the CPU has it natively), `--memory-format
+auto` (channels-last for fp32 on a CPU), fused Adam; with `--compile` also under torch.compile, whose compile time
+shows in the first step's seconds (`first call s`, beside every row's).
 
 Every configuration runs the same `ambient.train.train_step` on the same synthetic batch; rounds are interleaved
 (bench.harness.measure) and timed by the wall clock with torch's threads (all cores by default): run it on an
@@ -42,10 +43,12 @@ def edm_style(preset: str, channels: int | None, batch: int) -> TrainStep:
     return step
 
 
-def ours(preset: str, channels: int | None, batch: int, compile: bool) -> TrainStep:
-    """The trainer's defaults: precision auto, channels-last, fused Adam."""
-    precision = hostcpu.auto_precision(torch.device("cpu"))[0]
-    return TrainStep(preset, batch, precision, "torch", compile, torch.device("cpu"), model_channels=channels)
+def ours(preset: str, channels: int | None, batch: int, compile: bool = False, precision: str | None = None,
+         memory_format: str = "auto") -> TrainStep:
+    """The trainer's step, fused Adam; by default at its defaults (precision and memory format auto)."""
+    precision = precision or hostcpu.auto_precision(torch.device("cpu"))[0]
+    return TrainStep(preset, batch, precision, "torch", compile, torch.device("cpu"), model_channels=channels,
+                     memory_format=memory_format)
 
 
 def first_call_seconds(step: TrainStep) -> float:
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time our step under torch.compile")
+    p.add_argument("--grid", action="store_true", help="also each precision (bf16 where native) x memory format, "
+                                                       "fused Adam, eager: what the auto choices are made from")
     p.add_argument("--nets", default=",".join(n for n, *_ in NETS), help="which of " + ", ".join(n for n, *_ in NETS))
     p.add_argument("--out", help="write the rows as JSON here")
     a = p.parse_args(argv)
@@ -67,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, preset, channels, batch in NETS:
         if name not in a.nets.split(","):
             continue
-        candidates = {"edm": edm_style(preset, channels, batch), "ours": ours(preset, channels, batch, False)}
+        candidates = {"edm": edm_style(preset, channels, batch), "ours": ours(preset, channels, batch)}
         if a.compile:
-            candidates["ours-compile"] = ours(preset, channels, batch, True)
+            candidates["ours-compile"] = ours(preset, channels, batch, compile=True)
+        if a.grid:
+            for precision in ("fp32", "bf16") if hostcpu.native_bf16(hostcpu.this_host_kind()) else ("fp32",):
+                for layout in ("contiguous", "channels_last"):
+                    candidates[f"{precision}-{layout}"] = ours(preset, channels, batch, precision=precision,
+                                                               memory_format=layout)
         for kind, step in candidates.items():
             first[f"{name}/{kind}"] = first_call_seconds(step)
             workloads.append(Workload(f"{name}/{kind}", step, images=batch,
