@@ -4,6 +4,7 @@ their training steps' CPU cost beside the previous default's, measured side by s
     python docs/default-run/search.py train --out /tmp/search      # train every candidate, 2 at a time, 1 thread each
     python docs/default-run/search.py eval --out /tmp/search       # FD-MNIST + confident share at EVAL_AT snapshots
     python docs/default-run/search.py cost --rounds 7              # step CPU-s per image, interleaved, 1 thread
+    python docs/default-run/search.py table --out /tmp/search      # quality against cost: Markdown, quality-vs-cost.png
 
 The candidates and the rule that picks the default were fixed before any was trained (README.md here): the
 lowest FD-MNIST at 1000 samples among the snapshots whose training-step cost is at most half the previous
@@ -37,6 +38,10 @@ CANDIDATES = {
     "b16-lr1e-3": {"batch": 16, "lr": 1e-3},
     "b32-lr2e-3-ema5": {"batch": 32, "lr": 2e-3, "ema_halflife_kimg": 5.0},
     "b32-lr2e-3-pmean-0.8": {"batch": 32, "lr": 2e-3, "P_mean": -0.8},
+    # round 2 (README.md): learn more per image, or pay less per image
+    "b64-lr2e-3-windows": {"batch": 64, "lr": 2e-3, "sigma_min_per_image": True},
+    "b32-lr2e-3-windows-compile": {"batch": 32, "lr": 2e-3, "sigma_min_per_image": True, "compile": True},
+    "b32-lr2e-3-compile": {"batch": 32, "lr": 2e-3, "compile": True},
 }
 KIMG = 40.0
 EVAL_AT = (20.0, 40.0)      # kimg of the snapshots scored
@@ -107,9 +112,47 @@ def cost(rounds: int) -> dict[str, float]:
     return per_img
 
 
+def table(out: Path) -> str:
+    """The quality-per-cost table (Markdown) of every scored snapshot, the previous default's first, and the figure
+    quality-vs-cost.png here: FD-MNIST and the confident share against training-step CPU-minutes (cost.json's
+    per-image step cost times the images trained)."""
+    from ambient.common.plotting import pyplot
+    per_img = json.loads((out / "cost.json").read_text())["per_img_s"]
+    previous = json.loads((out / "old-default-eval.json").read_text())
+    budget = per_img["previous"] * PREVIOUS["kimg"] * 1000
+    rows = [("previous default (80 kimg, b64)", PREVIOUS["kimg"], budget, previous)]
+    for name, fields in CANDIDATES.items():
+        for kimg in EVAL_AT:
+            path = out / name / f"eval-{kimg:g}kimg.json"
+            if path.exists():
+                rows.append((name, kimg, per_img[f"b{fields['batch']}"] * kimg * 1000, json.loads(path.read_text())))
+    lines = ["| run | kimg | step CPU-min | cost / previous | FD-MNIST (sd) | confident |", "|---|---|---|---|---|---|"]
+    for name, kimg, cpu_s, m in rows:
+        lines.append(f"| {name} | {kimg:g} | {cpu_s / 60:.1f} | {cpu_s / budget:.2f} | {m['fd_mnist']:.2f} "
+                     f"({m['fd_mnist_sd']:.2f}) | {m['confident']:.1%} |")
+    plt = pyplot()
+    fig, (ax_fd, ax_conf) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ["previous default (80 kimg, b64)", *CANDIDATES]:
+        pts = [(cpu_s / 60, m) for n, _, cpu_s, m in rows if n == name]
+        if pts:
+            x = [p[0] for p in pts]
+            ax_fd.errorbar(x, [p[1]["fd_mnist"] for p in pts], yerr=[p[1]["fd_mnist_sd"] for p in pts], marker="o",
+                           capsize=3, label=name)
+            ax_conf.plot(x, [100 * p[1]["confident"] for p in pts], marker="o", label=name)
+    for ax, label in ((ax_fd, "FD-MNIST (1000 samples)"), (ax_conf, "recognised with p > 0.9 (%)")):
+        ax.axvline(budget / 120, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(f"training-step CPU-minutes ({hostcpu.this_host_kind()}, one thread)")
+        ax.set_ylabel(label)
+    ax_fd.set_title("lower is better; dashed: half the previous default's cost", fontsize=9)
+    ax_conf.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "quality-vs-cost.png", dpi=110)
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("train", "eval", "cost"))
+    p.add_argument("what", choices=("train", "eval", "cost", "table"))
     p.add_argument("--out", type=Path, default=Path("/tmp/search"))
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
@@ -119,6 +162,8 @@ def main() -> None:
         train_all(a.out, a.parallel)
     elif a.what == "eval":
         eval_all(a.out, list(CANDIDATES))
+    elif a.what == "table":
+        print(table(a.out))
     else:
         per_img = cost(a.rounds)
         (a.out / "cost.json").write_text(json.dumps({"host_kind": hostcpu.this_host_kind(), "per_img_s": per_img,
