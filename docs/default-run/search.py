@@ -47,10 +47,10 @@ KIMG = 40.0
 EVAL_AT = (20.0, 40.0)      # kimg of the snapshots scored
 
 
-def train_all(out: Path, parallel: int) -> None:
-    """Train the candidates not trained yet, `parallel` at a time with one thread each; their CPU seconds
+def train_all(out: Path, parallel: int, names: list[str]) -> None:
+    """Train the candidates `names` not trained yet, `parallel` at a time with one thread each; their CPU seconds
     (user + system of the whole process, from wait4) go to OUT/NAME/cpu.json."""
-    todo = [n for n in CANDIDATES if not (out / n / "cpu.json").exists()]
+    todo = [n for n in names if not (out / n / "cpu.json").exists()]
     running: dict[int, tuple[str, subprocess.Popen]] = {}
     while todo or running:
         while todo and len(running) < parallel:
@@ -156,12 +156,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/search"))
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--names", help="comma-separated candidates to train or score (default: all)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    names = a.names.split(",") if a.names else list(CANDIDATES)
+    if unknown := sorted(set(names) - CANDIDATES.keys()):
+        p.error(f"no such candidate: {', '.join(unknown)}")
     if a.what == "train":
-        train_all(a.out, a.parallel)
+        train_all(a.out, a.parallel, names)
     elif a.what == "eval":
-        eval_all(a.out, list(CANDIDATES))
+        eval_all(a.out, names)
     elif a.what == "table":
         print(table(a.out))
     else:
