@@ -71,13 +71,14 @@ def train_all(out: Path, parallel: int, names: list[str]) -> None:
         print(f"trained {name}: {usage.ru_utime + usage.ru_stime:.0f} CPU-s", flush=True)
 
 
-def eval_all(out: Path, names: list[str]) -> None:
+def eval_all(out: Path, names: list[str], at: tuple[float, ...] = EVAL_AT) -> None:
     """ambient.eval (1000 samples, 18 steps, EMA) of each candidate's EVAL_AT snapshots, and of any run named."""
     for name in names:
         run = out / name / "run"
-        cfg = json.loads((run / "config.json").read_text())
-        for kimg in EVAL_AT:
-            step = round(kimg * 1000 / cfg["batch"])
+        batch = json.loads((run / "config.json").read_text())["batch"]
+        steps = [int(c.name.split("-")[1]) for c in run.glob("checkpoint-*")]
+        for kimg in at:            # snapshots fall every floor(snap_kimg * 1000 / batch) steps: the nearest one
+            step = min(steps, key=lambda s: abs(s * batch - kimg * 1000))
             target = out / name / f"eval-{kimg:g}kimg.json"
             if target.exists():
                 continue
@@ -156,6 +157,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/search"))
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--at", help="comma-separated kimg of the snapshots to score (default: EVAL_AT)")
     p.add_argument("--names", help="comma-separated candidates to train or score (default: all)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +167,7 @@ def main() -> None:
     if a.what == "train":
         train_all(a.out, a.parallel, names)
     elif a.what == "eval":
-        eval_all(a.out, names)
+        eval_all(a.out, names, tuple(float(k) for k in a.at.split(",")) if a.at else EVAL_AT)
     elif a.what == "table":
         print(table(a.out))
     else:
