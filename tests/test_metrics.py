@@ -180,9 +180,11 @@ def test_fd_mnist_bootstrap_sd_shrinks_with_the_sample_size(cache_dir, mnist):
     gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(2**31)))
     noisy = images[torch.randperm(len(images), generator=gen)[:2000]]
     noisy = noisy + 0.3 * torch.randn(noisy.shape, generator=gen)
-    small, large = (metrics.fd_mnist(noisy[:n], cache_dir=cache_dir, kid_subsets=1, n_boot=20)["fd_mnist_sd"]
+    small, large = (metrics.fd_mnist(noisy[:n], cache_dir=cache_dir, kid_subsets=1, n_boot=100)["fd_mnist_sd"]
                     for n in (200, 2000))
-    assert 0 < large < small / 1.5, (small, large)            # ~ 1 / sqrt(n): a ratio of about 3
+    # ~ 1 / sqrt(n): a ratio of about 3 (median 3.3). An sd from 20 resamples scatters too much: 60 draws gave
+    # 1.34-6.7 (one below 1.5); 50 resamples, 300 draws: worst 1.69; 100 resamples, 150 draws: worst 1.93.
+    assert 0 < large < small / 1.5, (small, large)
     assert "fd_mnist_sd" not in metrics.fd_mnist(noisy[:50], cache_dir=cache_dir, kid_subsets=1, n_boot=0)
     with pytest.raises(ValueError, match="n_boot"):
         metrics.fd_mnist(noisy[:50], cache_dir=cache_dir, kid_subsets=1, n_boot=1)
