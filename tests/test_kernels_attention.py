@@ -91,12 +91,22 @@ def test_very_negative_scores_stay_finite(dtype):
     grad_out = torch.randn(shape, device=DEVICE).to(dtype)
     o, lse = attention_fwd_launch(q, k, v, 1.0, block=(64, 64))
     grads = attention_bwd_launch(grad_out, q, k, v, o, lse, 1.0, block=(64, 64))
-    ref_o, ref_lse, ref_grads = _reference(q, k, v, grad_out, 1.0)
+    ref_o, ref_lse, (ref_dq, ref_dk, ref_dv) = _reference(q, k, v, grad_out, 1.0)
     assert ref_lse.max() < -100
     tol = 10 * TOL[dtype]  # scores of size 150 amplify their own rounding error 150-fold
     assert relative_error(o, ref_o) < tol and relative_error(lse, ref_lse) < 1e-6
-    for got, ref in zip(grads, ref_grads):
-        assert relative_error(got, ref) < tol
+    assert relative_error(grads[2], ref_dv) < tol
+    # dq = dS k with dS = P (dP - D) summing to 0 per row: with every key near one direction, dq is the small
+    # remainder of terms |dS| |k| that cancel, so its own norm is no scale for the rounding (fresh draws gave
+    # ||dq - ref|| / ||ref|| up to 0.087 in fp16). The error is measured against the terms' size,
+    # P (|dP| + |D|) |k| (and for dk, transposed, |q|): 60 draws, at most 1.3e-4 (dq) and 3.4e-5 (dk) in fp16.
+    qd, kd, vd, gd = (t.double() for t in (q, k, v, grad_out))
+    p = torch.softmax(qd @ kd.transpose(-1, -2), -1)
+    dp = gd @ vd.transpose(-1, -2)
+    terms = p * (dp.abs() + (dp * p).sum(-1, keepdim=True).abs())
+    sizes = (terms @ kd.abs(), terms.transpose(-1, -2) @ qd.abs())
+    for got, ref, size in zip(grads[:2], (ref_dq, ref_dk), sizes):
+        assert ((got.double() - ref).norm() / size.norm()).item() < tol
 
 
 def test_public_op_autograd_with_strided_inputs_and_scale():
