@@ -30,6 +30,7 @@ VALUES = {
     "consistency_repeats": ("4", 4),
     "lr_rampup_kimg": ("2", 2.0), "ema_halflife_kimg": ("3", 3.0), "ema_rampup_ratio": ("none", None),
     "kimg": ("4", 4.0), "seed": ("7", 7), "precision": ("bf16", "bf16"), "threads": ("2", 2), "tf32": (None, False),
+    "memory_format": ("contiguous", "contiguous"),
     "kernels": ("torch", "torch"), "compile": (None, True), "sigma_min_per_image": (None, True),
     "window_factor": (None, True),
     "max_bad_steps": ("4", 4), "run_dir": ("r", "r"),
