@@ -191,9 +191,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
         hostcpu.auto_precision(device)
     threads = cfg.threads or hostcpu.default_threads(dist_info.world_size)
     torch.set_num_threads(threads)
-    memory_format = cfg.memory_format if cfg.memory_format != "auto" else \
-        hostcpu.auto_memory_format(device, precision)
-    cfg = dataclasses.replace(cfg, precision=precision, threads=threads, memory_format=memory_format)
+    cfg = dataclasses.replace(cfg, precision=precision, threads=threads)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     batch_rank = cfg.batch // dist_info.world_size
     batch_gpu = min(cfg.batch_gpu or batch_rank, batch_rank)
@@ -207,6 +205,7 @@ def train(cfg: TrainConfig, timer: Timer = untimed) -> Path:
     net_kwargs = cfg.network_kwargs(dataset.resolution, dataset.num_channels, dataset.label_dim)
     sample_shape = (dataset.num_channels, dataset.resolution, dataset.resolution)
     state = build_state(cfg, net_kwargs, device, sample_shape)
+    cfg = state.cfg                                 # with --memory-format resolved, as config.json records it
     if cfg.init_from is not None:                   # checked before the run directory is made
         init_weights(cfg.init_from, state, network=net_kwargs)
 

@@ -161,7 +161,7 @@ def build_state(cfg: TrainConfig, network: dict[str, Any], device: torch.device,
                 sample_shape: tuple[int, int, int]) -> TrainState:
     """The network `build_network(**network)` (initialised from cfg.seed), its EMA, Adam and the loss of `cfg`, on
     `device`; ValueError when cfg.kernels cannot run there."""
-    if cfg.memory_format == "auto":        # train() resolves it for config.json; the benchmarks leave it here
+    if cfg.memory_format == "auto":        # the one place it is resolved (train() records state.cfg's)
         cfg = dataclasses.replace(cfg, memory_format=auto_memory_format(device, cfg.precision))
     torch.manual_seed(cfg.seed)
     layout = torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
