@@ -2,6 +2,7 @@
 benchmark and the profiler time that same step through its `timer`, never by patching torch."""
 import collections
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -12,7 +13,7 @@ from ambient.data.order import EpochIndexed, GlobalOrderSampler
 from ambient.train import build_state, train_step
 from ambient.train import cli as train
 from ambient.train import train as run_training
-from ambient.train.step import ema_beta
+from ambient.train.step import ema_beta, lr_at
 from bench import profile_train
 from bench.bench_train import TrainStep
 
@@ -57,6 +58,26 @@ def test_train_is_train_step_in_a_loop(tmp_path):
     for name, module in (("net", state.net), ("ema", state.ema)):
         weights = load_file(saved / f"{name}.safetensors")
         assert all(torch.equal(weights[k], v) for k, v in module.state_dict().items()), name
+
+
+def test_cosine_decay_follows_its_formula_in_the_optimiser():
+    cfg = train.parse_args(FAST + ["--kimg", "0.06", "--lr", "0.01", "--lr-decay", "cosine"])
+    ramp, total = 50, 60                                   # images: --lr-rampup-kimg 0.05, --kimg 0.06
+    for nimg in (0, 12, 30, 48, 50, 59, 60, 90):
+        want = 0.01 * min(nimg / ramp, 1) * (1 + math.cos(math.pi * min(nimg / total, 1))) / 2
+        assert math.isclose(lr_at(cfg, nimg), want, rel_tol=1e-12, abs_tol=1e-15), nimg
+    assert lr_at(cfg, total) == 0 and lr_at(cfg, 30) < lr_at(dataclasses.replace(cfg, lr_decay="none"), 30) == 0.006
+    # The rate the optimiser steps with at each step is lr_at(step * batch), the decay included.
+    ds = make_dataset(**cfg.data_options())
+    state = build_state(cfg, cfg.network_kwargs(ds.resolution, ds.num_channels, ds.label_dim), torch.device("cpu"),
+                        (ds.num_channels, ds.resolution, ds.resolution))
+    state.distribute(rank=0, world_size=1)
+    loader = iter(torch.utils.data.DataLoader(EpochIndexed(ds), batch_size=12,
+                                              sampler=GlobalOrderSampler(len(ds), cfg.batch, 0, 1, cfg.data_seed)))
+    for step in range(5):
+        stats = train_step(state, [next(loader)], step)
+        assert stats.lr == state.optimizer.param_groups[0]["lr"] == lr_at(cfg, 12 * step)
+    assert 0 < stats.lr < 0.01 * (48 / 50) / 2                        # step 4: 48 images seen, past half the run
 
 
 def test_the_benchmark_times_the_trainers_step():

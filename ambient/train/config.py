@@ -88,6 +88,8 @@ class TrainConfig:
                                    type=cli.positive_int)
     lr: float = option(2e-3, None, type=cli.positive_float)
     lr_rampup_kimg: float = option(10.0, None, type=cli.nonneg_float)
+    lr_decay: str = option("none", "after the ramp-up: none keeps lr; cosine takes it to 0 at --kimg along "
+                                   "(1 + cos(pi nimg / (1000 kimg))) / 2", choices=("none", "cosine"))
     ema_halflife_kimg: float = option(10.0, None, type=cli.nonneg_float)
     ema_rampup_ratio: float | None = option(0.05, "the EMA half-life is at most this ratio times the images seen "
                                                   "so far ('none': no ramp-up)", type=cli.or_none(cli.positive_float))

@@ -91,8 +91,17 @@ def step_randomness(seed: int, step: int, batch: int, sample_shape: tuple[int, .
 
 
 def lr_at(cfg: TrainConfig, nimg: int) -> float:
-    """Learning rate after `nimg` training images: lr min(nimg / (1000 lr_rampup_kimg), 1)."""
-    return cfg.lr * min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+    """Learning rate after `nimg` training images:
+
+        lr_t = lr min(nimg / (1000 lr_rampup_kimg), 1) d(nimg)
+        d    = 1                                                (--lr-decay none)
+        d    = (1 + cos(pi min(nimg / (1000 kimg), 1))) / 2     (--lr-decay cosine: 0 at the run's end)
+    """
+    ramp = min(nimg / max(cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+    decay = 1.0
+    if cfg.lr_decay == "cosine":
+        decay = (1 + math.cos(math.pi * min(nimg / (cfg.kimg * 1000), 1))) / 2
+    return cfg.lr * ramp * decay
 
 
 def ema_beta(cfg: TrainConfig, nimg: int) -> float:

@@ -42,9 +42,28 @@ CANDIDATES = {
     "b64-lr2e-3-windows": {"batch": 64, "lr": 2e-3, "sigma_min_per_image": True},
     "b32-lr2e-3-windows-compile": {"batch": 32, "lr": 2e-3, "sigma_min_per_image": True, "compile": True},
     "b32-lr2e-3-compile": {"batch": 32, "lr": 2e-3, "compile": True},
+    # round 3 (README.md): the levers measured to help, together, at 36 kimg (under half the cost), eager;
+    # scored at their end only
+    **{name: {"batch": 32, "P_mean": -0.8, "sigma_min_per_image": True, "kimg": 36.0, **fields} for name, fields in {
+        "combo-lr1e-3": {"lr": 1e-3},
+        "combo-lr1e-3-cos": {"lr": 1e-3, "lr_decay": "cosine"},
+        "combo-lr2e-3-cos": {"lr": 2e-3, "lr_decay": "cosine"},
+        "combo-lr2e-3-cos-ramp2": {"lr": 2e-3, "lr_decay": "cosine", "lr_rampup_kimg": 2.0},
+    }.items()},
 }
-KIMG = 40.0
+KIMG = 40.0                 # rounds 1 and 2: each trains 40 kimg, scored at EVAL_AT
 EVAL_AT = (20.0, 40.0)      # kimg of the snapshots scored
+
+
+def run_kimg(name: str) -> float:
+    """The images a candidate trains, in thousands."""
+    return CANDIDATES[name].get("kimg", KIMG)
+
+
+def eval_points(name: str) -> tuple[float, ...]:
+    """kimg of a candidate's snapshots that are scored: a round-3 one's end only (a decaying rate makes a mid-run
+    snapshot no stand-in for a shorter run)."""
+    return (CANDIDATES[name]["kimg"],) if "kimg" in CANDIDATES[name] else EVAL_AT
 
 
 def train_all(out: Path, parallel: int, names: list[str]) -> None:
@@ -55,7 +74,7 @@ def train_all(out: Path, parallel: int, names: list[str]) -> None:
     while todo or running:
         while todo and len(running) < parallel:
             name = todo.pop(0)
-            argv = [sys.executable, str(ROOT / "train.py"), *config_flags(CANDIDATES[name]), "--kimg", str(KIMG),
+            argv = [sys.executable, str(ROOT / "train.py"), *config_flags({"kimg": KIMG, **CANDIDATES[name]}),
                     "--run-dir", str(out / name / "run"), "--threads", "1", "--no-progress", "--snap-kimg", "10",
                     "--keep-ckpts", "10", "--resume", "auto"]
             log = open(out / f"{name}.log", "w")
@@ -71,13 +90,13 @@ def train_all(out: Path, parallel: int, names: list[str]) -> None:
         print(f"trained {name}: {usage.ru_utime + usage.ru_stime:.0f} CPU-s", flush=True)
 
 
-def eval_all(out: Path, names: list[str], at: tuple[float, ...] = EVAL_AT) -> None:
-    """ambient.eval (1000 samples, 18 steps, EMA) of each candidate's EVAL_AT snapshots, and of any run named."""
+def eval_all(out: Path, names: list[str], at: tuple[float, ...] | None = None) -> None:
+    """ambient.eval (1000 samples, 18 steps, EMA) of each candidate's snapshots at `at` kimg (default: eval_points)."""
     for name in names:
         run = out / name / "run"
         batch = json.loads((run / "config.json").read_text())["batch"]
         steps = [int(c.name.split("-")[1]) for c in run.glob("checkpoint-*")]
-        for kimg in at:            # snapshots fall every floor(snap_kimg * 1000 / batch) steps: the nearest one
+        for kimg in at or eval_points(name):   # snapshots fall every floor(snap_kimg * 1000 / batch) steps: the nearest
             step = min(steps, key=lambda s: abs(s * batch - kimg * 1000))
             target = out / name / f"eval-{kimg:g}kimg.json"
             if target.exists():
@@ -124,12 +143,12 @@ def table(out: Path) -> str:
     budget = per_img["previous"] * PREVIOUS["kimg"] * 1000
     rows = [("previous default (80 kimg, b64)", PREVIOUS["kimg"], budget, previous)]
     for name, fields in CANDIDATES.items():
-        for kimg in EVAL_AT:
+        for kimg in eval_points(name):
             path = out / name / f"eval-{kimg:g}kimg.json"
             if not path.exists():
                 continue
             if fields.get("compile"):    # the eager benchmark does not time it: the run's own CPU-s, compile included
-                cpu_s = json.loads((out / name / "cpu.json").read_text())["cpu_s"] * kimg / KIMG
+                cpu_s = json.loads((out / name / "cpu.json").read_text())["cpu_s"] * kimg / run_kimg(name)
             else:
                 cpu_s = per_img[f"b{fields['batch']}"] * kimg * 1000
             rows.append((name, kimg, cpu_s, json.loads(path.read_text())))
@@ -173,7 +192,7 @@ def main() -> None:
     if a.what == "train":
         train_all(a.out, a.parallel, names)
     elif a.what == "eval":
-        eval_all(a.out, names, tuple(float(k) for k in a.at.split(",")) if a.at else EVAL_AT)
+        eval_all(a.out, names, tuple(float(k) for k in a.at.split(",")) if a.at else None)
     elif a.what == "table":
         print(table(a.out))
     else:
