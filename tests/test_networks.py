@@ -338,11 +338,12 @@ def test_tiny_at_28x28_runs_on_levels_28_14_7_with_attention_where_asked():
     with pytest.raises(ValueError, match="attn_resolutions 8: the 28x28 network has no such level; its levels "
                                          "are 28, 14, 7"):
         build_network("tiny", 28, 1, attn_resolutions=[8])
-    with pytest.raises(ValueError, match="attn_resolutions 3, 8: the 32x32 network"):
-        build_network("tiny", 32, 1, attn_resolutions=[8, 3, 16])
+    with pytest.raises(ValueError, match="attn_resolutions 3, 28: the 32x32 network has no such level; its levels "
+                                         "are 32, 16, 8"):
+        build_network("tiny", 32, 1, attn_resolutions=[28, 8, 3, 16])
 
 
 def test_a_presets_own_attention_resolution_is_not_checked():
-    """The 16x16 study models (levels 16, 8, 4) keep the tiny preset's attention at 8 (at 28x28 it adds nothing
-    and builds, as it always did: above)."""
-    assert attention_levels(build_network("tiny", 16, 1, model_channels=8)) == [8, 8, 8, 8]
+    """The 16x16 study models (levels 16, 8, 4) keep the tiny preset's attention at 8, beside SongUNet's own block
+    at the coarsest level (at 28x28 the preset's 8 adds nothing and builds, as it always did: above)."""
+    assert attention_levels(build_network("tiny", 16, 1, model_channels=8)) == [4, 8, 8, 8]
