@@ -34,9 +34,12 @@ class TrainStep:
     """One optimiser step of the trainer on a fixed synthetic batch (10% clean, 90% at sigma_n = 0.2)."""
 
     def __init__(self, preset: str, batch: int, precision: str, backend: str, compile: bool, device: torch.device,
-                 tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0, **options: Any):
-        """`options`: further TrainConfig fields (memory_format, model_channels)."""
+                 tf32: bool = True, lr: float = 1e-4, ema_halflife_kimg: float = 500.0, resolution: int | None = None,
+                 **options: Any):
+        """`resolution`: of the images (default the preset's data, PRESET_DATA); `options`: further TrainConfig
+        fields (memory_format, model_channels, attn_resolutions)."""
         channels, res = PRESET_DATA[preset]
+        res = resolution or res
         cfg = TrainConfig(preset=preset, batch=batch, precision=precision, kernels=backend, compile=compile,
                           tf32=tf32, lr=lr, ema_halflife_kimg=ema_halflife_kimg, **options)
         self.state: TrainState = build_state(cfg, cfg.network_kwargs(res, channels, 0), device, (channels, res, res))

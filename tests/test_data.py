@@ -75,6 +75,22 @@ def test_mnist_is_embedded_padded_and_balanced(mnist):
     np.testing.assert_array_equal(images[:, 0, 2:30, 2:30].numpy(), raw.reshape(-1, 28, 28).astype(np.uint8))
 
 
+def test_mnist28_is_mnist_at_its_native_28x28(mnist, tmp_path):
+    """The same 5000 digits and labels unpadded; the 32x32 set is exactly these with 2 black pixels each side.
+    The name works wherever a data set's name does (here: the data set tool's --source)."""
+    native = load_dataset("mnist28")
+    assert len(native) == 5000 and native.image_shape == (1, 28, 28) and native.label_dim == 10
+    np.testing.assert_array_equal(native.labels, mnist.labels)
+    np.testing.assert_array_equal(np.pad(native.images, ((0, 0), (0, 0), (2, 2), (2, 2))), mnist.images)
+    subset = load_dataset("mnist28", max_size=50)                  # the same fixed subset as "mnist"'s
+    np.testing.assert_array_equal(subset.images, load_dataset("mnist", max_size=50).images[:, :, 2:30, 2:30])
+    assert dataset_tool(["--source", "mnist28", "--dest", str(tmp_path / "m.zip"), "--max-images", "5"]) == 0
+    written, direct = load_dataset(str(tmp_path / "m.zip")), load_dataset("mnist28", max_size=5)
+    assert written.image_shape == (1, 28, 28) and len(written) == 5
+    for i in range(5):
+        assert torch.equal(written[i][0], direct[i][0]) and written[i][1] == direct[i][1]
+
+
 def test_digits_scaled_to_uint8(digits):
     from sklearn.datasets import load_digits
 

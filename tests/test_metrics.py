@@ -307,6 +307,23 @@ def test_fd_mnist_at_16x16_resizes_samples_reference_and_floor_alike(cache_dir, 
         metrics.fd_mnist(real, cache_dir=cache_dir)
 
 
+def test_28x28_images_are_padded_as_mnist_was_and_score_exactly_as_the_32x32_set(cache_dir, mnist):
+    """classifier_input pads MNIST's native 28x28 with black as the embedded 32x32 set was padded: the real
+    mnist28 images become the 32x32 ones bit for bit, so a 28x28 model is scored against MNIST-5k on the same
+    footing as a 32x32 one (same reference, same floor, same numbers)."""
+    from ambient.data import load_dataset
+    images, _ = mnist
+    native = load_dataset("mnist28").signals()
+    assert native.shape == (5000, 1, 28, 28)
+    assert torch.equal(metrics.classifier_input(native), images)
+    at28, at32 = (metrics.fd_mnist(x[:500], cache_dir=cache_dir, kid_subsets=1, n_boot=2) for x in (native, images))
+    assert at28.keys() == at32.keys()
+    for key in at28:
+        np.testing.assert_array_equal(at28[key], at32[key], err_msg=key)
+    with pytest.raises(ValueError, match=r"32x32 \(28x28 images are padded to it\), the images are \(24, 24\)"):
+        metrics.fd_mnist(native[:10, :, 2:26, 2:26], cache_dir=cache_dir)
+
+
 def test_quantise_is_what_a_saved_png_holds():
     from ambient.common.images import from_uint8, quantise, to_uint8
     x = torch.randn(7, 1, 5, 3) * 1.5

@@ -312,3 +312,38 @@ def test_bad_input_raises_value_error():
         net(torch.randn(2, 2, 24, 24), torch.ones(3))
     with pytest.raises(ValueError, match="batch"):
         forward_flops(net, batch=0)
+
+
+def attention_levels(net: EDMPrecond) -> list[int]:
+    """The resolution of every block with self-attention, sorted."""
+    return sorted(int(name.split("x")[0]) for part in (net.model.enc, net.model.dec)
+                  for name, block in part.items() if isinstance(block, UNetBlock) and block.num_heads)
+
+
+def test_tiny_at_28x28_runs_on_levels_28_14_7_with_attention_where_asked():
+    """MNIST's native 28x28 (--data mnist28): 28 -> 14 -> 7 and back, every skip of the size it joins. The preset's
+    attention at 8 has no level there, so only SongUNet's own block at the coarsest level attends unless
+    attn_resolutions names 7; a resolution that is no level is refused, naming those that are."""
+    default = build_network("tiny", 28, 1, model_channels=8)
+    assert sorted({int(name.split("x")[0]) for name in default.model.enc}) == [7, 14, 28]
+    assert attention_levels(default) == [7]                        # dec 7x7_in0, as in every SongUNet
+    asked = build_network("tiny", 28, 1, model_channels=8, attn_resolutions=[7])
+    assert attention_levels(asked) == [7, 7, 7, 7]                 # as the preset's 8 gives at 32x32
+    assert attention_levels(build_network("tiny", 32, 1, model_channels=8)) == [8, 8, 8, 8]
+    x = torch.randn(3, 1, 28, 28)
+    for net in (default, asked):
+        randomize(net, 0)
+        out = net(x, torch.tensor([0.1, 1.0, 10.0]))
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="attn_resolutions 8: the 28x28 network has no such level; its levels "
+                                         "are 28, 14, 7"):
+        build_network("tiny", 28, 1, attn_resolutions=[8])
+    with pytest.raises(ValueError, match="attn_resolutions 3, 28: the 32x32 network has no such level; its levels "
+                                         "are 32, 16, 8"):
+        build_network("tiny", 32, 1, attn_resolutions=[28, 8, 3, 16])
+
+
+def test_a_presets_own_attention_resolution_is_not_checked():
+    """The 16x16 study models (levels 16, 8, 4) keep the tiny preset's attention at 8, beside SongUNet's own block
+    at the coarsest level (at 28x28 the preset's 8 adds nothing and builds, as it always did: above)."""
+    assert attention_levels(build_network("tiny", 16, 1, model_channels=8)) == [4, 8, 8, 8]

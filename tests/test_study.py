@@ -182,6 +182,25 @@ def test_eval_scores_an_8x8_model_against_its_own_resolution_and_keeps_quantised
 
 
 
+def test_a_native_28x28_model_trains_and_is_scored_against_the_32x32_mnist_without_ref(classifier_cache, tmp_path,
+                                                                                       capsys):
+    """--data mnist28 through the trainer's command line (2 steps), then ambient.eval with no --ref: its samples
+    are padded to 32x32 as MNIST-5k was and scored against it; copies are sought among its 28x28 training images."""
+    args = ["--data", "mnist28", "--model-channels", "8", "--batch", "8", "--kimg", "0.016", "--grid-size", "1",
+            "--snap-grid-size", "1", "--threads", "1", "--no-progress", "--no-tensorboard"]
+    assert train_cli.main([*args, "--attn-resolutions", "8", "--run-dir", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "attn_resolutions 8: the 28x28 network has no such level; its levels are 28, 14, 7" in err
+    run = tmp_path / "run"
+    assert train_cli.main([*args, "--attn-resolutions", "7", "--run-dir", str(run)]) == 0
+    out = tmp_path / "m.json"
+    assert ev.main(["--ckpt", str(run), "--n", "16", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads(out.read_text())
+    assert m["resolution"] == 28 and m["ref"] is None and m["n"] == 16 and sum(m["class_histogram"]) == 16
+    assert all(math.isfinite(m[k]) for k in ("fd_mnist", "fd_mnist_floor", "fd_mnist_sd", "kid", "memorised",
+                                             "nn_ratio"))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--sigma-stop", "0"], "must be > 0"),
     (["--sigma-stop", "nan"], "not a finite number"),

@@ -24,6 +24,7 @@ VALUES = {
     "sigma_n": ("0.1,0.4", (0.1, 0.4)), "sigma_share": ("1", (1.0,)), "p_clean": ("0.5", 0.5),
     "keep_fraction": ("0.5", 0.5), "data_seed": ("3", 3), "cond": (None, True), "xflip": (None, True),
     "max_shift": ("2", 2), "workers": ("1", 1), "preset": ("ddpmpp", "ddpmpp"), "model_channels": ("32", 32),
+    "attn_resolutions": ("7,14", (7, 14)),
     "dropout": ("0.1", 0.1), "sigma_sampling": ("truncate", "truncate"), "weighting": ("ambient", "ambient"),
     "P_mean": ("-1", -1.0), "P_std": ("2", 2.0), "batch": ("32", 32), "batch_gpu": ("8", 8), "lr": ("0.001", 0.001),
     "consistency": ("0.5", 0.5), "consistency_batch": ("3", 3), "consistency_steps": ("2", 2),
@@ -77,6 +78,21 @@ def test_ema_rampup_ratio_takes_a_number_or_none(capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--ema-rampup-ratio", "0"])
     assert e.value.code == 2 and "argument --ema-rampup-ratio: must be > 0" in capsys.readouterr().err
+
+
+def test_attn_resolutions_takes_levels_or_none_and_reaches_the_network(capsys):
+    """Not given: the preset's (no override); 'none': no attention blocks by level (an empty list, written back as
+    none); levels: an override of the network, which build_network checks against the network's levels."""
+    assert train.parse_args([]).attn_resolutions is None and "attn_resolutions" not in TrainConfig().network_kwargs(
+        28, 1, 0)
+    assert train.parse_args(["--attn-resolutions", "none"]).attn_resolutions == ()
+    assert config_flags({"attn_resolutions": ()}) == ["--attn-resolutions", "none"]
+    cfg = train.parse_args(["--attn-resolutions", "7"])
+    assert cfg.network_kwargs(28, 1, 0)["attn_resolutions"] == [7]
+    for text, message in (("0", "must be a positive integer"), (",", "holds no numbers")):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--attn-resolutions", text])
+        assert message in capsys.readouterr().err
 
 
 def test_the_default_split_lives_in_the_library():

@@ -75,6 +75,13 @@ def float_list(text: str) -> tuple[float, ...]:
     return tuple(nonneg_float(part.strip()) for part in text.split(",") if part.strip()) or _empty(text)
 
 
+def resolution_list(text: str) -> tuple[int, ...]:
+    """"7" or "16,8" -> (7,) or (16, 8), each a positive integer; "none" -> () (an empty list: none at all)."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(positive_int(part.strip()) for part in text.split(",") if part.strip()) or _empty(text)
+
+
 class IntRanges(Sequence[int]):
     """Integers kept as the ranges they were given in, so 0-999999999999 takes no memory; iterate lazily."""
 

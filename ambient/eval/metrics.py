@@ -4,7 +4,8 @@ here on the embedded MNIST-5k), KID, mode coverage, memorisation, and Inception 
 FD-MNIST is always reported with its real-vs-real floor at the same sample size: a Frechet distance
 estimated from n samples is biased upwards, so a number means little without the floor beside it.
 1-channel images of any resolution are scored: generated images, the reference and the floor's two
-halves all pass through the same resize to the classifier's 32x32 input (`classifier_input`).
+halves all pass through the same map to the classifier's 32x32 input (`classifier_input`): 28x28 images
+are padded with black as the embedded MNIST-5k was (so they score against it), others resized.
 """
 import os
 import time
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from ambient.common.atomic import atomic_path
 from ambient.common.images import to_uint8
-from ambient.data import load_dataset
+from ambient.data import MNIST_PAD, load_dataset
 
 # Bump when the architecture, data split or training recipe changes: it invalidates cached weights.
 CLASSIFIER_VERSION = "v1"
@@ -31,6 +32,8 @@ _BATCH = 128
 _MAX_SHIFT = 2                     # augmentation: random integer shifts in [-2, 2] pixels
 _FEATURE_DIM = 128
 CLASSIFIER_RESOLUTION = 32          # the classifier's input is 1 x 32 x 32
+NATIVE_MNIST_RESOLUTION = CLASSIFIER_RESOLUTION - 2 * MNIST_PAD   # 28: padded to that input, not resized
+MNIST_REFERENCE_RESOLUTIONS = (CLASSIFIER_RESOLUTION, NATIVE_MNIST_RESOLUTION)   # scored against the embedded set
 CONFIDENT = 0.9                     # a sample is a recognised digit when the classifier's top probability exceeds this
 COPY_RATIO = 1 / 3                  # memorisation: nearest training image 3x closer than the second nearest
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -175,14 +178,20 @@ def get_feature_extractor(cache_dir: str | os.PathLike | None = None, device: st
 def classifier_input(images: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) in [-1, 1] -> (N, 1, 32, 32) float32, the classifier's input.
 
-    Images of another resolution are resized bilinearly (antialiased when shrinking); every image that is
-    scored, generated or real, goes through this one function, so the floor and the distance stay comparable.
+    28x28 images (MNIST's own size, `--data mnist28`) get MNIST_PAD pixels of black (-1) on each side, the
+    padding that made the embedded 32x32 MNIST-5k of them: a 28x28 model's samples become the same kind of
+    image as a 32x32 model's and are scored against the same reference. Images of any other resolution are
+    resized bilinearly (antialiased when shrinking). Every image that is scored, generated or real, goes
+    through this one function, so the floor and the distance stay comparable.
     """
     images = images.to(torch.float32)
     size = (CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION)
     if tuple(images.shape[-2:]) == size:
         return images
+    if tuple(images.shape[-2:]) == (NATIVE_MNIST_RESOLUTION, NATIVE_MNIST_RESOLUTION):
+        return F.pad(images, (MNIST_PAD,) * 4, value=-1.0)
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
 
 
 @torch.no_grad()
@@ -310,7 +319,8 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
              n_boot: int = 50, device: str | torch.device = "cpu") -> dict:
     """FD-MNIST of the first `n` images (all by default) against the reference set, with its floor.
 
-    `reference` is "mnist" (the embedded MNIST-5k, 1x32x32) or a tensor of real images at the resolution of
+    `reference` is "mnist" (the embedded MNIST-5k, 1x32x32; it also scores 28x28 images, which
+    `classifier_input` pads to 32x32 as that set was made) or a tensor of real images at the resolution of
     `images` (e.g. MNIST-5k resized as the training data was); both pass through `classifier_input`.
 
     Returns {"fd_mnist", "fd_mnist_floor", "floor_n", "fd_mnist_sd", "kid", "class_histogram", "confident",
@@ -328,9 +338,9 @@ def fd_mnist(images: torch.Tensor, *, reference: str | torch.Tensor = "mnist", n
     net = get_feature_extractor(cache_dir, device)
     feats, preds, top = _embed(net, images[:n])
     if isinstance(reference, str):
-        if reference == "mnist" and tuple(images.shape[2:]) != (32, 32):
-            raise ValueError(f"the embedded MNIST-5k reference is 32x32, the images are "
-                             f"{tuple(images.shape[2:])}: pass reference images of their resolution")
+        if reference == "mnist" and tuple(images.shape[2:]) not in [(r, r) for r in MNIST_REFERENCE_RESOLUTIONS]:
+            raise ValueError(f"the embedded MNIST-5k reference is 32x32 (28x28 images are padded to it), the images "
+                             f"are {tuple(images.shape[2:])}: pass reference images of their resolution")
         if reference != "mnist":
             raise ValueError(f"reference must be 'mnist' or a tensor of images, got {reference!r}")
         ref, _, ref_top = _mnist_features(net, cache_dir)

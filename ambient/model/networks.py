@@ -474,9 +474,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def build_network(preset: str, img_resolution: int, img_channels: int, label_dim: int = 0,
                   **overrides: Any) -> EDMPrecond:
-    """EDMPrecond for a named preset ("ddpmpp", "ncsnpp", "tiny"); keyword overrides replace preset values."""
+    """EDMPrecond for a named preset ("ddpmpp", "ncsnpp", "tiny"); keyword overrides replace preset values.
+
+    An `attn_resolutions` override must name levels of the network (img_resolution >> level): one that names
+    none would silently add no attention, so it is refused. A preset's own attn_resolutions is not checked, as
+    SongUNet (and EDM) never did: it applies where the resolution has such a level (the tiny preset's 8 at
+    32x32 and 16x16) and adds nothing elsewhere (at 28x28, whose levels are 28, 14, 7).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
     kwargs = copy.deepcopy(PRESETS[preset])
     kwargs.update(overrides)
+    if "attn_resolutions" in overrides:
+        levels = [img_resolution >> level for level in range(len(kwargs["channel_mult"]))]
+        if missing := sorted(set(kwargs["attn_resolutions"]) - set(levels)):
+            raise ValueError(f"attn_resolutions {', '.join(map(str, missing))}: the {img_resolution}x{img_resolution} "
+                             f"network has no such level; its levels are {', '.join(map(str, levels))}")
     return EDMPrecond(img_resolution, img_channels, label_dim=label_dim, **kwargs)

@@ -40,7 +40,8 @@ class TrainConfig:
     named in ambient.data.DATA_OPTIONS) go to `ambient.data.make_dataset` as they are, which owns their default
     (DEFAULT_CLEAN_FRACTION clean on a clean data set) and their rules, so `TrainConfig()` and `python train.py`
     are the same run."""
-    data: str = option("mnist", "mnist (embedded, default), digits, or an EDM data set folder/zip; "
+    data: str = option("mnist", "mnist (embedded MNIST-5k padded to 32x32, default), mnist28 (the same at its "
+                                "native 28x28), digits, or an EDM data set folder/zip; "
                                 "a noisy data set (sigma_n in its dataset.json) is used as stored", group="data")
     n_clean: int | None = option(None, f"number of clean images (default: --clean-fraction {DEFAULT_CLEAN_FRACTION}; "
                                        f"a noisy data set: all of its clean images)", type=cli.nonneg_int)
@@ -63,6 +64,12 @@ class TrainConfig:
     preset: str = option("tiny", None, choices=tuple(PRESETS), group="network and loss")
     model_channels: int | None = option(None, "override the preset's base width", type=cli.int_in(1, MAX_CHANNELS))
     dropout: float | None = option(None, "override the preset's dropout", type=cli.fraction)
+    attn_resolutions: tuple[int, ...] | None = option(
+        None, "override the preset's self-attention resolutions, e.g. 7 or 16,8 ('none': no attention blocks but "
+              "the one every SongUNet has at its coarsest level); each must be a level of the network (tiny at "
+              "28x28: 28, 14, 7). Default: the preset's, which applies only where that level exists: tiny's 8 at "
+              "32x32 and 16x16, nowhere at 28x28 (pass 7 there for attention at the coarsest level, as at 32x32)",
+        type=cli.resolution_list)
     sigma_sampling: str = option("clamp", None, choices=SIGMA_SAMPLINGS)      # clamp: the paper's
     weighting: str = option("edm", None, choices=WEIGHTINGS)
     P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.float_in(-P_MEAN_LIMIT, P_MEAN_LIMIT))
@@ -160,6 +167,8 @@ class TrainConfig:
             kw["model_channels"] = self.model_channels
         if self.dropout is not None:
             kw["dropout"] = self.dropout
+        if self.attn_resolutions is not None:
+            kw["attn_resolutions"] = list(self.attn_resolutions)
         return kw
 
 
@@ -173,9 +182,10 @@ def flag_name(name: str) -> str | None:
 
 
 def _flag_value(value: Any) -> str:
-    """A field value as its flag parses it back exactly: floats by repr, tuples comma-separated, None as none."""
+    """A field value as its flag parses it back exactly: floats by repr, tuples comma-separated (an empty one, which
+    only --attn-resolutions takes, as none), None as none."""
     if isinstance(value, (tuple, list)):
-        return ",".join(_flag_value(v) for v in value)
+        return ",".join(_flag_value(v) for v in value) or "none"
     if isinstance(value, float) and math.isfinite(value):
         return repr(value)
     return "none" if value is None else str(value)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.common.atomic import atomic_path
+from ambient.data import NAMED_DATASETS
 from ambient.io import checkpoint as ckpt
 
 from .config import TrainConfig, flag_name
@@ -86,7 +87,7 @@ def _numbered(cfg: TrainConfig) -> Path:
     """A new numbered run directory under cfg.outdir, made here (mkdir is atomic: two runs never share one)."""
     outdir = Path(cfg.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    data_name = Path(cfg.data).stem if cfg.data not in ("mnist", "digits") else cfg.data
+    data_name = cfg.data if cfg.data in NAMED_DATASETS else Path(cfg.data).stem
     ids = [int(p.name.split("-")[0]) for p in outdir.iterdir() if p.name.split("-")[0].isdigit()]
     number = max(ids, default=-1) + 1
     while True:
