@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ambient.eval import metrics
@@ -61,7 +62,7 @@ def test_fid_beside_the_metric_with_a_dash_where_no_seed_was_scored():
     assert report.summary_table(_rows(lambda v, seed: None), "fd_mnist", "mnist").splitlines()[0].endswith("seeds |")
 
 
-def test_missing_inception_weights_are_one_error_and_nothing_is_written(tmp_path, capsys):
+def test_missing_weights_or_reference_are_one_error_and_nothing_is_written(tmp_path, capsys):
     folder = tmp_path / "points" / "c4_n0_seed0"
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"fd_mnist": 5.0, "n": 8}))
@@ -72,6 +73,11 @@ def test_missing_inception_weights_are_one_error_and_nothing_is_written(tmp_path
     assert not list(tmp_path.rglob(f"*{study.FID_SUFFIX}"))
     assert study.main(["--dir", str(tmp_path), "--points", "4:0", "--score-fid"]) == 2
     assert "give --ref" in capsys.readouterr().err
+    (tmp_path / "samples").mkdir(exist_ok=True)
+    np.savez(tmp_path / "samples" / "c4_n0_seed0.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
+    assert study.main(argv + ["--ref", str(tmp_path / "none.zip")]) == 1      # checked before Inception is loaded
+    assert f"error: cannot score FID: no file or folder at {tmp_path / 'none.zip'}" in capsys.readouterr().out
+    assert not list(tmp_path.rglob(f"*{study.FID_SUFFIX}"))
 
 
 # A study of three finished points, scored with FID against a reference zip of N real 16x16 digits: one point's

@@ -537,6 +537,8 @@ def content_sha256(path: str | os.PathLike) -> str:
     path = Path(path)
     if path.is_file():
         return file_sha256(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no file or folder at {path}")
     files = sorted(f for f in path.rglob("*") if f.is_file())
     return hashlib.sha256("".join(f"{f.relative_to(path)}\0{file_sha256(f)}\n" for f in files).encode()).hexdigest()
 

@@ -340,15 +340,15 @@ def score_fid(names: Sequence[str], samples_dir: Path, ref: str, inception_path:
     of every point in `names` (samples_dir/NAME.npz, and NAME-stop.npz where it exists) against the images of `ref`,
     each into samples_dir/NAME[-stop]-fid.json, unless that file already scores the same samples (their sha256).
     The reference's features are computed once (metrics.reference_features caches them). Returns one error per
-    point whose samples file is missing or damaged; with no usable Inception weights, that one error alone."""
+    point whose samples file is missing or damaged; with no usable Inception weights or reference, that one error
+    (and those before it)."""
     try:
-        weights = metrics.inception_file(inception_path)
+        ref_sha, weights = metrics.content_sha256(ref), metrics.inception_file(inception_path)
         model = metrics.load_inception(weights)
     except (OSError, ValueError) as e:
         say(f"error: cannot score FID: {e}")
         return [f"cannot score FID: {e}"]
-    weights_sha, ref_sha = file_sha256(weights), metrics.content_sha256(ref)
-    ref_feats, errors = None, []
+    weights_sha, ref_feats, errors = file_sha256(weights), None, []
     for stem in (stem for name in names for stem in (name, f"{name}-stop")):
         npz, out = samples_dir / f"{stem}.npz", samples_dir / f"{stem}{FID_SUFFIX}"
         if stem.endswith("-stop") and not npz.exists():
@@ -361,7 +361,11 @@ def score_fid(names: Sequence[str], samples_dir: Path, ref: str, inception_path:
                 continue
             if ref_feats is None:
                 start = time.perf_counter()
-                ref_feats = metrics.reference_features(ref, model, weights)
+                try:
+                    ref_feats = metrics.reference_features(ref, model, weights)
+                except (OSError, ValueError) as e:
+                    say(f"error: cannot score FID: the reference: {e}")
+                    return [*errors, f"cannot score FID: the reference: {e}"]
                 say(f"FID reference {ref}: {len(ref_feats)} images, {time.perf_counter() - start:.0f} s")
             start = time.perf_counter()
             feats = metrics.inception_features([images], feature_extractor=model)
