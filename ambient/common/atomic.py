@@ -6,6 +6,7 @@ pid@host), and the next write of the same path on that host removes those whose 
 work directories are removed (ambient.io.checkpoint).
 """
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -81,3 +82,12 @@ def write_json(data: Any, path: str | os.PathLike, indent: int = 2) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=indent) + "\n")
     return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB chunks: what records name a file's content by."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

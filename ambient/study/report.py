@@ -2,7 +2,8 @@
 
 Tables in markdown (all points; the paper's Table 1 per sigma_n with its ordering verdict; the equivalent clean
 count of every mixed point; the noisy-only points under both samplers, where they were also evaluated stopped at
-sigma_n; the metric at the last snapshots), the effective-sample fit, the figures, and
+sigma_n; Inception FID beside the metric, Table 1 under it and where the two disagree, where the kept samples were
+scored; the metric at the last snapshots), the effective-sample fit, the figures, and
 results.csv / results.json. Nothing here knows the study folder or runs anything: ambient.study collects the
 rows from the points it ran and calls write_results.
 """
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from ambient.common.atomic import write_json
 from ambient.common.plotting import pyplot
@@ -22,7 +24,9 @@ from . import power, scaling
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
               "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds",
-              "value_stop", "sd_stop")      # a noisy-only point's metric with the sampler stopped at sigma_n
+              "value_stop", "sd_stop",      # a noisy-only point's metric with the sampler stopped at sigma_n
+              "fid", "fid_stop")            # Inception FID of its kept samples (both samplers), study --score-fid
+FID = "FID"
 SIGNIFICANCE = 2.0                 # a difference counts when it exceeds 2 x the combined sd over seeds
 TABLE1_COMPARISONS = (("100% clean", "90% noisy + 10% clean"),          # the ordering's "<=": not reversed
                       ("90% noisy + 10% clean", "10% clean only"),      # its two strict "<"
@@ -71,13 +75,37 @@ def _setting(rows: Sequence[dict], n_clean: int, n_noisy: int, sigma_n: float) -
             and (n_noisy == 0 or math.isclose(r["sigma_n"], sigma_n))]
 
 
+def has_fid(rows: Sequence[dict]) -> bool:
+    """Whether any point's samples were scored with Inception FID (study --score-fid)."""
+    return any(r.get("fid") is not None for r in rows)
+
+
+def fid_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows as the study reads them under Inception FID: the points scored, their value the FID (no bootstrap
+    sd, no floor), so that every table and verdict of the study's metric applies to FID unchanged."""
+    return [{**r, "value": r["fid"], "sd": None, "floor": None} for r in rows if r.get("fid") is not None]
+
+
+def _fid_cell(group: Sequence[dict]) -> str:
+    """FID of a setting's rows: mean ± sd over the seeds scored ("of K seeds" when not all were), "-" if none."""
+    scored = [r["fid"] for r in group if r.get("fid") is not None]
+    seeds = "" if len(scored) == len(group) else f" ({len(scored)} of {len(group)} seeds)"
+    return f"{_mean_sd(scored)}{seeds}" if scored else "-"
+
+
 def summary_table(rows: Sequence[dict], metric: str, data: str) -> str:
-    """Markdown: one line per (n_clean, n_noisy, sigma_n) with the metric over seeds, and the floor."""
+    """Markdown: one line per (n_clean, n_noisy, sigma_n) with the metric over seeds (and FID beside it, where any
+    point was scored), and the floor."""
     keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
+    fid = has_fid(rows)
     lines = _header(f"{data}: sigma_n", metric)
+    if fid:
+        lines = [lines[0] + f" {FID} |", lines[1] + "---|"]
     for c, m, s in keys:
-        lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(_setting(rows, c, m, s))} |")
-    return "\n".join(lines + _floor_lines(rows))
+        group = _setting(rows, c, m, s)
+        lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(group)} |"
+                     + (f" {_fid_cell(group)} |" if fid else ""))
+    return "\n".join(lines + [line + (" |" if fid else "") for line in _floor_lines(rows)])
 
 
 def compare(better: Sequence[dict], worse: Sequence[dict]) -> str:
@@ -108,6 +136,22 @@ def _comparison(better: Sequence[dict], worse: Sequence[dict]) -> tuple[str, tup
     return f"{np.mean(w) - np.mean(b):.2f} | {interval} | {runs} | {means or 'needs 2 seeds'}", (runs, means)
 
 
+def _table1_groups(rows: Sequence[dict], sigma_n: float) -> dict[str, list[dict]]:
+    """The rows of each of the paper's Table 1 settings at `sigma_n` that has any, in TABLE1 order."""
+    size = max(r["n_clean"] + r["n_noisy"] for r in rows)
+    return {label: group for label, (c, m) in table1_pairs(size).items() if (group := _setting(rows, c, m, sigma_n))}
+
+
+def table1_comparisons(rows: Sequence[dict],
+                       sigma_n: float) -> dict[tuple[str, str], tuple[str, tuple[str, str | None]]] | None:
+    """`_comparison` (its cells and its per-run and means verdicts) of each of TABLE1_COMPARISONS at `sigma_n`;
+    None unless all four settings were run."""
+    groups = _table1_groups(rows, sigma_n)
+    if len(groups) < len(TABLE1):
+        return None
+    return {(better, worse): _comparison(groups[better], groups[worse]) for better, worse in TABLE1_COMPARISONS}
+
+
 def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tuple[str, str | None, str | None] | None:
     """Markdown of the paper's Table 1 layout at `sigma_n` (None if none of its points were run: mean ± sd over
     seeds, and the mean bootstrap sd of a single evaluation), then each of its three comparisons with both
@@ -116,25 +160,22 @@ def table1(rows: Sequence[dict], sigma_n: float, metric: str, data: str) -> tupl
     per run (`compare`, beyond SIGNIFICANCE x the combined seed sd) and on the means (power.compare_means,
     Welch 95% interval excluding 0); see _verdict. A verdict is None when a setting is missing (or, for the
     means, has one seed)."""
-    size = max(r["n_clean"] + r["n_noisy"] for r in rows)
-    groups: dict[str, list[dict]] = {}
-    lines = _header(f"{data}, sigma_n = {sigma_n:g}", metric)
-    for label, (c, m) in table1_pairs(size).items():
-        group = _setting(rows, c, m, sigma_n)
-        if group:
-            groups[label] = group
-            lines.append(f"| {label} | {c} | {m} | {_group_cells(group)} |")
+    groups = _table1_groups(rows, sigma_n)
     if not groups:
         return None
+    size = max(r["n_clean"] + r["n_noisy"] for r in rows)
+    pairs = table1_pairs(size)
+    lines = _header(f"{data}, sigma_n = {sigma_n:g}", metric)
+    lines += [f"| {label} | {pairs[label][0]} | {pairs[label][1]} | {_group_cells(group)} |"
+              for label, group in groups.items()]
     lines += _floor_lines(rows)
-    if len(groups) < len(TABLE1):
+    comparisons = table1_comparisons(rows, sigma_n)
+    if comparisons is None:
         return "\n".join(lines), None, None
     lines += ["", "| comparison | mean difference | Welch 95% interval | per-run verdict | means verdict |",
               "|---|---|---|---|---|"]
-    verdicts = {}
-    for better, worse in TABLE1_COMPARISONS:
-        cells, verdicts[better, worse] = _comparison(groups[better], groups[worse])
-        lines.append(f"| {better} < {worse} | {cells} |")
+    lines += [f"| {better} < {worse} | {cells} |" for (better, worse), (cells, _) in comparisons.items()]
+    verdicts = {pair: v for pair, (_, v) in comparisons.items()}
     first, *strict = TABLE1_COMPARISONS
     return ("\n".join(lines), _verdict(verdicts[first][0], [verdicts[c][0] for c in strict]),
             _verdict(verdicts[first][1], [verdicts[c][1] for c in strict]))
@@ -178,6 +219,40 @@ def samplers_table(rows: Sequence[dict], metric: str, data: str) -> tuple[str, d
             if variant is stopped:
                 verdicts[f"{s:g}"] = tuple(result[1:]) if result else (None, None)
     return "\n".join(lines), verdicts
+
+
+def _setting_label(c: int, m: int, s: float) -> str:
+    return f"{c} clean + {m} noisy at sigma_n {s:g}" if m else f"{c} clean"
+
+
+def disagreement(rows: Sequence[dict], metric: str) -> str:
+    """Markdown: where the study's metric and Inception FID disagree. The Table-1 comparisons (at every sigma_n)
+    whose per-run or means verdict differs between the two (`table1_comparisons` on the rows and on `fid_rows`),
+    then every setting scored under both, by its mean under each metric and its rank (1 = best), with the Spearman
+    rank correlation of the two orders."""
+    under_fid = fid_rows(rows)
+    lines = [f"| sigma_n | comparison | {metric}: per-run | {metric}: means | {FID}: per-run | {FID}: means |",
+             "|---|---|---|---|---|---|"]
+    for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
+        ours, theirs = table1_comparisons(rows, s), table1_comparisons(under_fid, s) if under_fid else None
+        for pair in (TABLE1_COMPARISONS if ours and theirs else ()):
+            if ours[pair][1] != theirs[pair][1]:
+                said = [v or "-" for v in (*ours[pair][1], *theirs[pair][1])]
+                lines.append(f"| {s:g} | {pair[0]} < {pair[1]} | {' | '.join(said)} |")
+    if len(lines) == 2:
+        lines = [f"No Table-1 comparison's verdict differs between {metric} and {FID} (among those both can make)."]
+    keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in under_fid})
+    means = np.array([[np.mean([r["value"] for r in _setting(which, *k)]) for which in (rows, under_fid)]
+                      for k in keys])
+    ranks = means.argsort(0).argsort(0) + 1
+    lines += ["", f"| setting | {metric} (mean) | rank | {FID} (mean) | rank |", "|---|---|---|---|---|"]
+    lines += [f"| {_setting_label(*keys[i])} | {means[i, 0]:.2f} | {ranks[i, 0]} | {means[i, 1]:.2f} | {ranks[i, 1]} |"
+              for i in np.argsort(means[:, 0], kind="stable")]
+    if len(keys) >= 3:
+        rho = stats.spearmanr(means[:, 0], means[:, 1]).statistic
+        lines += ["", f"Spearman rank correlation of the settings' means under {metric} and {FID}: {rho:.2f} "
+                  f"({len(keys)} settings; {metric} over all their seeds, {FID} over those scored)."]
+    return "\n".join(lines)
 
 
 def table1_seed_plan(rows: Sequence[dict]) -> tuple[dict[tuple[int, int, float], int], str]:
@@ -346,6 +421,15 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
                       ordering_sentence(result[2], metric, means=True), ""]
             orderings[f"{s:g}"] = result[1]
             means[f"{s:g}"] = result[2]
+    fid = {"table1_ordering_fid": {}, "table1_ordering_means_fid": {}} if has_fid(rows) else {}
+    for s in sorted({r["sigma_n"] for r in fid_rows(rows) if r["n_noisy"]}):
+        result = table1(fid_rows(rows), s, FID, data)
+        if result is not None:
+            parts += [f"Table 1 layout under {FID} (the same points' kept samples):", "", result[0], "",
+                      ordering_sentence(result[1], FID), ordering_sentence(result[2], FID, means=True), ""]
+            fid["table1_ordering_fid"][f"{s:g}"], fid["table1_ordering_means_fid"][f"{s:g}"] = result[1:]
+    if fid:
+        parts += [f"Where the two metrics disagree ({metric} and {FID}):", "", disagreement(rows, metric), ""]
     stopped = {}
     if any(r.get("value_stop") is not None for r in rows):
         text, stopped = samplers_table(rows, metric, data)
@@ -364,7 +448,7 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
     write_json({"config": config, "rows": list(rows), "table1_ordering": orderings,
                 "table1_ordering_means": means,
                 "table1_ordering_stopped": {s: v[0] for s, v in stopped.items()},
-                "table1_ordering_means_stopped": {s: v[1] for s, v in stopped.items()}, "equivalent_clean": eqs,
+                "table1_ordering_means_stopped": {s: v[1] for s, v in stopped.items()}, **fid, "equivalent_clean": eqs,
                 "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
                out / "results.json")
     plot(rows, out / f"{metric}_vs_n_clean.png", metric)

@@ -18,7 +18,9 @@ verdicts, the equivalent clean count and worth of every mixed point (table and f
 effective-sample fit, the metric at the last snapshots, each point's last sample grid (samples/NAME.png)
 and its evaluation images (samples/NAME.npz, uint8). With --eval-stop-noisy every noisy-only point (n_clean = 0)
 is evaluated a second time with the sampler stopped at its sigma_n (STOP_METRICS, STOP_SAMPLES beside
-metrics.json; samples/NAME-stop.npz), and the report sets both samplers side by side.
+metrics.json; samples/NAME-stop.npz), and the report sets both samplers side by side. With --score-fid nothing is
+trained or evaluated: the kept samples of every finished point are scored with Inception FID against --ref
+(samples/NAME-fid.json), and the report sets FID beside the study's metric.
 """
 import argparse
 import json
@@ -31,17 +33,22 @@ import sys
 import threading
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ambient.common import cli
-from ambient.common.atomic import write_json
+from ambient.common.atomic import file_sha256, write_json
+from ambient.common.images import from_uint8
 from ambient.data import load_dataset
 from ambient.data.sources import check_regular_file, parse_json
-from ambient.eval import METRICS
+from ambient.eval import METRICS, metrics
 from ambient.io import list_checkpoints
 from ambient.train import config_flags
 from ambient.train.cli import add_flags, given_flags
@@ -54,6 +61,7 @@ SHARED = ("data", "data_seed", "preset", "model_channels", "batch", "kimg")     
 POINT_FIELDS = ("n_clean", "n_noisy", "clean_fraction", "all_clean", "p_clean", "keep_fraction", "sigma_n",
                 "sigma_share", "seed", "run_dir", "outdir", "resume")            # set by each point
 STOP_METRICS, STOP_SAMPLES = "stop-metrics.json", "stop-samples.npz"    # a noisy-only point stopped at sigma_n
+FID_SUFFIX = "-fid.json"          # samples/NAME-fid.json: Inception FID of samples/NAME.npz (--score-fid)
 _print_lock = threading.Lock()
 
 
@@ -190,6 +198,7 @@ def read_point_file(path: Path, entries: Entries) -> dict[str, Any]:
     JSON, not an object, or lacks or mistypes an entry. Such a point is neither re-run nor reported: its file is not
     the study's, and running it again would overwrite what someone put there."""
     hint = ("delete it to evaluate the point again" if path.name.startswith("metrics") else
+            "delete it to score the samples again" if path.name.endswith(FID_SUFFIX) else
             "delete the point's folder to train it again")
     try:
         check_regular_file(str(path))
@@ -206,6 +215,12 @@ def read_point_file(path: Path, entries: Entries) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise StudyError(f"{e}; {hint}") from None
     return data
+
+
+FID_ENTRIES: Entries = {
+    "fid": (True, _finite, "a finite number"), "kid": (True, _finite, "a finite number"),
+    "n": (True, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 1, "an integer > 1"),
+    "samples_sha256": (True, lambda v: isinstance(v, str), "a string")}
 
 
 def _subprocess_env(s: Settings) -> dict[str, str]:
@@ -298,6 +313,89 @@ def run_points(points: Sequence[Point], study_dir: Path, s: Settings, jobs: int 
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, points))
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# Inception FID of the kept samples
+
+def read_samples(path: Path) -> torch.Tensor:
+    """The images of a samples file (`ambient.eval --samples-out`: uint8 (N, H, W, C) under "images", N >= 2) in
+    [-1, 1]; StudyError naming the file when it is missing or is not such a file."""
+    try:
+        check_regular_file(str(path))
+        with np.load(path, allow_pickle=False) as f:
+            pixels = f["images"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise StudyError(f"{path} is not a samples file ({type(e).__name__}: {e}); copy it again from the point's "
+                         "samples.npz") from None
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or len(pixels) < 2 or pixels.shape[3] not in (1, 3):
+        raise StudyError(f"{path} holds {pixels.dtype} images of shape {pixels.shape}, not uint8 (N >= 2, H, W, "
+                         "1 or 3); copy it again from the point's samples.npz")
+    return from_uint8(pixels)
+
+
+def score_fid(names: Sequence[str], samples_dir: Path, ref: str, inception_path: str | None = None) -> list[str]:
+    """Inception FID and KID (`ambient.eval.metrics`, as `ambient.eval --metric fid` scores them) of the kept samples
+    of every point in `names` (samples_dir/NAME.npz, and NAME-stop.npz where it exists) against the images of `ref`,
+    each into samples_dir/NAME[-stop]-fid.json, unless that file already scores the same samples (their sha256).
+    The reference's features are computed once (metrics.reference_features caches them). Returns one error per
+    point whose samples file is missing or damaged; with no usable Inception weights or reference, that one error
+    (and those before it)."""
+    try:
+        ref_sha, weights = metrics.content_sha256(ref), metrics.inception_file(inception_path)
+        model = metrics.load_inception(weights)
+    except (OSError, ValueError) as e:
+        say(f"error: cannot score FID: {e}")
+        return [f"cannot score FID: {e}"]
+    weights_sha, ref_feats, errors = file_sha256(weights), None, []
+    for stem in (stem for name in names for stem in (name, f"{name}-stop")):
+        npz, out = samples_dir / f"{stem}.npz", samples_dir / f"{stem}{FID_SUFFIX}"
+        if stem.endswith("-stop") and not npz.exists():
+            continue
+        try:
+            images = read_samples(npz)
+            sha = file_sha256(npz)
+            if out.exists() and read_point_file(out, FID_ENTRIES)["samples_sha256"] == sha:
+                say(f"skip {stem}: {out} scores these samples")
+                continue
+            if ref_feats is None:
+                start = time.perf_counter()
+                try:
+                    ref_feats = metrics.reference_features(ref, model, weights)
+                except (OSError, ValueError) as e:
+                    say(f"error: cannot score FID: the reference: {e}")
+                    return [*errors, f"cannot score FID: the reference: {e}"]
+                say(f"FID reference {ref}: {len(ref_feats)} images, {time.perf_counter() - start:.0f} s")
+            start = time.perf_counter()
+            feats = metrics.inception_features([images], feature_extractor=model)
+            result = {"fid": metrics.frechet_distance(*metrics.feature_stats(feats), *metrics.feature_stats(ref_feats)),
+                      "kid": metrics.kid(feats, ref_feats), "n": len(feats), "n_ref": len(ref_feats),
+                      "ref": str(ref), "ref_sha256": ref_sha, "inception": weights.name,
+                      "inception_sha256": weights_sha, "samples": npz.name, "samples_sha256": sha,
+                      "seconds": round(time.perf_counter() - start, 1)}
+        except StudyError as e:
+            say(f"error: {e}")
+            errors.append(str(e))
+            continue
+        write_json(result, out)
+        say(f"fid {stem}: {result['fid']:.3f} ({result['seconds']:.0f} s)")
+    return errors
+
+
+def fid_columns(rows: Sequence[dict], samples_dir: Path) -> list[str]:
+    """Set each row's "fid" and "fid_stop" from samples_dir/NAME[-stop]-fid.json (None where not scored); one error
+    per damaged file, whose value stays None."""
+    errors = []
+    for r in rows:
+        for key, stem in (("fid", r["name"]), ("fid_stop", f"{r['name']}-stop")):
+            path = samples_dir / f"{stem}{FID_SUFFIX}"
+            r[key] = None
+            if os.path.lexists(path):
+                try:
+                    r[key] = read_point_file(path, FID_ENTRIES)["fid"]
+                except StudyError as e:
+                    errors.append(str(e))
     return errors
 
 
@@ -443,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
     g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: 1 with --jobs > 1, "
                                                           "else inherited, and the trainer takes every core)")
+    g.add_argument("--score-fid", action="store_true",
+                   help=f"train and evaluate nothing: score Inception FID and KID of every finished point's kept "
+                        f"samples (RESULTS/samples/NAME.npz and NAME-stop.npz) against --ref, into NAME{FID_SUFFIX} "
+                        "beside them (the points already scored are skipped), then write the results with FID beside "
+                        "the study's metric")
     g.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: write the results of the points finished so far (e.g. while the "
                         "study itself still runs)")
@@ -517,19 +620,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StudyError as e:
         print(f"error: --train-args: {e}", file=sys.stderr)
         return 2
+    if a.score_fid and (a.metric == "fid" or not a.ref):
+        print("error: --score-fid scores FID beside the study's metric against --ref: "
+              + ("this study's metric is FID already" if a.metric == "fid" else "give --ref"), file=sys.stderr)
+        return 2
     study_dir = Path(a.dir)
     config = {k: v for k, v in vars(a).items() if k not in ("config",)}
     results = Path(a.results or study_dir)
+    fixed = a.report_only or a.score_fid
     say(f"study {study_dir}: " + (f"the results of {len(points)} point(s), nothing trained or evaluated"
-                                  if a.report_only else f"{len(points)} point(s), {a.jobs} at a time"))
+                                  if fixed else f"{len(points)} point(s), {a.jobs} at a time"))
     start = time.perf_counter()
-    errors = [] if a.report_only else run_points(points, study_dir, s, a.jobs)
+    errors = [] if fixed else run_points(points, study_dir, s, a.jobs)
     rows, damaged = collect(points, study_dir, a.metric)
+    if rows:
+        copy_samples(rows, study_dir, results)
+        if a.score_fid:
+            errors += score_fid([r["name"] for r in rows], results / "samples", a.ref, a.inception_path)
+        damaged += fid_columns(rows, results / "samples")
     for e in damaged:
         print(f"error: {e}", file=sys.stderr)
     if rows:
         print(write_results(rows, results, a.metric, a.data, config))
-        copy_samples(rows, study_dir, results)
         say(f"results in {results} ({len(rows)} of {len(points)} points, {time.perf_counter() - start:.0f} s)")
     if errors:
         print(f"error: {len(errors)} point(s) failed", file=sys.stderr)
