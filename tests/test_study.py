@@ -403,6 +403,21 @@ def test_welch_power_matches_simulation_and_the_plan_reaches_it():
     assert power.welch_power(6.6, 0.3, 6.9, counts["mixed"], counts["noisy"] - 1) < power.POWER
 
 
+def test_welch_power_is_the_noncentral_t_tail_and_stays_finite_where_scipys_is_not():
+    from scipy import stats
+    rng = np.random.default_rng()
+    for _ in range(40):
+        gap, (sd_a, sd_b), (n_a, n_b) = rng.uniform(0, 8), rng.uniform(0.2, 4, 2), rng.integers(2, 17, 2)
+        va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+        nu = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+        crit, nc = stats.t.ppf(1 - power.ALPHA / 2, nu), gap / math.sqrt(va + vb)
+        reference = stats.nct.sf(crit, nu, nc) + stats.nct.cdf(-crit, nu, nc)
+        if np.isfinite(reference):
+            assert abs(power.welch_power(gap, sd_a, sd_b, n_a, n_b) - reference) < 1e-6
+    assert abs(power.welch_power(0.0, 1.3, 0.7, 5, 7) - power.ALPHA) < 1e-6          # no gap: the test's level
+    # A large noncentrality (about 20 at nu 2.03), where scipy's noncentral t gave NaN: power 1, not NaN.
+    assert 0.999 < power.welch_power(24.0, 0.30000000000000004, 1.9999999999999978, 3, 3) <= 1
+
 def test_compare_uses_the_spread_over_seeds():
     def setting(values):
         return [{"value": v, "sd": 0.01} for v in values]
