@@ -51,6 +51,13 @@ CANDIDATES = {
         "combo-lr2e-3-cos": {"lr": 2e-3, "lr_decay": "cosine"},
         "combo-lr2e-3-cos-ramp2": {"lr": 2e-3, "lr_decay": "cosine", "lr_rampup_kimg": 2.0},
     }.items()},
+    # round 4 (README.md): round 3's passing recipe at MNIST's native 28x28, scored at their end only
+    **{name: {"data": "mnist28", "batch": 32, "lr": 1e-3, "lr_decay": "cosine", "P_mean": -0.8,
+              "sigma_min_per_image": True, **fields} for name, fields in {
+        "n28-36kimg": {"kimg": 36.0},
+        "n28-44kimg": {"kimg": 44.0},
+        "n28-attn7-40kimg": {"kimg": 40.0, "attn_resolutions": (7,)},
+    }.items()},
 }
 KIMG = 40.0                 # rounds 1 and 2: each trains 40 kimg, scored at EVAL_AT
 EVAL_AT = (20.0, 40.0)      # kimg of the snapshots scored
@@ -121,9 +128,20 @@ def cost(rounds: int) -> dict[str, float]:
                                    memory_format="contiguous")}
     prev = steps["previous"].state
     prev.optimizer = torch.optim.Adam(prev.net.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-    for batch in sorted({c["batch"] for c in CANDIDATES.values()}):
-        steps[f"b{batch}"] = TrainStep("tiny", batch, precision, "torch", False, torch.device("cpu"))
+    for fields in CANDIDATES.values():
+        if (key := step_key(fields)) not in steps:
+            extra = {"resolution": 28} if fields.get("data") == "mnist28" else {}
+            if "attn_resolutions" in fields:
+                extra["attn_resolutions"] = fields["attn_resolutions"]
+            steps[key] = TrainStep("tiny", fields["batch"], precision, "torch", False, torch.device("cpu"), **extra)
     return _step_cost(steps, precision, rounds)
+
+
+def step_key(fields: dict) -> str:
+    """The name of a candidate's training step in cost.json: its batch, and its resolution and attention where they
+    differ from the 32x32 preset's (b32, b32-28x28, b32-28x28-attn7)."""
+    key = f"b{fields['batch']}" + ("-28x28" if fields.get("data") == "mnist28" else "")
+    return key + "".join(f"-attn{r}" for r in fields.get("attn_resolutions", ()))
 
 
 def cost_native28(rounds: int, batch: int = 32) -> dict[str, float]:
@@ -170,7 +188,7 @@ def table(out: Path) -> str:
             if fields.get("compile"):    # the eager benchmark does not time it: the run's own CPU-s, compile included
                 cpu_s = json.loads((out / name / "cpu.json").read_text())["cpu_s"] * kimg / run_kimg(name)
             else:
-                cpu_s = per_img[f"b{fields['batch']}"] * kimg * 1000
+                cpu_s = per_img[step_key(fields)] * kimg * 1000
             rows.append((name, kimg, cpu_s, json.loads(path.read_text())))
     lines = ["| run | kimg | step CPU-min | cost / previous | FD-MNIST (sd) | confident |", "|---|---|---|---|---|---|"]
     for name, kimg, cpu_s, m in rows:
