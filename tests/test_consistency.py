@@ -202,7 +202,8 @@ def test_sampler_gradient_flows_through_the_trajectory():
 
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.016", "--grid-size", "4",
         "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05", "--snap-kimg", "0.032",
-        "--precision", "fp32", "--threads", "1", "--n-clean", "100", "--sigma-n", "0.2,0.4"]
+        "--precision", "fp32", "--threads", "1", "--n-clean", "100", "--sigma-n", "0.2,0.4",
+        "--lr-decay", "none"]    # runs extended by --kimg on resume: a rate that does not follow --kimg
 CONSISTENCY = ["--consistency", "2", "--consistency-batch", "5", "--consistency-steps", "2",
                "--consistency-repeats", "3"]
 

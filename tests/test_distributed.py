@@ -20,7 +20,8 @@ from ambient.train.distributed import attempt_store
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.04", "--grid-size", "4",
         "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05", "--snap-kimg", "0.08",
-        "--precision", "fp32"]   # the equivalence is exact up to fp32 reduction order; bf16 (auto on AMX) is not
+        "--precision", "fp32",   # the equivalence is exact up to fp32 reduction order; bf16 (auto on AMX) is not
+        "--lr-decay", "none"]    # runs extended by --kimg on resume: a rate that does not follow --kimg
 
 # Runs train.py after installing an audit hook that records every file/directory this rank creates or writes.
 AUDITED_TRAIN = """

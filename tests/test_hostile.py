@@ -44,7 +44,8 @@ from ambient.train import cli as train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
-        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05"]
+        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05",
+        "--lr-decay", "none"]    # runs extended by --kimg on resume: a rate that does not follow --kimg
 
 
 def one_error_line(err: str, *fragments: str) -> None:
@@ -145,7 +146,8 @@ SONG = dict(img_resolution=8, img_channels=1, model_type="SongUNet", model_chann
     (dict(img_resolution=2**40), "out of bounds"),
     (dict(model_channels="wide"), "network"),
     (dict(label_dim=-5), "label_dim"),
-    (dict(model_channels=4096, img_resolution=1024), "do not fit"),   # in bounds: 50G parameters, weights absent
+    (dict(model_channels=4096, img_resolution=1024, attn_resolutions=[512]), "do not fit"),   # 50G parameters
+    (dict(img_resolution=1024), "no such level"),       # attention at 4, which a 1024x1024, 2-level net lacks
 ])
 def test_network_arguments_are_bounded_and_checked_against_the_weights_before_building(tmp_path, edm_record,
                                                                                         change, match):

@@ -39,7 +39,8 @@ from ambient.train.distributed import init_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
-        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05"]
+        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05",
+        "--lr-decay", "none"]    # runs extended by --kimg on resume: a rate that does not follow --kimg
 # 20 steps with a checkpoint every 2: the run the kill test interrupts.
 KILL_RUN = FAST + ["--kimg", "0.32", "--snap-kimg", "0.032"]
 

@@ -19,7 +19,8 @@ from ambient.train.rundir import RunDirInUse, RunDirLock, choose_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.016", "--grid-size", "4",
-        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05", "--snap-kimg", "0.08"]
+        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05", "--snap-kimg", "0.08",
+        "--lr", "0.002", "--lr-decay", "none"]             # runs extended by --kimg: a rate that does not follow it
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -173,6 +174,17 @@ def test_a_resume_keeps_what_defines_the_run_unless_a_change_is_asked_for(finish
     assert train.main(FAST + ["--run-dir", str(run), "--resume", "auto", "--kimg", "0.352", "--lr", "0.001"]) == 0
     assert json.loads((run / "config.json").read_text())["changes"] == config["changes"]
 
+
+def test_under_a_cosine_decay_the_length_is_a_setting(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = FAST + ["--lr-decay", "cosine", "--run-dir", str(run)]
+    assert train.main(args + ["--kimg", "0.032"]) == 0                       # 2 steps, the rate down to 0 at 0.032
+    before = digest(run)
+    refused(capsys, args + ["--resume", "auto", "--kimg", "0.064"], "--kimg 0.032 -> 0.064", "--allow-change kimg")
+    assert digest(run) == before
+    assert train.main(args + ["--resume", "auto", "--kimg", "0.064", "--allow-change", "kimg"]) == 0
+    changes = json.loads((run / "config.json").read_text())["changes"]
+    assert changes == [{"step": 2, "changes": {"kimg": [0.032, 0.064]}}]
 
 def test_the_log_holds_every_step_once_after_a_resume(finished, tmp_path):
     run = tmp_path / "run"

@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from ambient.data import make_dataset
-from ambient.data.order import EpochIndexed, GlobalOrderSampler
 from ambient.train import build_state, train_step
 from ambient.train import cli as train
 from ambient.train import train as run_training
+from ambient.train.distributed import DistInfo
+from ambient.train.loop import data_loader
 from ambient.train.step import ema_beta, lr_at
 from bench import profile_train
 from bench.bench_train import TrainStep
@@ -47,8 +48,7 @@ def test_train_is_train_step_in_a_loop(tmp_path):
     state = build_state(cfg, cfg.network_kwargs(ds.resolution, ds.num_channels, ds.label_dim), torch.device("cpu"),
                         (ds.num_channels, ds.resolution, ds.resolution))
     state.distribute(rank=0, world_size=1)
-    loader = iter(torch.utils.data.DataLoader(EpochIndexed(ds), batch_size=4,
-                                              sampler=GlobalOrderSampler(len(ds), cfg.batch, 0, 1, cfg.data_seed)))
+    loader = data_loader(ds, cfg, DistInfo(0, 1, 0, torch.device("cpu")), 4, start=0)    # the run's own order
     for step in range(steps):
         batch = [next(loader) for _ in range(3)]
         stats = train_step(state, batch, step)
@@ -72,8 +72,7 @@ def test_cosine_decay_follows_its_formula_in_the_optimiser():
     state = build_state(cfg, cfg.network_kwargs(ds.resolution, ds.num_channels, ds.label_dim), torch.device("cpu"),
                         (ds.num_channels, ds.resolution, ds.resolution))
     state.distribute(rank=0, world_size=1)
-    loader = iter(torch.utils.data.DataLoader(EpochIndexed(ds), batch_size=12,
-                                              sampler=GlobalOrderSampler(len(ds), cfg.batch, 0, 1, cfg.data_seed)))
+    loader = data_loader(ds, cfg, DistInfo(0, 1, 0, torch.device("cpu")), 12, start=0)
     for step in range(5):
         stats = train_step(state, [next(loader)], step)
         assert stats.lr == state.optimizer.param_groups[0]["lr"] == lr_at(cfg, 12 * step)

@@ -26,14 +26,14 @@ VALUES = {
     "max_shift": ("2", 2), "workers": ("1", 1), "preset": ("ddpmpp", "ddpmpp"), "model_channels": ("32", 32),
     "attn_resolutions": ("7,14", (7, 14)),
     "dropout": ("0.1", 0.1), "sigma_sampling": ("truncate", "truncate"), "weighting": ("ambient", "ambient"),
-    "P_mean": ("-1", -1.0), "P_std": ("2", 2.0), "batch": ("32", 32), "batch_gpu": ("8", 8), "lr": ("0.001", 0.001),
+    "P_mean": ("-1", -1.0), "P_std": ("2", 2.0), "batch": ("48", 48), "batch_gpu": ("8", 8), "lr": ("0.002", 0.002),
     "consistency": ("0.5", 0.5), "consistency_batch": ("3", 3), "consistency_steps": ("2", 2),
     "consistency_repeats": ("4", 4),
-    "lr_rampup_kimg": ("2", 2.0), "lr_decay": ("cosine", "cosine"),
+    "lr_rampup_kimg": ("2", 2.0), "lr_decay": ("none", "none"),
     "ema_halflife_kimg": ("3", 3.0), "ema_rampup_ratio": ("none", None),
     "kimg": ("4", 4.0), "seed": ("7", 7), "precision": ("bf16", "bf16"), "threads": ("2", 2), "tf32": (None, False),
     "memory_format": ("contiguous", "contiguous"),
-    "kernels": ("torch", "torch"), "compile": (None, True), "sigma_min_per_image": (None, True),
+    "kernels": ("torch", "torch"), "compile": (None, True), "sigma_min_per_image": (None, False),
     "window_factor": (None, True),
     "max_bad_steps": ("4", 4), "run_dir": ("r", "r"),
     "outdir": ("o", "o"), "resume": ("auto", "auto"), "init_from": ("runs/a", "runs/a"),
@@ -45,7 +45,9 @@ VALUES = {
 
 
 # Flags a field's flag needs beside it to be valid (the library's rules: keep_fraction is the Bernoulli mode's).
-COMPANIONS = {"keep_fraction": ["--p-clean", "0.5"], "window_factor": ["--sigma-min-per-image"]}
+COMPANIONS = {"keep_fraction": ["--p-clean", "0.5"], "window_factor": ["--sigma-min-per-image"],
+              "sigma_sampling": ["--no-sigma-min-per-image"]}
+NEGATED = {"sigma_min_per_image"}       # on by default: its --no- form is the one that changes it
 
 
 def parsed(argv: list[str]) -> TrainConfig:
@@ -67,9 +69,20 @@ def test_every_field_has_a_flag_or_is_excluded_on_purpose():
 @pytest.mark.parametrize("name", sorted(set(FIELDS) - NO_FLAG))
 def test_each_flag_lands_in_its_field(name):
     text, expected = VALUES[name]
-    argv = flags()[name][:1] + ([text] if text is not None else []) + COMPANIONS.get(name, [])
+    argv = [flags()[name][-1 if name in NEGATED else 0]] + ([text] if text is not None else []) + \
+        COMPANIONS.get(name, [])
     assert getattr(train.parse_args(argv), name) == expected != getattr(TrainConfig(), name), argv
 
+
+def test_windows_are_on_by_default_and_the_image_first_draw_is_one_flag_away(capsys):
+    assert train.parse_args([]).sigma_min_per_image and train.parse_args(["--sigma-min-per-image"]).sigma_min_per_image
+    assert not train.parse_args(["--no-sigma-min-per-image"]).sigma_min_per_image
+    assert train.parse_args(["--no-sigma-min-per-image", "--sigma-sampling", "truncate"]).sigma_sampling == "truncate"
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--sigma-sampling", "truncate"])
+    assert e.value.code == 2 and "add --no-sigma-min-per-image" in capsys.readouterr().err
+    assert config_flags({"sigma_min_per_image": False}) == ["--no-sigma-min-per-image"]
+    assert config_flags({"sigma_min_per_image": True}) == []
 
 def test_ema_rampup_ratio_takes_a_number_or_none(capsys):
     assert train.parse_args([]).ema_rampup_ratio == TrainConfig().ema_rampup_ratio == 0.05
@@ -81,10 +94,15 @@ def test_ema_rampup_ratio_takes_a_number_or_none(capsys):
 
 
 def test_attn_resolutions_takes_levels_or_none_and_reaches_the_network(capsys):
-    """Not given: the preset's (no override); 'none': no attention blocks by level (an empty list, written back as
-    none); levels: an override of the network, which build_network checks against the network's levels."""
-    assert train.parse_args([]).attn_resolutions is None and "attn_resolutions" not in TrainConfig().network_kwargs(
-        28, 1, 0)
+    """Not given: the preset's (no override) where it names a level, else the coarsest level; 'none': no attention
+    blocks by level (an empty list, written back as none); levels: an override of the network, which build_network
+    checks against the network's levels."""
+    assert train.parse_args([]).attn_resolutions is None
+    assert "attn_resolutions" not in TrainConfig().network_kwargs(32, 1, 0)               # tiny's own 8
+    assert "attn_resolutions" not in TrainConfig().network_kwargs(16, 1, 0)               # 16, 8, 4: the study's
+    assert TrainConfig().network_kwargs(28, 1, 0)["attn_resolutions"] == [7]              # 28, 14, 7: no 8
+    assert TrainConfig().network_kwargs(64, 1, 0)["attn_resolutions"] == [16]
+    assert TrainConfig(preset="ddpmpp").network_kwargs(64, 3, 0).get("attn_resolutions") is None    # its 16
     assert train.parse_args(["--attn-resolutions", "none"]).attn_resolutions == ()
     assert config_flags({"attn_resolutions": ()}) == ["--attn-resolutions", "none"]
     cfg = train.parse_args(["--attn-resolutions", "7"])

@@ -24,7 +24,8 @@ from ambient.train.loop import snapshot_due
 ROOT = Path(__file__).resolve().parents[1]
 # 8x8 digits, tiny UNet: a few seconds per run on two cores.
 FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-kimg", "0.08", "--grid-size", "4",
-        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05"]
+        "--no-progress", "--lr-rampup-kimg", "0.05", "--ema-halflife-kimg", "0.05",
+        "--lr-decay", "none"]    # runs extended by --kimg on resume: a rate that does not follow --kimg
 
 
 def fast_config(run_dir: Path, **kw) -> TrainConfig:

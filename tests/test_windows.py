@@ -194,11 +194,11 @@ def test_wasted_draws_are_the_clamped_share_of_noisy_draws():
     assert draw_counts(torch.from_numpy(s), sigma_n[index])[2] == 0
 
 
-def test_default_is_unchanged():
-    """Off by default: the data order's items (no "sigma"), and a loss handed the levels it would draw is bitwise the
-    loss that draws them."""
-    cfg = cli.parse_args([])
-    assert cfg.sigma_min_per_image is False
+def test_the_image_first_draw_is_unchanged():
+    """On by default; with --no-sigma-min-per-image the data order's items (no "sigma"), and a loss handed the levels
+    it would draw is bitwise the loss that draws them."""
+    assert cli.parse_args([]).sigma_min_per_image is True
+    assert cli.parse_args(["--no-sigma-min-per-image"]).sigma_min_per_image is False
     ds = AmbientDataset(load_dataset("digits"), n_clean=50, seed=3)
     assert (ds.sigma_tn_of == ds.sigma_n_of).all() and "sigma_tn" not in ds.describe()
     keys = [key for key, _ in zip(GlobalOrderSampler(len(ds), 8, 0, 1, seed=3), range(8))]
@@ -252,7 +252,7 @@ def test_bad_windows_one_clear_error(tmp_path, edit, message):
 
 @pytest.mark.parametrize("flags, message", [
     (["--sigma-min-per-image", "--sigma-sampling", "truncate"], "--sigma-min-per-image draws the level first"),
-    (["--window-factor"], "--window-factor weighs the samples of --sigma-min-per-image"),
+    (["--no-sigma-min-per-image", "--window-factor"], "--window-factor weighs the samples of --sigma-min-per-image"),
 ])
 def test_window_flags_that_contradict(capsys, flags, message):
     with pytest.raises(SystemExit) as e:

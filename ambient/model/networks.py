@@ -472,6 +472,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _levels(img_resolution: int, channel_mult: Sequence[int]) -> list[int]:
+    """The resolutions of a SongUNet's levels, finest first (img_resolution >> level)."""
+    return [img_resolution >> level for level in range(len(channel_mult))]
+
+
+def attention_where_missing(preset: str, img_resolution: int) -> list[int] | None:
+    """The trainer's attention for a preset at a resolution where none of the preset's own attn_resolutions is a
+    level: the coarsest level, where the tiny preset attends at 32x32 (tiny at 28x28: 7); None where the preset's
+    apply. The trainer records it as an explicit override, so networks built before this rule load unchanged."""
+    own = _levels(img_resolution, PRESETS[preset]["channel_mult"])
+    return None if set(PRESETS[preset]["attn_resolutions"]) & set(own) else [own[-1]]
+
+
 def build_network(preset: str, img_resolution: int, img_channels: int, label_dim: int = 0,
                   **overrides: Any) -> EDMPrecond:
     """EDMPrecond for a named preset ("ddpmpp", "ncsnpp", "tiny"); keyword overrides replace preset values.
@@ -479,15 +492,16 @@ def build_network(preset: str, img_resolution: int, img_channels: int, label_dim
     An `attn_resolutions` override must name levels of the network (img_resolution >> level): one that names
     none would silently add no attention, so it is refused. A preset's own attn_resolutions is not checked, as
     SongUNet (and EDM) never did: it applies where the resolution has such a level (the tiny preset's 8 at
-    32x32 and 16x16) and adds nothing elsewhere (at 28x28, whose levels are 28, 14, 7).
+    32x32 and 16x16) and adds nothing elsewhere (at 28x28, whose levels are 28, 14, 7); the trainer gives such a
+    network attention at its coarsest level instead (`attention_where_missing`).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
     kwargs = copy.deepcopy(PRESETS[preset])
     kwargs.update(overrides)
     if "attn_resolutions" in overrides:
-        levels = [img_resolution >> level for level in range(len(kwargs["channel_mult"]))]
-        if missing := sorted(set(kwargs["attn_resolutions"]) - set(levels)):
+        have = _levels(img_resolution, kwargs["channel_mult"])
+        if missing := sorted(set(kwargs["attn_resolutions"]) - set(have)):
             raise ValueError(f"attn_resolutions {', '.join(map(str, missing))}: the {img_resolution}x{img_resolution} "
-                             f"network has no such level; its levels are {', '.join(map(str, levels))}")
+                             f"network has no such level; its levels are {', '.join(map(str, have))}")
     return EDMPrecond(img_resolution, img_channels, label_dim=label_dim, **kwargs)

@@ -1,6 +1,7 @@
 """The configuration of a run: `TrainConfig`, one field per thing a run depends on, each also a flag of
 `python -m ambient.train` (ambient.train.cli builds the parser from the fields' `option` metadata), and
 `config_flags`, which writes a configuration back as those flags."""
+import argparse
 import dataclasses
 import math
 import os
@@ -12,6 +13,7 @@ from ambient.common import cli
 from ambient.common.images import MAX_GRID
 from ambient.data import DATA_OPTIONS, DEFAULT_CLEAN_FRACTION, DEFAULT_SIGMA_N
 from ambient.model import PRESETS, SIGMA_SAMPLINGS
+from ambient.model.networks import attention_where_missing
 from kernels import BACKENDS, WEIGHTINGS
 
 # Bounds of the flags whose larger values fail only later, in an allocation or a float32 overflow:
@@ -40,9 +42,9 @@ class TrainConfig:
     named in ambient.data.DATA_OPTIONS) go to `ambient.data.make_dataset` as they are, which owns their default
     (DEFAULT_CLEAN_FRACTION clean on a clean data set) and their rules, so `TrainConfig()` and `python train.py`
     are the same run."""
-    data: str = option("mnist", "mnist (embedded MNIST-5k padded to 32x32, default), mnist28 (the same at its "
-                                "native 28x28), digits, or an EDM data set folder/zip; "
-                                "a noisy data set (sigma_n in its dataset.json) is used as stored", group="data")
+    data: str = option("mnist28", "mnist28 (embedded MNIST-5k at its native 28x28, default), mnist (the same "
+                                  "padded to 32x32), digits, or an EDM data set folder/zip; "
+                                  "a noisy data set (sigma_n in its dataset.json) is used as stored", group="data")
     n_clean: int | None = option(None, f"number of clean images (default: --clean-fraction {DEFAULT_CLEAN_FRACTION}; "
                                        f"a noisy data set: all of its clean images)", type=cli.nonneg_int)
     n_noisy: int | None = option(None, "number of noisy images (default: the rest)", type=cli.nonneg_int)
@@ -67,16 +69,19 @@ class TrainConfig:
     attn_resolutions: tuple[int, ...] | None = option(
         None, "override the preset's self-attention resolutions, e.g. 7 or 16,8 ('none': no attention blocks but "
               "the one every SongUNet has at its coarsest level); each must be a level of the network (tiny at "
-              "28x28: 28, 14, 7). Default: the preset's, which applies only where that level exists: tiny's 8 at "
-              "32x32 and 16x16, nowhere at 28x28 (pass 7 there for attention at the coarsest level, as at 32x32)",
+              "28x28: 28, 14, 7). Default: the preset's where it names a level (tiny's 8 at 32x32 and 16x16), "
+              "else the coarsest level (tiny at 28x28: 7, as at 32x32)",
         type=cli.resolution_list)
-    sigma_sampling: str = option("clamp", None, choices=SIGMA_SAMPLINGS)      # clamp: the paper's
+    sigma_sampling: str = option("clamp", "with --no-sigma-min-per-image: how the level of an image drawn first is "
+                                          "drawn (clamp: the paper's)", choices=SIGMA_SAMPLINGS)
     weighting: str = option("edm", None, choices=WEIGHTINGS)
-    P_mean: float = option(-1.2, "mean of ln(sigma) in training", type=cli.float_in(-P_MEAN_LIMIT, P_MEAN_LIMIT))
+    P_mean: float = option(-0.8, "mean of ln(sigma) in training (EDM's: -1.2)",
+                           type=cli.float_in(-P_MEAN_LIMIT, P_MEAN_LIMIT))
     P_std: float = option(1.2, "std of ln(sigma) in training", type=cli.float_in(0, P_STD_LIMIT, open_low=True))
-    sigma_min_per_image: bool = option(False, "Ambient-o's per-image noise windows: use each image only at noise "
-                                              "levels >= its sigma_tn (dataset.json; default its sigma_n), drawing "
-                                              "the level first, then an image admissible there", action="store_true")
+    sigma_min_per_image: bool = option(True, "Ambient-o's per-image noise windows: use each image only at noise "
+                                             "levels >= its sigma_tn (dataset.json; default its sigma_n), drawing "
+                                             "the level first, then an image admissible there (--no-...: the paper's "
+                                             "image first, then its level)", action=argparse.BooleanOptionalAction)
     window_factor: bool = option(False, "with --sigma-min-per-image: weigh each sample's loss by the share of the "
                                         "images admissible at its level, which makes the objective exactly the "
                                         "image-first one", action="store_true")
@@ -89,18 +94,18 @@ class TrainConfig:
     consistency_repeats: int = option(6, "sampler runs whose predictions are averaged per sample",
                                       type=cli.positive_int)
 
-    batch: int = option(64, "global batch size (all ranks, all rounds)", type=cli.int_in(1, MAX_BATCH),
+    batch: int = option(32, "global batch size (all ranks, all rounds)", type=cli.int_in(1, MAX_BATCH),
                         group="optimisation")
     batch_gpu: int | None = option(None, "per-process micro-batch (gradient accumulation)",  # None: batch / world size
                                    type=cli.positive_int)
-    lr: float = option(2e-3, None, type=cli.positive_float)
+    lr: float = option(1e-3, None, type=cli.positive_float)
     lr_rampup_kimg: float = option(10.0, None, type=cli.nonneg_float)
-    lr_decay: str = option("none", "after the ramp-up: none keeps lr; cosine takes it to 0 at --kimg along "
+    lr_decay: str = option("cosine", "after the ramp-up: none keeps lr; cosine takes it to 0 at --kimg along "
                                    "(1 + cos(pi nimg / (1000 kimg))) / 2", choices=("none", "cosine"))
     ema_halflife_kimg: float = option(10.0, None, type=cli.nonneg_float)
     ema_rampup_ratio: float | None = option(0.05, "the EMA half-life is at most this ratio times the images seen "
                                                   "so far ('none': no ramp-up)", type=cli.or_none(cli.positive_float))
-    kimg: float = option(80.0, "training duration in thousands of images", type=cli.positive_float)
+    kimg: float = option(40.0, "training duration in thousands of images", type=cli.positive_float)
     seed: int = option(0, None, type=cli.seed)
     precision: str = option("auto", "auto: bf16 on CUDA; on a CPU bf16 where it is native and measured faster, "
                                     "else fp32", choices=("auto", "fp32", "bf16"))     # hostcpu.auto_precision
@@ -151,9 +156,11 @@ class TrainConfig:
         if self.sigma_min_per_image and self.sigma_sampling != "clamp":
             raise ValueError(f"--sigma-sampling {self.sigma_sampling} chooses how a level >= sigma_n is drawn for an "
                              f"image drawn first; --sigma-min-per-image draws the level first (from the whole training "
-                             f"distribution) and only images admissible there, so it takes no --sigma-sampling")
+                             f"distribution) and only images admissible there, so it takes no --sigma-sampling; "
+                             f"add --no-sigma-min-per-image to draw the image first")
         if self.window_factor and not self.sigma_min_per_image:
-            raise ValueError("--window-factor weighs the samples of --sigma-min-per-image; give both or neither")
+            raise ValueError("--window-factor weighs the samples of --sigma-min-per-image, which "
+                             "--no-sigma-min-per-image turns off")
 
     def data_options(self) -> dict[str, Any]:
         """The arguments of ambient.data.make_dataset: the training data of this run."""
@@ -169,6 +176,8 @@ class TrainConfig:
             kw["dropout"] = self.dropout
         if self.attn_resolutions is not None:
             kw["attn_resolutions"] = list(self.attn_resolutions)
+        elif (coarsest := attention_where_missing(self.preset, resolution)) is not None:
+            kw["attn_resolutions"] = coarsest
         return kw
 
 
@@ -209,6 +218,8 @@ def config_flags(values: Mapping[str, Any]) -> list[str]:
             continue
         if f.metadata.get("action") in ("store_true", "store_false"):
             argv += [flag] if value != f.default else []
+        elif f.metadata.get("action") is argparse.BooleanOptionalAction:
+            argv += [flag if value else "--no-" + flag[2:]] if value != f.default else []
         elif not (value is None and f.default is None):      # None where None is the default: not given
             argv += [flag, _flag_value(value)]
     return argv

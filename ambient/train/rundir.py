@@ -173,13 +173,16 @@ def _json(value: Any) -> Any:
 def resume_changes(cfg: TrainConfig, meta: dict[str, Any], step: int) -> list[dict[str, Any]]:
     """The run's history of changes, with this resumption's if it changes what defines the run (a change at
     `step`: {"step", "changes": {field: [before, after]}}); ValueError for a change not allowed by
-    --allow-change, or a --kimg below what was trained."""
+    --allow-change, or a --kimg below what was trained. Under --lr-decay cosine the rate follows --kimg, so a
+    different --kimg is a change too."""
     recorded = meta.get("config", {})
     trained = step * cfg.batch
     if cfg.kimg * 1000 < trained:
         raise ValueError(f"the run has trained {trained / 1000:g} kimg, more than --kimg {cfg.kimg:g}; resume with "
                          f"at least that (or sample from its checkpoints)")
-    current = _json({f: getattr(cfg, f) for f in recorded if f not in RUN_CONTROLS and hasattr(cfg, f)})
+    # A cosine decay runs over --kimg, so there the run's length is a setting of what it computes, not a control.
+    controls = RUN_CONTROLS if cfg.lr_decay == "none" else tuple(c for c in RUN_CONTROLS if c != "kimg")
+    current = _json({f: getattr(cfg, f) for f in recorded if f not in controls and hasattr(cfg, f)})
     changed = {f: [recorded[f], v] for f, v in current.items() if recorded[f] != v}
     history = list(meta.get("changes", []))
     if not changed:
