@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ambient.train import hostcpu
@@ -196,13 +197,15 @@ def table(out: Path) -> str:
                      f"({m['fd_mnist_sd']:.2f}) | {m['confident']:.1%} |")
     plt = pyplot()
     fig, (ax_fd, ax_conf) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ["previous default (80 kimg, b64)", *CANDIDATES]:
+    names = ["previous default (80 kimg, b64)", *CANDIDATES]
+    colors = plt.get_cmap("tab20")(np.arange(len(names)) % 20)
+    for k, name in enumerate(names):           # a colour per run, a marker per group of rounds
         pts = [(cpu_s / 60, m) for n, _, cpu_s, m in rows if n == name]
         if pts:
-            x = [p[0] for p in pts]
-            ax_fd.errorbar(x, [p[1]["fd_mnist"] for p in pts], yerr=[p[1]["fd_mnist_sd"] for p in pts], marker="o",
-                           capsize=3, label=name)
-            ax_conf.plot(x, [100 * p[1]["confident"] for p in pts], marker="o", label=name)
+            x, style = [p[0] for p in pts], dict(marker="osD^v"[k // 4 % 5], color=colors[k], label=name)
+            ax_fd.errorbar(x, [p[1]["fd_mnist"] for p in pts], yerr=[p[1]["fd_mnist_sd"] for p in pts], capsize=3,
+                           **style)
+            ax_conf.plot(x, [100 * p[1]["confident"] for p in pts], **style)
     for ax, label in ((ax_fd, "FD-MNIST (1000 samples)"), (ax_conf, "recognised with p > 0.9 (%)")):
         ax.axvline(budget / 120, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(f"training-step CPU-minutes ({hostcpu.this_host_kind()}, one thread)")
