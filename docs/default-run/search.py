@@ -4,7 +4,6 @@ their training steps' CPU cost beside the previous default's, measured side by s
     python docs/default-run/search.py train --out /tmp/search      # train every candidate, 2 at a time, 1 thread each
     python docs/default-run/search.py eval --out /tmp/search       # FD-MNIST + confident share at EVAL_AT snapshots
     python docs/default-run/search.py cost --rounds 7              # step CPU-s per image, interleaved, 1 thread
-    python docs/default-run/search.py cost-native28 --rounds 7     # the same at 28x28 (--data mnist28) against 32x32
     python docs/default-run/search.py table --out /tmp/search      # quality against cost: Markdown, quality-vs-cost.png
 
 The candidates and the rule that picks the default were fixed before any was trained (README.md here): the
@@ -145,19 +144,6 @@ def step_key(fields: dict) -> str:
     return key + "".join(f"-attn{r}" for r in fields.get("attn_resolutions", ()))
 
 
-def cost_native28(rounds: int, batch: int = 32) -> dict[str, float]:
-    """`cost` of today's tiny step at `batch` on 32x32 images (the embedded MNIST-5k, padded), on 28x28 ones
-    (--data mnist28: the preset's attention at 8 has no level there) and on 28x28 ones with --attn-resolutions 7
-    (attention at the coarsest level, as at 32x32)."""
-    from bench.bench_train import TrainStep
-    torch.set_num_threads(1)
-    precision = hostcpu.auto_precision(torch.device("cpu"))[0]
-    variants = {"32x32": {}, "28x28": {"resolution": 28}, "28x28-attn7": {"resolution": 28, "attn_resolutions": (7,)}}
-    steps = {name: TrainStep("tiny", batch, precision, "torch", False, torch.device("cpu"), **options)
-             for name, options in variants.items()}
-    return _step_cost(steps, precision, rounds)
-
-
 def _step_cost(steps: dict, precision: str, rounds: int) -> dict[str, float]:
     """CPU seconds per image of each bench.bench_train.TrainStep, measured side by side (interleaved rounds)."""
     from bench.harness import Workload, measure
@@ -219,7 +205,7 @@ def table(out: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("train", "eval", "cost", "cost-native28", "table"))
+    p.add_argument("what", choices=("train", "eval", "cost", "table"))
     p.add_argument("--out", type=Path, default=Path("/tmp/search"))
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
@@ -236,10 +222,6 @@ def main() -> None:
         eval_all(a.out, names, tuple(float(k) for k in a.at.split(",")) if a.at else None)
     elif a.what == "table":
         print(table(a.out))
-    elif a.what == "cost-native28":
-        per_img = cost_native28(a.rounds)
-        (a.out / "cost-native28.json").write_text(json.dumps({"host_kind": hostcpu.this_host_kind(),
-                                                              "per_img_s": per_img, "batch": 32}, indent=1) + "\n")
     else:
         per_img = cost(a.rounds)
         (a.out / "cost.json").write_text(json.dumps({"host_kind": hostcpu.this_host_kind(), "per_img_s": per_img,
