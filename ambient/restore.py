@@ -2,6 +2,7 @@
 
     python -m ambient.restore RUN --data noisy.zip --dest restored.zip              # one restoration
     python -m ambient.restore RUN --data noisy.zip --dest loop/ --rounds 3 --kimg 40    # restore -> fine-tune x3
+    python -m ambient.restore RUN --dest loop/ --rounds 1 --resume                  # RUN's own noisy images
 
 Each noisy image y (sigma_n > 0) is replaced by a sample of its posterior p(x0 | y) under the model: EDM's
 stochastic sampler run as the reverse SDE from x = y at sigma = sigma_n down to 0 (`posterior_sampler`; why it
@@ -16,9 +17,15 @@ sigma_n' = sqrt(mean (x_hat - x0)^2) per level (interpolated between up to RESID
 clean image is calibrated on restored images instead (the model's own idea of clean images); dataset.json says
 which, and keeps every image's source sigma_n and how it was restored ("restoration").
 
+Without --data, the images restored are those RUN trained on: its data options (a synthetic corruption of a clean
+set included) rebuild them, and they are written as a noisy data set first (DEST/data-0 with --rounds, else a
+temporary folder beside DEST), so a trained run is all a restoration needs.
+
 With --rounds K, --dest is a folder of K rounds: round k restores --data with the model of round k - 1 (RUN for
 the first) into DEST/data-k and fine-tunes that model on it (its weights, a fresh optimiser: SFBD's Algorithm 1),
-with RUN's training settings (--kimg to change its length), into DEST/run-k.
+with RUN's training settings (--kimg to change its length), into DEST/run-k. With --resume an existing DEST
+continues: a data set already written is kept (when the same model and settings made it), a round's run continues
+from its last checkpoint, so a killed loop finishes as an uninterrupted one would.
 
 OUT is written beside its place and renamed into it when complete: a failed or killed restoration leaves no
 partial OUT, and an existing one is replaced only with --overwrite.
@@ -27,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +47,11 @@ import numpy as np
 import torch
 
 from ambient.common import cli
-from ambient.data import BaseDataset, load_dataset
-from ambient.data.sources import ImageFolderDataset, is_array
+from ambient.data import BaseDataset, load_dataset, make_dataset
+from ambient.data.sources import LABELS_FILE, ImageFolderDataset, is_array
 from ambient.data.streams import Stream, torch_seed
-from ambient.data.tool import write_dataset
+from ambient.data.tool import write_dataset, write_training_images
+from ambient.data.training_data import data_options
 from ambient.io import CheckpointError, load_network, read_meta, resolve_checkpoint
 from ambient.model.generation import SeededNormals
 from ambient.model.sampler import posterior_sampler
@@ -110,14 +120,33 @@ def _check(net: torch.nn.Module, ds: BaseDataset, data: str) -> None:
         raise ValueError(f"{data} has labels up to {int(ds.labels.max())}, beyond the model's {net.label_dim} classes")
 
 
-def restore_dataset(run: str | Path, data: str, dest: str | Path, *, steps: int = 18, seed: int = 0, batch: int = 64,
-                    calibration_images: int = 64, weights: str = "ema", overwrite: bool = False,
-                    device: str = "cpu") -> dict[str, Any]:
-    """Write the restoration of noisy data set `data` by the model of `run` to `dest` (a folder or .zip), atomically;
-    returns what dataset.json records of it ("restoration"). ValueError / FileNotFoundError / FileExistsError /
-    CheckpointError with one clear message on bad input, before anything is written."""
+def write_training_set(run: str | Path, dest: str | Path) -> int:
+    """Write the images the model of `run` trained on (its recorded data options) as a noisy data set at `dest`,
+    atomically; returns their number. dataset.json records whose they are ("training_set")."""
+    checkpoint = resolve_checkpoint(run, check_network=True)
+    options = {**data_options(read_meta(checkpoint).get("config", {})), "xflip": False, "max_shift": 0}
+    ds = make_dataset(**options)
+    return write_training_images(ds, str(dest), str(options.get("data", "mnist")),
+                                 extra={"training_set": {"checkpoint": str(checkpoint), "describe": ds.describe()}})
+
+
+def restore_dataset(run: str | Path, data: str | None, dest: str | Path, *, steps: int = 18, seed: int = 0,
+                    batch: int = 64, calibration_images: int = 64, weights: str = "ema", overwrite: bool = False,
+                    device: str = "cpu", source: str | None = None) -> dict[str, Any]:
+    """Write the restoration of noisy data set `data` (None: the images `run` trained on) by the model of `run` to
+    `dest` (a folder or .zip), atomically; returns what dataset.json records of it ("restoration"), whose "source"
+    is `source` (default: `data`).
+    ValueError / FileNotFoundError / FileExistsError / CheckpointError with one clear message on bad input, before
+    anything is written."""
     if not overwrite:
         cli.check_destination(dest, option="--dest", archive=str(dest).lower().endswith(".zip"))
+    if data is None:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=Path(dest).parent, prefix=f".{Path(dest).name}.source-") as tmp:
+            write_training_set(run, Path(tmp) / "data")
+            return restore_dataset(run, str(Path(tmp) / "data"), dest, steps=steps, seed=seed, batch=batch,
+                                   calibration_images=calibration_images, weights=weights, overwrite=True,
+                                   device=device, source=f"the training images of {run}")
     checkpoint = resolve_checkpoint(run, check_network=True)
     net, _ = load_network(checkpoint, which=weights, device=device)
     ds = load_dataset(data)
@@ -145,7 +174,8 @@ def restore_dataset(run: str | Path, data: str, dest: str | Path, *, steps: int 
     residual = residual_noise(net, truth, levels.tolist(), torch.from_numpy(ds.labels[known]) if conditional else None,
                               seed=seed, steps=steps, batch=batch, device=device)
     new_sigma = np.where(sigma_n > 0, np.interp(sigma_n, levels, residual), 0.0)
-    record = {"source": str(data), "checkpoint": str(checkpoint), "weights": weights, "steps": steps, "seed": seed,
+    record = {"source": source or str(data), "checkpoint": str(checkpoint), "weights": weights, "steps": steps,
+              "seed": seed,
               "sampler": "ambient.model.sampler.posterior_sampler: EDM's Algorithm 2 as the reverse SDE from "
                          "sigma_n to 0, clamped to [-1, 1]",
               "residual": {"method": "RMS error of restoring noised copies of known images at each level",
@@ -193,35 +223,65 @@ class _replacing:
             old.unlink()
 
 
-def round_config(meta: dict[str, Any], data: str, run_dir: str, init_from: str, kimg: float | None) -> Any:
+def round_config(meta: dict[str, Any], data: str, run_dir: str, init_from: str, kimg: float | None,
+                 resume: bool = False) -> Any:
     """The TrainConfig of a round: the trained run's own settings (`meta["config"]`), on `data` as stored, in
-    `run_dir`, starting from the weights of `init_from`, for `kimg` (None: the run's)."""
+    `run_dir`, starting from the weights of `init_from`, for `kimg` (None: the run's); with `resume`, continuing
+    `run_dir` where it has a checkpoint."""
     from ambient.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     keep = {k: v for k, v in meta.get("config", {}).items()
             if k in fields and k not in SPLIT_OPTIONS + PLACE_OPTIONS}
     return TrainConfig(**{**keep, "data": data, "run_dir": run_dir, "init_from": init_from,
-                          **({"kimg": kimg} if kimg is not None else {})})
+                          **({"kimg": kimg} if kimg is not None else {}), **({"resume": "auto"} if resume else {})})
 
 
-def restoration_loop(run: str | Path, data: str, dest: str | Path, *, rounds: int, kimg: float | None = None,
-                     **restore_kw: Any) -> list[tuple[Path, Path]]:
-    """K rounds of restore -> fine-tune (`python -m ambient.restore --rounds`); returns each round's (data set, run)."""
+def _kept(path: Path, entry: str, expected: dict[str, Any]) -> bool:
+    """Whether a resumed loop keeps the data set at `path`: False where there is none; True where its dataset.json
+    `entry` records `expected`; ValueError where another model or other settings made it."""
+    if not path.exists():
+        return False
+    try:
+        recorded = json.loads((path / LABELS_FILE).read_text()).get(entry, {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path} is not a data set this loop wrote ({type(e).__name__}: {e}); give a new --dest") \
+            from None
+    differ = sorted(k for k, v in expected.items() if recorded.get(k) != v)
+    if differ:
+        raise ValueError(f"{path} was made with other {', '.join(differ)} than this loop's "
+                         f"({', '.join(f'{recorded.get(k)!r} != {expected[k]!r}' for k in differ)}); give a new --dest")
+    return True
+
+
+def restoration_loop(run: str | Path, data: str | None, dest: str | Path, *, rounds: int, kimg: float | None = None,
+                     resume: bool = False, **restore_kw: Any) -> list[tuple[Path, Path]]:
+    """K rounds of restore -> fine-tune (`python -m ambient.restore --rounds`) of `data` (None: the images `run`
+    trained on, written to DEST/data-0 first); with `resume`, an existing `dest` continues (module docstring).
+    Returns each round's (data set, run)."""
     from ambient.train import train
 
     dest = Path(dest)
     if str(dest).lower().endswith(".zip"):
         raise ValueError("--rounds writes a folder of rounds (data-1, run-1, ...); give --dest a folder, not a .zip")
-    cli.check_destination(dest, option="--dest")
-    meta = read_meta(resolve_checkpoint(run, check_network=True))
-    round_config(meta, data, str(dest / "run-1"), str(run), kimg)      # its settings checked before any work
+    if not (resume and dest.is_dir()):
+        cli.check_destination(dest, option="--dest")
+    checkpoint = resolve_checkpoint(run, check_network=True)
+    meta = read_meta(checkpoint)
+    round_config(meta, data or "mnist", str(dest / "run-1"), str(run), kimg)    # its settings checked before any work
+    if data is None:
+        data = str(dest / "data-0")
+        if not _kept(Path(data), "training_set", {"checkpoint": str(checkpoint)}):
+            write_training_set(run, data)
+    settings = {k: restore_kw[k] for k in ("steps", "seed", "weights") if k in restore_kw}
     done, model = [], Path(run)
     for k in range(1, rounds + 1):
         data_k, run_k = dest / f"data-{k}", dest / f"run-{k}"
-        restore_dataset(model, data, data_k, **restore_kw)
-        print(f"round {k}: restored {data} with {model} into {data_k}", flush=True)
-        train(round_config(meta, str(data_k), str(run_k), str(model), kimg))
+        made_by = {"source": str(data), "checkpoint": str(resolve_checkpoint(model, check_network=True)), **settings}
+        if not _kept(data_k, "restoration", made_by):
+            restore_dataset(model, data, data_k, **restore_kw)
+            print(f"round {k}: restored {data} with {model} into {data_k}", flush=True)
+        train(round_config(meta, str(data_k), str(run_k), str(model), kimg, resume))
         done.append((data_k, run_k))
         model = run_k
     return done
@@ -232,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=" ".join(cli.invocation("ambient.restore")), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="the model: a run directory (its newest checkpoint) or a checkpoint directory")
-    p.add_argument("--data", required=True, help="the noisy data set (folder or .zip with sigma_n in dataset.json)")
+    p.add_argument("--data", help="the noisy data set (folder or .zip with sigma_n in dataset.json); default: the "
+                                  "images RUN trained on")
     p.add_argument("--dest", required=True, help="the restored data set (folder or .zip); with --rounds a folder")
     p.add_argument("--steps", type=cli.positive_int, default=18, help="sampler steps over [0, sigma_n]")
     p.add_argument("--seed", type=cli.nonneg_int, default=0, help="fixes every draw (image i: a function of it and i)")
@@ -243,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dest (not with --rounds)")
     p.add_argument("--rounds", type=cli.positive_int, help="restore -> fine-tune this many times")
     p.add_argument("--kimg", type=cli.positive_float, help="with --rounds: each round's training length")
+    p.add_argument("--resume", action="store_true", help="with --rounds: continue an existing --dest")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     if a.steps < 2:
@@ -251,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--kimg applies to --rounds only")
     if a.rounds is not None and a.overwrite:
         p.error("--overwrite does not apply to --rounds (each round writes new folders)")
+    if a.rounds is None and a.resume:
+        p.error("--resume applies to --rounds only")
     kw = dict(steps=a.steps, seed=a.seed, batch=a.batch, calibration_images=a.calibration_images, weights=a.weights,
               device=a.device)
     try:
@@ -264,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"warning: at sigma_n {s:g} the restored images are further from the truth ({r:.4g}) than "
                           f"the noisy ones; the model does not restore at that level", file=sys.stderr)
         else:
-            for data_k, run_k in restoration_loop(a.run, a.data, a.dest, rounds=a.rounds, kimg=a.kimg, **kw):
+            for data_k, run_k in restoration_loop(a.run, a.data, a.dest, rounds=a.rounds, kimg=a.kimg,
+                                                 resume=a.resume, **kw):
                 print(f"wrote {data_k} and {run_k}")
     except (ValueError, OSError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

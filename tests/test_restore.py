@@ -21,7 +21,7 @@ from ambient.data.tool import main as dataset_tool
 from ambient.io import list_checkpoints, load_checkpoint
 from ambient.model.generation import SeededNormals
 from ambient.model.sampler import edm_time_steps, posterior_sampler
-from ambient.restore import calibration_levels, main, restore_batch
+from ambient.restore import calibration_levels, main, restore_batch, write_training_set
 from ambient.train import train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,8 +146,9 @@ def digits_run(tmp_path_factory):
 
 
 def _restore(run, data, dest, *flags):
-    return main([str(run), "--data", str(data), "--dest", str(dest), "--steps", "3", "--calibration-images", "4",
-                 *flags])
+    """python -m ambient.restore with 3 steps and 4 calibration images; data None: the run's own training images."""
+    source = [] if data is None else ["--data", str(data)]
+    return main([str(run), *source, "--dest", str(dest), "--steps", "3", "--calibration-images", "4", *flags])
 
 
 def test_restored_set_round_trip_and_batch_independence(digits_run, tmp_path, capsys):
@@ -276,3 +277,46 @@ def test_a_killed_restore_leaves_no_output(digits_run, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and not dest.exists()
     assert _restore(run, noisy, dest) == 0 and len(load_dataset(str(dest))) == 45
+
+
+def test_without_data_the_run_s_own_training_images_are_restored(tmp_path):
+    """A run trained on a synthetic corruption of a subset of a clean set: without --data its own training images
+    are restored (6 clean + 20 noisy at 0.3, as the trainer drew them), the same bytes as restoring their copy."""
+    run = _train("digits", tmp_path / "run", "--n-clean", "6", "--n-noisy", "20", "--sigma-n", "0.3",
+                 "--data-seed", "5", "--xflip")
+    assert main([str(run), "--dest", str(tmp_path / "own"), "--steps", "3", "--calibration-images", "4"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["own", "run"]                           # no temporary folder left
+    trained = make_dataset("digits", n_clean=6, n_noisy=20, sigma_n=[0.3], data_seed=5)
+    write_training_set(run, tmp_path / "copy")
+    copy = load_dataset(str(tmp_path / "copy"))
+    assert np.array_equal(copy.sigma_n, trained.sigma_n_of) and np.array_equal(copy.labels, [
+        trained[i]["label"] for i in range(len(trained))])
+    assert torch.equal(copy.signals(), torch.stack([trained[i]["image"] for i in range(len(trained))]))
+    assert _restore(run, tmp_path / "copy", tmp_path / "from-copy") == 0
+    own, from_copy = load_dataset(str(tmp_path / "own")), load_dataset(str(tmp_path / "from-copy"))
+    assert torch.equal(own.signals(), from_copy.signals()) and np.array_equal(own.sigma_n, from_copy.sigma_n)
+    record = json.loads((tmp_path / "own" / "dataset.json").read_text())["restoration"]
+    assert record["source"] == f"the training images of {run}" and record["source_sigma_n"] == copy.sigma_n.tolist()
+
+
+def test_a_resumed_loop_finishes_as_an_uninterrupted_one(digits_run, tmp_path, capsys):
+    """Round 1, then --rounds 2 --resume on the same folder: round 1 is kept as it was (its data set and run untouched)
+    and round 2 gives the bytes of an uninterrupted 2-round loop; a folder made with another --seed is refused."""
+    _, run = digits_run
+    loop = ["--kimg", "0.016"]
+    assert _restore(run, None, tmp_path / "whole", "--rounds", "2", *loop) == 0
+    assert _restore(run, None, tmp_path / "cut", "--rounds", "1", *loop) == 0
+    first = {p: p.read_bytes() for p in (tmp_path / "cut").rglob("*") if p.is_file()}
+    assert _restore(run, None, tmp_path / "cut", "--rounds", "2", "--resume", *loop) == 0
+    assert all(p.read_bytes() == b for p, b in first.items() if p.name != "config.json")   # it records --resume
+    for name in ("data-0", "data-1", "data-2"):
+        whole, cut = (load_dataset(str(tmp_path / d / name)) for d in ("whole", "cut"))
+        assert torch.equal(whole.signals(), cut.signals()) and np.array_equal(whole.sigma_n, cut.sigma_n), name
+    ckpt = [load_checkpoint(list_checkpoints(tmp_path / d / "run-2")[-1])["ema"] for d in ("whole", "cut")]
+    assert all(torch.equal(w, ckpt[1][k]) for k, w in ckpt[0].items())
+    capsys.readouterr()
+    assert _restore(run, None, tmp_path / "cut", "--rounds", "2", "--resume", "--seed", "1", *loop) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "data-1 was made with other seed" in err and "new --dest" in err, err
+    assert _restore(run, None, tmp_path / "cut", "--rounds", "2", *loop) == 1      # without --resume: refused
+    assert "exists" in capsys.readouterr().err

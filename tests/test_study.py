@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ambient.common.images import to_uint8
+from ambient.data.sources import load_dataset
 from ambient.eval import evaluation as ev
 from ambient.eval import metrics
 from ambient.io import checkpoint, load_network
@@ -272,6 +273,50 @@ def test_eval_stop_noisy_adds_a_stopped_evaluation_beside_metrics_json_and_resum
     assert not (folder / study.STOP_METRICS).exists() and (folder / "metrics.json").read_bytes() == before_metrics
     with open(root / "results.csv") as f:
         assert next(csv.DictReader(f))["value_stop"] == ""
+
+RESTORE_STUDY = ["--data", "digits", "--ref", "digits", "--points", "8:8,12:0", "--sigma-n", "0.3", "--model-channels",
+                 "8", "--batch", "8", "--kimg", "0.016", "--eval-n", "6", "--eval-steps", "3", "--threads", "1",
+                 "--eval-snapshots", "2",
+                 "--train-args", "--grid-size 4 --tick-kimg 1 --snap-kimg 0.008 --lr-rampup-kimg 0.004"]
+RESTORE = ["--restore-rounds", "1", "--restore-kimg", "0.016"]
+
+
+def test_restore_rounds_score_the_restored_model_of_each_noisy_point(classifier_cache, tmp_path, capsys):
+    """--restore-rounds 1: the noisy point's model restores the images it trained on and is fine-tuned on them; its
+    metrics, samples and grid are the fine-tuned model's; the clean-only point is trained as in any study; other
+    restoration settings for a started point are refused, nothing touched."""
+    root = tmp_path / "s"
+    assert study.main(["--dir", str(root), *RESTORE_STUDY, *RESTORE]) == 0
+    mixed, clean = root / "points" / "c8_n8_s0.3_seed0", root / "points" / "c12_n0_seed0"
+    trained = load_dataset(str(mixed / "restore" / "data-0"))        # the point's own training images
+    assert sorted(trained.sigma_n.tolist()) == [0.0] * 8 + [0.3] * 8
+    restored = json.loads((mixed / "restore" / "data-1" / "dataset.json").read_text())["restoration"]
+    assert restored["checkpoint"] == str(checkpoint.list_checkpoints(mixed / "run")[-1])
+    finetuned = checkpoint.list_checkpoints(mixed / "restore" / "run-1")
+    config = json.loads((mixed / "restore" / "run-1" / "config.json").read_text())
+    assert config["init_from"] == str(mixed / "run") and config["kimg"] == 0.016 and len(finetuned) == 2
+    assert json.loads((mixed / "metrics.json").read_text())["ckpt"] == str(finetuned[-1])
+    assert json.loads((mixed / f"metrics-{finetuned[0].name.rpartition('-')[2]}.json").read_text())["ckpt"] == str(
+        finetuned[0])
+    assert (root / "samples" / f"{mixed.name}.png").read_bytes() == sorted(
+        (mixed / "restore" / "run-1").glob("samples-*.png"))[-1].read_bytes()
+    assert json.loads((clean / "metrics.json").read_text())["ckpt"].startswith(str(clean / "run"))
+    assert not (clean / "restore").exists()
+    with open(root / "results.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(rows[mixed.name]["restore_seconds"]) > 0 and rows[clean.name]["restore_seconds"] == ""
+    record = json.loads((mixed / "point.json").read_text())
+    assert record["restore_args"][-7:] == ["--dest", str(mixed / "restore"), "--rounds", "1", "--kimg", "0.016",
+                                           "--resume"]
+    # Other restoration settings for the started point: one error, nothing touched.
+    (mixed / "metrics.json").unlink()
+    before = _mtimes(root)
+    capsys.readouterr()
+    assert study.main(["--dir", str(root), *RESTORE_STUDY, *RESTORE, "--restore-rounds", "2"]) == 1
+    assert "was started with restoration arguments" in capsys.readouterr().out and _mtimes(root) == before
+    assert study.main(["--dir", str(root), *RESTORE_STUDY, "--restore-kimg", "0.016"]) == 2
+    assert "give --restore-rounds too" in capsys.readouterr().err
+
 
 def test_grid_points_share_clean_runs_and_table1_pairs():
     pts = study.make_points([500, 5000], [0, 4500], [0.2, 0.4], [0, 1])

@@ -251,19 +251,31 @@ def add_noise(source: str, dest: str, sigma_n: Sequence[float], *, sigma_share: 
     ds = AmbientDataset(base, n_noisy=round(noisy_fraction * len(base)), sigma_n=list(sigma_n),
                         sigma_share=sigma_share, seed=seed)
     assert np.array_equal(ds.indices, np.arange(len(base)))   # every image, in base order
+    write_training_images(ds, dest, source)
+    return ds
+
+
+def write_training_images(ds: AmbientDataset, dest: str, source: str, extra: dict[str, object] | None = None) -> int:
+    """Write the images `ds` trains on as a noisy data set at `dest` (atomically), in its order; returns their number.
+
+    Clean images as the base stores them (8 bits stay 8 bits), noisy ones as the trainer sees them (float32
+    x0 + sigma_n z, or as stored), each with its sigma_n (a stored set's sigma_tn windows are not written); no
+    augmentation. `source` names the base in error messages.
+    """
+    if ds.xflip or ds.max_shift:
+        raise ValueError("the images to write must not be augmented (xflip and max_shift off)")
 
     def items() -> Iterator[_Item]:
         for i in range(len(ds)):
-            sigma = float(ds.sigma_n_of[i])
+            sigma, index = float(ds.sigma_n_of[i]), int(ds.indices[i])
             if sigma == 0:
-                pixels, label = base[i]
+                pixels, label = ds.base[index]
             else:
                 item = ds[i]
                 pixels, label = item["image"], item["label"]
-            yield pixels.numpy().transpose(1, 2, 0), label, f"{source}[{i}]", sigma
+            yield pixels.numpy().transpose(1, 2, 0), label, f"{source}[{index}]", sigma
 
-    write_dataset(dest, items(), has_labels=base.has_labels)
-    return ds
+    return write_dataset(dest, items(), has_labels=ds.base.has_labels, extra=extra)
 
 
 def _read_sigma_table(path: str) -> dict[str, float]:

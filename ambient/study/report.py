@@ -23,7 +23,7 @@ from . import power, scaling
 
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
-              "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "eval_seconds",
+              "nn_ratio", "n", "kimg", "snapshots", "train_seconds", "restore_seconds", "eval_seconds",
               "value_stop", "sd_stop",      # a noisy-only point's metric with the sampler stopped at sigma_n
               "fid", "fid_stop")            # Inception FID of its kept samples (both samplers), study --score-fid
 FID = "FID"

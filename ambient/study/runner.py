@@ -20,7 +20,9 @@ and its evaluation images (samples/NAME.npz, uint8). With --eval-stop-noisy ever
 is evaluated a second time with the sampler stopped at its sigma_n (STOP_METRICS, STOP_SAMPLES beside
 metrics.json; samples/NAME-stop.npz), and the report sets both samplers side by side. With --score-fid nothing is
 trained or evaluated: the kept samples of every finished point are scored with Inception FID against --ref
-(samples/NAME-fid.json), and the report sets FID beside the study's metric.
+(samples/NAME-fid.json), and the report sets FID beside the study's metric. With --restore-rounds K every noisy
+point's trained model then restores its own noisy images and is fine-tuned on them, K rounds (`python -m
+ambient.restore --rounds K --resume` into DIR/points/NAME/restore), and the point's metrics score the last round.
 """
 import argparse
 import json
@@ -61,6 +63,7 @@ SHARED = ("data", "data_seed", "preset", "model_channels", "batch", "kimg")     
 POINT_FIELDS = ("n_clean", "n_noisy", "clean_fraction", "all_clean", "p_clean", "keep_fraction", "sigma_n",
                 "sigma_share", "seed", "run_dir", "outdir", "resume")            # set by each point
 STOP_METRICS, STOP_SAMPLES = "stop-metrics.json", "stop-samples.npz"    # a noisy-only point stopped at sigma_n
+RESTORE_DIR = "restore"          # a point's restoration rounds (ambient.restore --rounds): data-k, run-k
 FID_SUFFIX = "-fid.json"          # samples/NAME-fid.json: Inception FID of samples/NAME.npz (--score-fid)
 _print_lock = threading.Lock()
 
@@ -118,6 +121,8 @@ class Settings:
     inception_path: str | None = None
     eval_snapshots: int = 1
     eval_stop_noisy: bool = False      # also evaluate each noisy-only point with the sampler stopped at its sigma_n
+    restore_rounds: int = 0            # > 0: each noisy point's model then restores its noisy images, K rounds
+    restore_kimg: float | None = None  # each round's fine-tuning length (None: the point's)
     nproc: int = 1
     threads: int | None = None
 
@@ -140,6 +145,21 @@ class Settings:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
                     "-m", "ambient.train"]
         return [sys.executable, "-m", "ambient.train"]
+
+    def restore_args(self, p: Point, run_dir: Path) -> list[str]:
+        """`python -m ambient.restore` of point `p` once its model in `run_dir` is trained (empty when the study
+        restores nothing or `p` has no noisy image): its own training images, K rounds, into RESTORE_DIR beside."""
+        if not (self.restore_rounds and p.n_noisy):
+            return []
+        kimg = [] if self.restore_kimg is None else ["--kimg", repr(self.restore_kimg)]
+        return [sys.executable, "-m", "ambient.restore", str(run_dir), "--dest", str(run_dir.parent / RESTORE_DIR),
+                "--rounds", str(self.restore_rounds), *kimg, "--resume"]
+
+    def evaluated_run(self, p: Point, folder: Path) -> Path:
+        """The run whose checkpoints a point's metrics score: its last restoration round's, else its own."""
+        if self.restore_args(p, folder / "run"):
+            return folder / RESTORE_DIR / f"run-{self.restore_rounds}"
+        return folder / "run"
 
     def eval_args(self, ckpt: Path, out: Path, samples: Path | None = None,
                   sigma_stop: float | None = None) -> list[str]:
@@ -187,9 +207,14 @@ def metrics_entries(metric: str) -> Entries:
             **{k: (False, _finite, "a finite number") for k in optional}}
 
 
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(a, str) for a in v)
+
+
 POINT_ENTRIES: Entries = {
-    "train_args": (True, lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of strings"),
-    "train_seconds": (True, _finite, "a finite number"), "eval_seconds": (False, _finite, "a finite number")}
+    "train_args": (True, _strings, "a list of strings"), "restore_args": (False, _strings, "a list of strings"),
+    "train_seconds": (True, _finite, "a finite number"), "restore_seconds": (False, _finite, "a finite number"),
+    "eval_seconds": (False, _finite, "a finite number")}
 
 
 def read_point_file(path: Path, entries: Entries) -> dict[str, Any]:
@@ -245,21 +270,27 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     run_dir = folder / "run"
-    args = s.train_args_for(p, run_dir)
+    args, restore = s.train_args_for(p, run_dir), s.restore_args(p, run_dir)
     record_file = folder / "point.json"
     record = read_point_file(record_file, POINT_ENTRIES) if os.path.lexists(record_file) else {"train_seconds": 0.0}
-    if record.get("train_args", args) != args:
-        raise StudyError(f"point {p.name} in {study_dir} was started with training arguments "
-                         f"{shlex.join(record['train_args'])}, not {shlex.join(args)}; use a new --dir for new "
-                         "settings")
-    record["train_args"] = args
+    for key, what, given in (("train_args", "training", args), ("restore_args", "restoration", restore)):
+        if record.get(key, given) != given:
+            raise StudyError(f"point {p.name} in {study_dir} was started with {what} arguments "
+                             f"{shlex.join(record[key])}, not {shlex.join(given)}; use a new --dir for new settings")
+        if given:
+            record[key] = given
     write_json(record, record_file)
     env = _subprocess_env(s)
     say(f"train {p.name} ({'continuing' if run_dir.exists() else 'new'})")
     record["train_seconds"] += _run_logged(s.launcher() + args, folder / "train.log", env, f"training {p.name}")
     write_json(record, record_file)
+    if restore:
+        say(f"restore {p.name} ({s.restore_rounds} round(s))")
+        record["restore_seconds"] = record.get("restore_seconds", 0.0) + _run_logged(
+            restore, folder / "restore.log", env, f"restoring {p.name}")
+        write_json(record, record_file)
     say(f"eval {p.name}")
-    *earlier, newest = list_checkpoints(run_dir)[-s.eval_snapshots:]
+    *earlier, newest = list_checkpoints(s.evaluated_run(p, folder))[-s.eval_snapshots:]
     record.setdefault("eval_seconds", 0.0)
     for ckpt_dir in earlier:                      # older snapshots first: metrics.json marks the point done
         out = folder / f"metrics-{ckpt_dir.name.rpartition('-')[2]}.json"
@@ -284,10 +315,11 @@ def evaluate_stopped(p: Point, study_dir: Path, s: Settings) -> None:
     if out.exists():
         say(f"skip {p.name} stopped at sigma_n: {out} exists")
         return
-    ckpts = list_checkpoints(folder / "run")
+    run = s.evaluated_run(p, folder)
+    ckpts = list_checkpoints(run)
     if not ckpts:
         raise StudyError(f"cannot evaluate {p.name} stopped at sigma_n = {p.sigma_n:g}: no checkpoint in "
-                         f"{folder / 'run'} (its metrics.json was made elsewhere)")
+                         f"{run} (its metrics.json was made elsewhere)")
     say(f"eval {p.name} stopped at sigma_n = {p.sigma_n:g}")
     _run_logged(s.eval_args(ckpts[-1], out, folder / STOP_SAMPLES, sigma_stop=p.sigma_n), folder / "eval.log",
                 _subprocess_env(s), f"evaluating {p.name} stopped at sigma_n")
@@ -438,18 +470,20 @@ def collect(points: Sequence[Point], study_dir: Path, metric: str) -> tuple[list
                      "floor": m.get(f"{metric}_floor"), "kid": m.get("kid"), "memorised": m.get("memorised"),
                      "nn_ratio": m.get("nn_ratio"), "n": m["n"], "kimg": m.get("kimg"),
                      "snapshots": json.dumps(snapshots),
-                     "train_seconds": rec.get("train_seconds"), "eval_seconds": rec.get("eval_seconds"),
+                     "train_seconds": rec.get("train_seconds"), "restore_seconds": rec.get("restore_seconds"),
+                     "eval_seconds": rec.get("eval_seconds"),
                      **stopped})
     return rows, errors
 
 
-def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path) -> None:
-    """Every point's last sample grid (out/samples/NAME.png) and evaluation images (out/samples/NAME.npz; stopped
-    at sigma_n: out/samples/NAME-stop.npz)."""
+def copy_samples(rows: Sequence[dict], study_dir: Path, out: Path, s: Settings) -> None:
+    """Every point's last sample grid (out/samples/NAME.png, of the run its metrics score) and evaluation images
+    (out/samples/NAME.npz; stopped at sigma_n: out/samples/NAME-stop.npz)."""
     (out / "samples").mkdir(parents=True, exist_ok=True)
     for r in rows:
         folder = study_dir / "points" / r["name"]
-        grids = sorted((folder / "run").glob("samples-*.png"))
+        point = Point(r["n_clean"], r["n_noisy"], r["sigma_n"], r["seed"])
+        grids = sorted(s.evaluated_run(point, folder).glob("samples-*.png"))
         if grids:
             shutil.copyfile(grids[-1], out / "samples" / f"{r['name']}.png")
         if (folder / "samples.npz").exists():
@@ -537,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(the denoised estimate there) into {STOP_METRICS} beside metrics.json; the report shows "
                         "both samplers")
     g.add_argument("--inception-path")
+    g.add_argument("--restore-rounds", type=cli.nonneg_int, default=0, metavar="K",
+                   help=f"after training, each noisy point's model restores its own noisy images and is fine-tuned on "
+                        f"them, K rounds (python -m ambient.restore --rounds K, into points/NAME/{RESTORE_DIR}); the "
+                        "point's metrics score the last round's model")
+    g.add_argument("--restore-kimg", type=cli.positive_float, help="each restoration round's training length "
+                                                                    "(default: the study's --kimg)")
     g.add_argument("--nproc", type=cli.positive_int, default=1, help="processes per training run (torchrun)")
     g.add_argument("--jobs", type=cli.positive_int, default=1, help="points run at the same time")
     g.add_argument("--threads", type=cli.positive_int, help="OMP_NUM_THREADS of every run (default: 1 with --jobs > 1, "
@@ -615,10 +655,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         s = Settings(train={**{k: getattr(a, k) for k in SHARED}, **extra}, eval_n=a.eval_n, eval_steps=a.eval_steps,
                      metric=a.metric, ref=a.ref, inception_path=a.inception_path, eval_snapshots=a.eval_snapshots,
-                     eval_stop_noisy=a.eval_stop_noisy,
+                     eval_stop_noisy=a.eval_stop_noisy, restore_rounds=a.restore_rounds, restore_kimg=a.restore_kimg,
                      nproc=a.nproc, threads=a.threads if a.threads is not None or a.jobs == 1 else 1)  # jobs: 1 thread
     except StudyError as e:
         print(f"error: --train-args: {e}", file=sys.stderr)
+        return 2
+    if a.restore_kimg is not None and not a.restore_rounds:
+        print("error: --restore-kimg sets the length of restoration rounds: give --restore-rounds too", file=sys.stderr)
         return 2
     if a.score_fid and (a.metric == "fid" or not a.ref):
         print("error: --score-fid scores FID beside the study's metric against --ref: "
@@ -634,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = [] if fixed else run_points(points, study_dir, s, a.jobs)
     rows, damaged = collect(points, study_dir, a.metric)
     if rows:
-        copy_samples(rows, study_dir, results)
+        copy_samples(rows, study_dir, results, s)
         if a.score_fid:
             errors += score_fid([r["name"] for r in rows], results / "samples", a.ref, a.inception_path)
         damaged += fid_columns(rows, results / "samples")
