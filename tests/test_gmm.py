@@ -237,6 +237,19 @@ def test_decay_fit_rejects_too_few_levels_and_bad_cis():
         gmm.fit_decay(sigma, w, np.r_[0.0, lo[1:]], hi)
 
 
+def test_decay_fit_of_4_levels_needs_min_levels_4():
+    """The study's price list has 4 noise levels: fitted with min_levels=4, still refused by the default 5. The
+    4 highest levels (1000 draws: delta AIC >= 170, all within 10%; levels 0.5-2 fail 3 in 1000)."""
+    sigma, w, lo, hi = (a[2:] for a in synthetic_w("exponential", 1.3, 1.6))
+    fit = gmm.fit_decay(sigma, w, lo, hi, min_levels=4)
+    assert fit["n_levels"] == 4 and fit["preferred"] == "exponential", fit
+    assert fit["exponential"]["s"] == pytest.approx(1.3, rel=0.1)
+    assert fit["exponential"]["exponent"] == pytest.approx(1.6, rel=0.1)
+    with pytest.raises(ValueError, match=">= 5"):
+        gmm.fit_decay(sigma, w, lo, hi)
+    with pytest.raises(ValueError, match=">= 4"):
+        gmm.fit_decay(sigma[:3], w[:3], lo[:3], hi[:3], min_levels=4)
+
 def test_equivalent_worth_reads_w_off_the_clean_curve():
     # error = 1 / (n_clean + w n_noisy) exactly, with a dense clean-only curve: the worth comes back.
     w_true = {0.5: 0.8, 2.0: 0.1}

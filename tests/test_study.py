@@ -512,6 +512,97 @@ def test_write_results_with_mixed_points_draws_the_worth_figure(tmp_path):
 
 
 
+PRICE_SIGMAS = (0.1, 0.2, 0.4, 0.8)
+
+
+def price_study(worth_of, rng, sd=0.01):
+    """Rows of the price plan with a known answer: the clean-only curve f(n) = 100 - 10 ln n (linear in log n, so
+    clean_count_for inverts it exactly) at 50-500 images, mixed points n_clean + n_noisy = 500 at n_clean 50,
+    100, 200 and noisy-only points at sigma_n 0.1-0.8 scoring f(n_clean + worth_of(sigma_n) n_noisy); 3 seeds
+    each, every value with fresh N(0, sd^2) seed noise."""
+    def f(n):
+        return 100 - 10 * math.log(n)
+    settings = [(c, 0, 0.0, f(c)) for c in (50, 100, 200, 300, 500)]
+    settings += [(c, 500 - c, s, f(c + worth_of(s) * (500 - c))) for c in (0, 50, 100, 200) for s in PRICE_SIGMAS]
+    return [{"name": f"c{c}_n{m}_s{s:g}_seed{seed}", "n_clean": c, "n_noisy": m, "sigma_n": s, "seed": seed,
+             "value": v + sd * rng.normal(), "sd": 0.5, "floor": 1.0, "memorised": None, "n": 1000,
+             "snapshots": "{}"} for c, m, s, v in settings for seed in range(3)]
+
+
+def exponential_worth(sigma_n):
+    return math.exp(-(sigma_n / 0.3) ** 1.5)
+
+
+def test_price_list_recovers_the_worth_its_price_and_the_exponential_decay(tmp_path):
+    """Worth exp(-(sigma_n / 0.3)^1.5) read back at every mixed point, its price 1 / w, the exponential fitted
+    per n_clean and preferred; the noisy-only series (at sigma_n 0.8: 500 x 0.013 = 6 images, below the curve's 50,
+    a bound) has 3 usable levels and is named as not fitted. Seed sd 0.01 moves a worth by about n' 0.01 / (10
+    n_noisy) < 0.002 (15 draws: at most 0.003 off, s and the exponent within 1%)."""
+    rows = price_study(exponential_worth, np.random.default_rng())
+    text = report.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
+    res = json.loads((tmp_path / "results.json").read_text())
+    prices = {(p["n_clean"], p["sigma_n"]): p for p in res["price_list"]}
+    assert sorted(prices) == [(c, s) for c in (0, 50, 100, 200) for s in PRICE_SIGMAS]
+    for (c, s), p in prices.items():
+        if (c, s) == (0, 0.8):
+            assert (p["bound"], p["price_bound"]) == ("<", ">") and p["price"] == pytest.approx(1 / p["worth"])
+            assert p["worth"] == pytest.approx(50 / 500) and "| 0.8 | 0 (noisy only) | 500 | < 0.100 |  | > 10.00 |  |"\
+                in text
+            continue
+        assert p["bound"] == p["price_bound"] == "=" and p["worth"] == pytest.approx(exponential_worth(s), abs=0.01)
+        assert p["price"] == pytest.approx(1 / p["worth"]) and p["ci_low"] < p["worth"] < p["ci_high"]
+        assert (p["price_low"], p["price_high"]) == pytest.approx((1 / p["ci_high"], 1 / p["ci_low"]))
+        assert (f"| {s:g} | {c or '0 (noisy only)'} | {500 - c} | {p['worth']:.3f} | {p['ci_low']:.3f} - "
+                f"{p['ci_high']:.3f} | {p['price']:.2f} | {p['price_low']:.2f} - {p['price_high']:.2f} | 3 |") in text
+    fits = res["worth_decay_fits"]
+    assert sorted(fits, key=int) == ["50", "100", "200"]
+    for c, fit in fits.items():
+        assert fit["n_levels"] == 4 and fit["preferred"] == "exponential", fit
+        assert fit["exponential"]["s"] == pytest.approx(0.3, rel=0.05)
+        assert fit["exponential"]["exponent"] == pytest.approx(1.5, rel=0.05)
+        assert f"n_clean = {c}: exponential w = exp(-(sigma_n/" in text
+    assert "Not fitted, fewer than 4 usable noise levels" in text and "n_clean = 0 (3 of 4 levels usable, left out " \
+        "sigma_n 0.8)" in text
+    png = (tmp_path / "price.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_price_list_fits_prefer_the_power_law_on_power_law_data():
+    rows = price_study(lambda s: 1 / (1 + (s / 0.3) ** 2), np.random.default_rng())
+    fits, sentences = report.worth_decay_fits(report.equivalent_counts(rows))
+    assert sorted(fits) == [0, 50, 100, 200]            # the noisy-only worth stays inside the curve: 500 x 0.12
+    for fit in fits.values():
+        assert fit["preferred"] == "power", fit
+        assert fit["power"]["s"] == pytest.approx(0.3, rel=0.05)
+        assert fit["power"]["exponent"] == pytest.approx(2, rel=0.05)
+    assert len(sentences) == 4 and all(line.endswith("preferred power.") for line in sentences)
+
+
+def test_a_worth_ci_reaching_below_0_gives_an_unbounded_price():
+    """A mixed point whose seeds straddle the 100-image clean model (one seed 2 worse, below it; the others at
+    worth 0.1 and 0.2): resamples of that seed three times or twice beside the 0.1 one (4 of 27) score worse
+    than 100 clean images, a worth < 0, so ci_low < 0."""
+    rng = np.random.default_rng()
+    rows = [{"n_clean": c, "n_noisy": 0, "sigma_n": 0.0, "value": 100 - 10 * math.log(c) + 0.01 * rng.normal()}
+            for c in (50, 100, 200, 500) for _ in range(3)]
+    rows += [{"n_clean": 100, "n_noisy": 400, "sigma_n": 0.4, "value": 100 - 10 * math.log(n) + 0.01 * rng.normal()}
+             for n in (100 * math.exp(-0.2), 140, 180)]
+    (p,) = report.price_list(report.equivalent_counts(rows))
+    assert p["ci_low"] < 0 < p["worth"] < p["ci_high"] and p["bound"] == "="
+    assert p["price"] == pytest.approx(1 / p["worth"]) and p["price_low"] == pytest.approx(1 / p["ci_high"])
+    assert p["price_high"] is None
+    assert f"| {p['price']:.2f} | {1 / p['ci_high']:.2f} - inf | 3 |" in report.price_table([p])
+
+
+def test_a_study_without_a_second_sigma_n_per_n_clean_writes_no_price_list(tmp_path):
+    rows = [r for r in price_study(exponential_worth, np.random.default_rng()) if r["sigma_n"] in (0.0, 0.2)]
+    eqs = report.equivalent_counts(rows)
+    assert len(eqs) == 4 and not report.has_price_list(eqs)
+    text = report.write_results(rows, tmp_path, "fd_mnist", "mnist", {})
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert "price" not in text and not (tmp_path / "price.png").exists() and (tmp_path / "worth.png").exists()
+    assert "price_list" not in res and "worth_decay_fits" not in res
+
 def test_noisy_only_points_under_both_samplers_and_table1_under_each(tmp_path):
     """Fresh draws with a known answer: at sigma_n 0.2 the 100%-noisy seeds scatter under the full sampler (the
     ordering unresolved) and sit 5 above the mixed setting when stopped (2 seeds, the third not evaluated stopped;

@@ -257,7 +257,7 @@ DECAY_FORMS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
 
 
 def fit_decay(sigma: Sequence[float], w: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[float],
-              level: float = 0.95) -> dict:
+              level: float = 0.95, min_levels: int = 5) -> dict:
     """Fit the worth against sigma_n with an exponential and a power law, and say which the data prefer.
 
     Forms (both 1 at sigma_n = 0, where a noisy sample is a clean one; both two parameters):
@@ -267,12 +267,14 @@ def fit_decay(sigma: Sequence[float], w: Sequence[float], ci_low: Sequence[float
         se = (log ci_high - log ci_low) / (2 z),  z = the normal quantile of (1 + level) / 2
         chi2 = sum ((log w - log w_form(sigma_n)) / se)^2,  AIC = chi2 + 2 * 2
     delta_aic = AIC(power) - AIC(exponential); "preferred" is the exponential when delta_aic >= AIC_MARGIN,
-    the power law when <= -AIC_MARGIN, otherwise "neither". Needs >= 5 levels, all with 0 < ci_low < ci_high.
+    the power law when <= -AIC_MARGIN, otherwise "neither". Needs >= min_levels levels (5: the 2 parameters and
+    3 degrees of freedom; a study with 4 noise levels passes 4), all with 0 < ci_low < ci_high.
     Returns {"exponential": {"s", "exponent", "chi2", "aic"}, "power": {...}, "delta_aic", "preferred", "n_levels"}.
     """
     sigma, w, lo, hi = (np.asarray(a, np.float64) for a in (sigma, w, ci_low, ci_high))
-    if not sigma.shape == w.shape == lo.shape == hi.shape or len(sigma) < 5 or len(set(sigma)) < len(sigma):
-        raise ValueError(f"need >= 5 distinct noise levels with one w and CI each, got sigma_n = {sigma.tolist()}")
+    if not sigma.shape == w.shape == lo.shape == hi.shape or len(sigma) < min_levels or len(set(sigma)) < len(sigma):
+        raise ValueError(f"need >= {min_levels} distinct noise levels with one w and CI each, "
+                         f"got sigma_n = {sigma.tolist()}")
     if not (np.all(sigma > 0) and np.all(w > 0) and np.all(0 < lo) and np.all(lo < hi)):
         raise ValueError("need sigma_n > 0, w > 0 and 0 < ci_low < ci_high at every level (fits are in log w)")
     se = (np.log(hi) - np.log(lo)) / (2 * norm.ppf((1 + level) / 2))
@@ -406,8 +408,8 @@ def plot_worth_by_sigma(series: dict[str, dict[str, tuple[dict, dict | None]]], 
     return _save(fig, path)
 
 
-def _decay_line(fit: dict) -> str:
-    """fit_decay's result in one line."""
+def decay_line(fit: dict) -> str:
+    """fit_decay's result in one line (the gmm CLI's and the study report's price list)."""
     e, p = fit["exponential"], fit["power"]
     return (f"exponential w = exp(-(sigma_n/{e['s']:.3f})^{e['exponent']:.2f}), chi2 = {e['chi2']:.2f}; "
             f"power law w = 1/(1 + (sigma_n/{p['s']:.3f})^{p['exponent']:.2f}), chi2 = {p['chi2']:.2f}; "
@@ -472,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             left_out = f"; left out (a bound, or a CI not above 0): sigma_n = {skipped}" if skipped else ""
             levels = ", ".join(f"{sg:g}: {w:.3g} ({lo:.3g}-{hi:.3g})" for sg, w, lo, hi in zip(*arrays.values()))
             print(f"  {regime}, {label}: w (CI) at sigma_n {levels}{left_out}\n    " +
-                  (_decay_line(fit) if fit else f"not fitted, {len(arrays['sigma'])} levels < 5"))
+                  (decay_line(fit) if fit else f"not fitted, {len(arrays['sigma'])} levels < 5"))
             series[regime][label] = (arrays, fit)
     print("figure:", plot_worth_by_sigma(series, out.with_name(f"{out.stem}_sigma{out.suffix}")))
 

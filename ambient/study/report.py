@@ -1,7 +1,8 @@
 """The report of a data-scaling study, made from its rows alone (one dict per evaluated point, see CSV_FIELDS).
 
 Tables in markdown (all points; the paper's Table 1 per sigma_n with its ordering verdict; the equivalent clean
-count of every mixed point; the noisy-only points under both samplers, where they were also evaluated stopped at
+count of every mixed point, and where an n_clean was run at several sigma_n the price list, 1 / worth, with the
+worth's decay in sigma_n fitted; the noisy-only points under both samplers, where they were also evaluated stopped at
 sigma_n; Inception FID beside the metric, Table 1 under it and where the two disagree, where the kept samples were
 scored; the metric at the last snapshots), the effective-sample fit, the figures, and
 results.csv / results.json. Nothing here knows the study folder or runs anything: ambient.study collects the
@@ -19,7 +20,7 @@ from scipy import stats
 from ambient.common.atomic import write_json
 from ambient.common.plotting import pyplot
 
-from . import power, scaling
+from . import gmm, power, scaling
 
 TABLE1 = ("100% clean", "100% noisy", "10% clean only", "90% noisy + 10% clean")
 CSV_FIELDS = ("name", "n_clean", "n_noisy", "sigma_n", "seed", "metric", "value", "sd", "floor", "kid", "memorised",
@@ -31,6 +32,7 @@ SIGNIFICANCE = 2.0                 # a difference counts when it exceeds 2 x the
 TABLE1_COMPARISONS = (("100% clean", "90% noisy + 10% clean"),          # the ordering's "<=": not reversed
                       ("90% noisy + 10% clean", "10% clean only"),      # its two strict "<"
                       ("90% noisy + 10% clean", "100% noisy"))
+PRICE_MIN_LEVELS = 4               # fit_decay's minimum in the price list (its 4 levels): 2 parameters + 2 dof
 
 
 def table1_pairs(n: int) -> dict[str, tuple[int, int]]:
@@ -330,6 +332,77 @@ def equivalent_table(eqs: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _worth_series(eqs: Sequence[dict]) -> dict[int, dict[float, dict]]:
+    """The mixed settings' worths as one series per n_clean, keyed by sigma_n (the price plan has one n_noisy
+    per n_clean)."""
+    series: dict[int, dict[float, dict]] = {}
+    for e in eqs:
+        series.setdefault(e["n_clean"], {})[e["sigma_n"]] = e
+    return series
+
+
+def has_price_list(eqs: Sequence[dict]) -> bool:
+    """Whether the study prices noisy images against sigma_n: some n_clean has mixed settings at >= 2 sigma_n."""
+    return any(len(by_sigma) > 1 for by_sigma in _worth_series(eqs).values())
+
+
+def _price(worth: float | None) -> float | None:
+    """Noisy images that buy one clean image at this worth: 1 / worth, None (unbounded) where worth <= 0."""
+    return 1 / worth if worth is not None and worth > 0 else None
+
+
+def price_list(eqs: Sequence[dict]) -> list[dict]:
+    """The price list: each mixed setting's worth w (equivalent_counts) with its price ratio 1 / w, how many
+    noisy images buy one clean image, and the price's CI [1 / ci_high, 1 / ci_low]; None stands for an unbounded
+    price or end (w or the CI end <= 0), both ends are None without a CI. A bound on w bounds the price the
+    other way ("price_bound"), except that a worth below a bound <= 0 has no price at all (None, "=")."""
+    out = []
+    for e in eqs:
+        price = _price(e["worth"])
+        exact = e["bound"] == "=" or (e["bound"] == "<" and price is None)
+        out.append({k: e[k] for k in ("sigma_n", "n_clean", "n_noisy", "worth", "bound", "ci_low", "ci_high")}
+                   | {"price": price, "price_bound": "=" if exact else {">": "<", "<": ">"}[e["bound"]],
+                      "price_low": _price(e["ci_high"]), "price_high": _price(e["ci_low"]),
+                      "n_seeds": e["n_seeds"]})
+    return out
+
+
+def price_table(prices: Sequence[dict]) -> str:
+    """Markdown of price_list: one line per (n_clean, sigma_n), "inf" for an unbounded price; bounds marked > or <
+    and shown without a CI, as in equivalent_table."""
+    def number(x: float | None) -> str:
+        return "inf" if x is None else f"{x:.2f}"
+    lines = ["| sigma_n | n_clean | n_noisy | worth w of a noisy image | 95% CI | price 1/w: noisy images per clean "
+             "image | 95% CI | seeds |", "|---|---|---|---|---|---|---|---|"]
+    for p in sorted(prices, key=lambda p: (p["n_clean"], p["n_noisy"], p["sigma_n"])):
+        b, pb = ("" if x == "=" else x + " " for x in (p["bound"], p["price_bound"]))
+        cis = ("", "")
+        if p["bound"] == "=" and p["ci_low"] is not None:
+            cis = (f"{p['ci_low']:.3f} - {p['ci_high']:.3f}", f"{number(p['price_low'])} - {number(p['price_high'])}")
+        lines.append(f"| {p['sigma_n']:g} | {p['n_clean'] or '0 (noisy only)'} | {p['n_noisy']} | {b}{p['worth']:.3f} "
+                     f"| {cis[0]} | {pb}{number(p['price'])} | {cis[1]} | {p['n_seeds']} |")
+    return "\n".join(lines)
+
+
+def worth_decay_fits(eqs: Sequence[dict]) -> tuple[dict[int, dict], list[str]]:
+    """gmm.fit_decay of the worth against sigma_n per n_clean (exponential and power law), on the levels
+    gmm.decay_series keeps (no bound, CI above 0), with at least PRICE_MIN_LEVELS of them; one sentence per fit
+    and one naming the n_clean that could not be fitted."""
+    fits, sentences, unfitted = {}, [], []
+    for c, by_sigma in sorted(_worth_series(eqs).items()):
+        arrays, skipped = gmm.decay_series(by_sigma)
+        if len(arrays["sigma"]) < PRICE_MIN_LEVELS:
+            left_out = f", left out sigma_n {', '.join(f'{s:g}' for s in skipped)}" if skipped else ""
+            unfitted.append(f"n_clean = {c} ({len(arrays['sigma'])} of {len(by_sigma)} levels usable{left_out})")
+            continue
+        fits[c] = gmm.fit_decay(**arrays, min_levels=PRICE_MIN_LEVELS)
+        sentences.append(f"n_clean = {c}: {gmm.decay_line(fits[c])}.")
+    if unfitted:
+        sentences.append(f"Not fitted, fewer than {PRICE_MIN_LEVELS} usable noise levels (a worth that is only a "
+                         f"bound, or whose CI does not lie above 0, is left out): {'; '.join(unfitted)}.")
+    return fits, sentences
+
+
 def snapshot_table(rows: Sequence[dict], metric: str) -> str:
     """Markdown: the metric (mean ± sd over seeds) at each evaluated snapshot, and the share of copies."""
     keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows})
@@ -377,6 +450,16 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
     return path
 
 
+def _mark(ax, x: float, y: float, bound: str, low: float | None, high: float | None, color: str) -> None:
+    """One estimate at (x, y): a dot with its CI bar from `low` to `high` (none when low is None), or for a bound
+    (">" or "<") an open triangle pointing the way the true value lies."""
+    if bound == "=":
+        err = None if low is None else [[y - low], [high - y]]
+        ax.errorbar([x], [y], yerr=err, fmt="o", color=color, capsize=3)
+    else:
+        ax.plot([x], [y], "^" if bound == ">" else "v", mfc="none", ms=9, color=color)
+
+
 def plot_worth(eqs: Sequence[dict], path: Path) -> Path:
     """PNG: the worth of a noisy image (equivalent clean count) against n_clean, one line per sigma_n, with
     the seed-bootstrap CI; bounds drawn as open triangles pointing the way the true value lies."""
@@ -387,12 +470,7 @@ def plot_worth(eqs: Sequence[dict], path: Path) -> Path:
         x = [e["n_clean"] for e in sel]
         ax.plot(x, [e["worth"] for e in sel], "-", color=f"C{i}", alpha=0.5)
         for e in sel:
-            if e["bound"] == "=":
-                err = None if e["ci_low"] is None else [[e["worth"] - e["ci_low"]], [e["ci_high"] - e["worth"]]]
-                ax.errorbar([e["n_clean"]], [e["worth"]], yerr=err, fmt="o", color=f"C{i}", capsize=3)
-            else:
-                ax.plot([e["n_clean"]], [e["worth"]], "^" if e["bound"] == ">" else "v", mfc="none", ms=9,
-                        color=f"C{i}")
+            _mark(ax, e["n_clean"], e["worth"], e["bound"], e["ci_low"], e["ci_high"], f"C{i}")
         ax.plot([], [], "o-", color=f"C{i}", label=f"sigma_n = {s:g}")
     ax.plot([], [], "v", mfc="none", color="gray", label="bound (outside the clean-only range)")
     ax.axhline(1, color="gray", ls=":", lw=1)
@@ -400,6 +478,53 @@ def plot_worth(eqs: Sequence[dict], path: Path) -> Path:
     ax.set(xlabel="n_clean of the mixed point", ylabel="worth of a noisy image (clean images)",
            title="equivalent clean count: (n' - n_clean) / n_noisy")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_price(prices: Sequence[dict], fits: dict[int, dict], path: Path) -> Path:
+    """PNG of price_list, one curve per n_clean: left, the worth against sigma_n with its CI and the fitted forms
+    of worth_decay_fits (exponential solid, power law dashed); right, the price 1 / w (log scale), an unbounded
+    price drawn as an open triangle at the panel's top, an unbounded CI end as a bar running out of the panel."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    sigmas = sorted({p["sigma_n"] for p in prices})
+    grid = np.geomspace(sigmas[0] / 1.2, sigmas[-1] * 1.2, 100)
+    top = 3 * max((x for p in prices for x in (p["price"], p["price_low"], p["price_high"]) if x is not None),
+                  default=1.0)
+    for i, c in enumerate(sorted({p["n_clean"] for p in prices})):
+        sel = sorted((p for p in prices if p["n_clean"] == c), key=lambda p: p["sigma_n"])
+        color, priced = f"C{i}", [p for p in sel if p["price"] is not None]
+        left.plot([p["sigma_n"] for p in sel], [p["worth"] for p in sel], "-", color=color, alpha=0.5)
+        right.plot([p["sigma_n"] for p in priced], [p["price"] for p in priced], "-", color=color, alpha=0.5)
+        for ax in (left, right):
+            ax.plot([], [], "o-", color=color, label=f"n_clean = {c}" if c else "noisy only (n_clean = 0)")
+        for p in sel:
+            ci = p["bound"] == "=" and p["ci_low"] is not None
+            _mark(left, p["sigma_n"], p["worth"], p["bound"], *((p["ci_low"], p["ci_high"]) if ci else (None, None)),
+                  color)
+            if p["price"] is not None:
+                ends = (p["price_low"] or 10 * top, p["price_high"] or 10 * top) if ci else (None, None)
+                _mark(right, p["sigma_n"], p["price"], p["price_bound"], *ends, color)
+            elif p["price_bound"] != "<":     # unbounded ("< inf" says nothing)
+                _mark(right, p["sigma_n"], top, ">", None, None, color)
+        for name, style in (("exponential", "-"), ("power", "--")) if c in fits else ():
+            f = fits[c][name]
+            left.plot(grid, np.exp(gmm.DECAY_FORMS[name](grid, f["s"], f["exponent"])), style, color=color, lw=1)
+    for name, style in (("exponential", "-"), ("power law", "--")) if fits else ():
+        left.plot([], [], "k" + style, lw=1, label=f"fit: {name}")
+    left.plot([], [], "v", mfc="none", color="gray", label="bound (outside the clean-only range)")
+    left.axhline(1, color="gray", ls=":", lw=1)
+    left.set(xscale="log", xlabel="sigma_n", ylabel="worth w of a noisy image (clean images)",
+             title="worth against noise level (bars: 95% CI)")
+    right.set(xscale="log", yscale="log", ylim=(None, top * 1.5), xlabel="sigma_n",
+              ylabel="price 1/w: noisy images per clean image", title="price list (unbounded: at or past the top)")
+    for ax in (left, right):
+        ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
+        ax.set_xticks([], minor=True)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -440,6 +565,16 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
         parts += ["Worth of a noisy image, equivalent clean count:", "", equivalent_table(eqs), "",
                   *(scaling.equivalent_sentence(e, e["sigma_n"]) for e in eqs), ""]
         plot_worth(eqs, out / "worth.png")
+    prices, decay_fits = [], {}
+    if has_price_list(eqs):
+        prices, (decay_fits, decay_sentences) = price_list(eqs), worth_decay_fits(eqs)
+        parts += ["The price list: how many noisy images buy one clean image (1 / worth) at each sigma_n, per n_clean "
+                  "(figure price.png):", "", price_table(prices), "",
+                  f"Worth against sigma_n per n_clean, fitted with gmm.fit_decay (weighted least squares in log w) as "
+                  f"an exponential w = exp(-(sigma_n/s)^p) and a power law w = 1/(1 + (sigma_n/s)^q), with at least "
+                  f"{PRICE_MIN_LEVELS} usable noise levels instead of its default 5 (2 parameters + 2 degrees of "
+                  f"freedom: the price plan has 4 levels):", *decay_sentences, ""]
+        plot_price(prices, decay_fits, out / "price.png")
     fits, sentences = worth_fits(rows)
     parts += [*sentences, "", "Metric at the last snapshots (convergence) and share of copied training images:", "",
               snapshot_table(rows, metric)]
@@ -449,7 +584,9 @@ def write_results(rows: Sequence[dict], out: Path, metric: str, data: str, confi
                 "table1_ordering_means": means,
                 "table1_ordering_stopped": {s: v[0] for s, v in stopped.items()},
                 "table1_ordering_means_stopped": {s: v[1] for s, v in stopped.items()}, **fid, "equivalent_clean": eqs,
-                "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences},
+                "worth_fit": {f"{s:g}": f for s, f in fits.items()}, "worth_sentences": sentences,
+                **({"price_list": prices, "worth_decay_fits": {str(c): f for c, f in decay_fits.items()}}
+                   if prices else {})},
                out / "results.json")
     plot(rows, out / f"{metric}_vs_n_clean.png", metric)
     return text
