@@ -49,6 +49,7 @@ REGIMES: dict[str, dict] = {
                "restarts": 4},
 }
 AIC_MARGIN = 2.0        # |delta AIC| below this: the data do not prefer either form of w(sigma_n)
+DECAY_MIN_LEVELS = 5    # fit_decay's noise levels at least: its 2 parameters and 3 degrees of freedom
 
 
 def true_means(k: int, d: int, separation: float, s0: float = 1.0) -> np.ndarray:
@@ -257,7 +258,7 @@ DECAY_FORMS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
 
 
 def fit_decay(sigma: Sequence[float], w: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[float],
-              level: float = 0.95, min_levels: int = 5) -> dict:
+              level: float = 0.95, min_levels: int = DECAY_MIN_LEVELS) -> dict:
     """Fit the worth against sigma_n with an exponential and a power law, and say which the data prefer.
 
     Forms (both 1 at sigma_n = 0, where a noisy sample is a clean one; both two parameters):
@@ -267,8 +268,8 @@ def fit_decay(sigma: Sequence[float], w: Sequence[float], ci_low: Sequence[float
         se = (log ci_high - log ci_low) / (2 z),  z = the normal quantile of (1 + level) / 2
         chi2 = sum ((log w - log w_form(sigma_n)) / se)^2,  AIC = chi2 + 2 * 2
     delta_aic = AIC(power) - AIC(exponential); "preferred" is the exponential when delta_aic >= AIC_MARGIN,
-    the power law when <= -AIC_MARGIN, otherwise "neither". Needs >= min_levels levels (5: the 2 parameters and
-    3 degrees of freedom; a study with 4 noise levels passes 4), all with 0 < ci_low < ci_high.
+    the power law when <= -AIC_MARGIN, otherwise "neither". Needs >= min_levels levels (DECAY_MIN_LEVELS; a study
+    with 4 noise levels passes 4), all with 0 < ci_low < ci_high.
     Returns {"exponential": {"s", "exponent", "chi2", "aic"}, "power": {...}, "delta_aic", "preferred", "n_levels"}.
     """
     sigma, w, lo, hi = (np.asarray(a, np.float64) for a in (sigma, w, ci_low, ci_high))
@@ -470,11 +471,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         series[regime] = {}
         for label, worth in by_label.items():
             arrays, skipped = decay_series(worth)
-            fit = fit_decay(**arrays) if len(arrays["sigma"]) >= 5 else None
+            fit = fit_decay(**arrays) if len(arrays["sigma"]) >= DECAY_MIN_LEVELS else None
             left_out = f"; left out (a bound, or a CI not above 0): sigma_n = {skipped}" if skipped else ""
             levels = ", ".join(f"{sg:g}: {w:.3g} ({lo:.3g}-{hi:.3g})" for sg, w, lo, hi in zip(*arrays.values()))
             print(f"  {regime}, {label}: w (CI) at sigma_n {levels}{left_out}\n    " +
-                  (decay_line(fit) if fit else f"not fitted, {len(arrays['sigma'])} levels < 5"))
+                  (decay_line(fit) if fit else f"not fitted, {len(arrays['sigma'])} levels < {DECAY_MIN_LEVELS}"))
             series[regime][label] = (arrays, fit)
     print("figure:", plot_worth_by_sigma(series, out.with_name(f"{out.stem}_sigma{out.suffix}")))
 

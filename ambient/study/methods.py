@@ -102,9 +102,9 @@ def compare(plain: Sequence[dict], methods: dict[str, Sequence[dict]], folders: 
                        if r["n_noisy"]}, key=lambda k: (k[2], -k[0]))
     out = []
     for c, m, s in settings:
-        base = report._setting(plain, c, m, s)
+        base = report.setting_rows(plain, c, m, s)
         for name, rows in ({PLAIN: plain} | dict(methods)).items():
-            group = report._setting(rows, c, m, s)
+            group = report.setting_rows(rows, c, m, s)
             if group:
                 out.append(_entry(name, group, base, clean, folders[name]))
     plain_cost = {(e["n_clean"], e["n_noisy"], e["sigma_n"]): e["seconds"] for e in out if e["method"] == PLAIN}
@@ -207,7 +207,7 @@ def write_comparison(plain_dir: Path, method_dirs: dict[str, Path], out: Path) -
     (out / "table.md").write_text(text + "\n")
     write_json({"plain": str(plain_dir), "methods": {k: str(v) for k, v in method_dirs.items()}, "entries": entries,
                 "table1": tables, "qualifying": chosen}, out / "comparison.json")
-    full = [r["value"] for r in report._setting(plain, size, 0, 0.0)]
+    full = [r["value"] for r in report.setting_rows(plain, size, 0, 0.0)]
     plot_methods(entries, out / "methods.png", metric, float(np.mean(full)) if full else None)
     return text
 

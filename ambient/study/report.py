@@ -71,7 +71,7 @@ def _header(first: str, metric: str) -> list[str]:
     return [f"| {first} | n_clean | n_noisy | {metric} | bootstrap sd | seeds |", "|---|---|---|---|---|---|"]
 
 
-def _setting(rows: Sequence[dict], n_clean: int, n_noisy: int, sigma_n: float) -> list[dict]:
+def setting_rows(rows: Sequence[dict], n_clean: int, n_noisy: int, sigma_n: float) -> list[dict]:
     """The rows (one per seed) of one setting; clean-only settings ignore sigma_n."""
     return [r for r in rows if r["n_clean"] == n_clean and r["n_noisy"] == n_noisy
             and (n_noisy == 0 or math.isclose(r["sigma_n"], sigma_n))]
@@ -104,7 +104,7 @@ def summary_table(rows: Sequence[dict], metric: str, data: str) -> str:
     if fid:
         lines = [lines[0] + f" {FID} |", lines[1] + "---|"]
     for c, m, s in keys:
-        group = _setting(rows, c, m, s)
+        group = setting_rows(rows, c, m, s)
         lines.append(f"| {f'{s:g}' if m else '-'} | {c} | {m} | {_group_cells(group)} |"
                      + (f" {_fid_cell(group)} |" if fid else ""))
     return "\n".join(lines + [line + (" |" if fid else "") for line in _floor_lines(rows)])
@@ -141,7 +141,8 @@ def _comparison(better: Sequence[dict], worse: Sequence[dict]) -> tuple[str, tup
 def _table1_groups(rows: Sequence[dict], sigma_n: float) -> dict[str, list[dict]]:
     """The rows of each of the paper's Table 1 settings at `sigma_n` that has any, in TABLE1 order."""
     size = max(r["n_clean"] + r["n_noisy"] for r in rows)
-    return {label: group for label, (c, m) in table1_pairs(size).items() if (group := _setting(rows, c, m, sigma_n))}
+    return {label: group for label, (c, m) in table1_pairs(size).items()
+            if (group := setting_rows(rows, c, m, sigma_n))}
 
 
 def table1_comparisons(rows: Sequence[dict],
@@ -200,8 +201,8 @@ def samplers_table(rows: Sequence[dict], metric: str, data: str) -> tuple[str, d
     lines = [f"| sigma_n | n_noisy | full sampler: {metric} | bootstrap sd | seeds | stopped at sigma_n: {metric} | "
              "bootstrap sd | seeds |", "|---|---|---|---|---|---|---|---|"]
     for _, m, s in sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows if not r["n_clean"]}):
-        group = _setting(stopped, 0, m, s)
-        lines.append(f"| {s:g} | {m} | {_group_cells(_setting(rows, 0, m, s))} | "
+        group = setting_rows(stopped, 0, m, s)
+        lines.append(f"| {s:g} | {m} | {_group_cells(setting_rows(rows, 0, m, s))} | "
                      f"{_group_cells(group) if group else '- | - | 0'} |")
     size = max(r["n_clean"] + r["n_noisy"] for r in rows)
     pairs = table1_pairs(size)
@@ -212,7 +213,7 @@ def samplers_table(rows: Sequence[dict], metric: str, data: str) -> tuple[str, d
     verdicts = {}
     for s in sorted({r["sigma_n"] for r in rows if not r["n_clean"] and r["n_noisy"] == size}):
         for how, variant in (("full (to 0.002)", rows), ("stopped at sigma_n", stopped)):
-            better, worse = _setting(variant, *pairs[mixed], s), _setting(variant, *pairs[noisy], s)
+            better, worse = setting_rows(variant, *pairs[mixed], s), setting_rows(variant, *pairs[noisy], s)
             result = table1(variant, s, metric, data) if worse else None
             cells = _comparison(better, worse)[0] if better and worse else "- | - | - | -"
             said = [v or "-" for v in result[1:]] if result else ["-", "-"]
@@ -244,7 +245,7 @@ def disagreement(rows: Sequence[dict], metric: str) -> str:
     if len(lines) == 2:
         lines = [f"No Table-1 comparison's verdict differs between {metric} and {FID} (among those both can make)."]
     keys = sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in under_fid})
-    means = np.array([[np.mean([r["value"] for r in _setting(which, *k)]) for which in (rows, under_fid)]
+    means = np.array([[np.mean([r["value"] for r in setting_rows(which, *k)]) for which in (rows, under_fid)]
                       for k in keys])
     ranks = means.argsort(0).argsort(0) + 1
     lines += ["", f"| setting | {metric} (mean) | rank | {FID} (mean) | rank |", "|---|---|---|---|---|"]
@@ -265,7 +266,7 @@ def table1_seed_plan(rows: Sequence[dict]) -> tuple[dict[tuple[int, int, float],
     for s in sorted({r["sigma_n"] for r in rows if r["n_noisy"]}):
         keys = {label: (c, m, s if m else 0.0) for label, (c, m) in table1_pairs(size).items()}
         for key in keys.values():
-            settings.setdefault(key, [r["value"] for r in _setting(rows, *key)])
+            settings.setdefault(key, [r["value"] for r in setting_rows(rows, *key)])
         comparisons += [(keys[a], keys[b]) for a, b in TABLE1_COMPARISONS]
     counts, plan = power.seed_plan(settings, comparisons)
     label = {(c, m): name for name, (c, m) in table1_pairs(size).items()}
@@ -315,7 +316,7 @@ def equivalent_counts(rows: Sequence[dict]) -> list[dict]:
         return []
     out = []
     for c, m, s in sorted({(r["n_clean"], r["n_noisy"], r["sigma_n"]) for r in rows if r["n_noisy"]}):
-        values = [r["value"] for r in _setting(rows, c, m, s)]
+        values = [r["value"] for r in setting_rows(rows, c, m, s)]
         out.append({"sigma_n": s, **scaling.equivalent_clean(clean, values, c, m)})
     return out
 
@@ -410,7 +411,7 @@ def snapshot_table(rows: Sequence[dict], metric: str) -> str:
     lines = [f"| n_clean | n_noisy | sigma_n | {' | '.join(f'{metric} @ {k} kimg' for k in kimgs)} | copies |",
              "|---" * (len(kimgs) + 4) + "|"]
     for c, m, s in keys:
-        group = _setting(rows, c, m, s)
+        group = setting_rows(rows, c, m, s)
         cells = []
         for k in kimgs:
             v = [json.loads(r["snapshots"])[k] for r in group if k in json.loads(r["snapshots"])]
@@ -432,7 +433,7 @@ def plot(rows: Sequence[dict], path: Path, metric: str) -> Path:
         sel = [r for r in rows if r["n_noisy"] == 0 or math.isclose(r["sigma_n"], s)]
         for i, m in enumerate(sorted({r["n_noisy"] for r in sel})):
             ncs = sorted({r["n_clean"] for r in sel if r["n_noisy"] == m})
-            groups = [_setting(sel, c, m, s) for c in ncs]
+            groups = [setting_rows(sel, c, m, s) for c in ncs]
             ax.errorbar(ncs, [np.mean([r["value"] for r in g]) for g in groups], yerr=[_spread(g) for g in groups],
                         fmt="o-", color=f"C{i}", capsize=3, label=f"n_noisy = {m}")
         for n, floor in sorted({(r["n"], r["floor"]) for r in sel if r["floor"] is not None}):
