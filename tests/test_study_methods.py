@@ -25,7 +25,7 @@ def _row(c, m, s, seed, value, seconds, memorised=0.0):
     name = f"c{c}_n{m}" + (f"_s{s!r}" if m else "") + f"_seed{seed}"
     return {"name": name, "n_clean": c, "n_noisy": m, "sigma_n": s if m else 0.0, "seed": seed, "metric": "fd_mnist",
             "value": value, "sd": 1.0, "floor": 0.5, "n": 100, "memorised": memorised, "train_seconds": seconds,
-            "restore_seconds": None}
+            "restore_seconds": None, "fid": 3 * value}
 
 
 def _study(folder, rows, rng, noise_sd):
@@ -91,11 +91,17 @@ def test_methods_side_by_side_against_known_answers(studies, tmp_path):
         ci = stats.ttest_ind(values, base, equal_var=False).confidence_interval(0.95)
         assert e["diff"] == pytest.approx(np.mean(values) - np.mean(base))
         assert (e["low"], e["high"]) == pytest.approx((ci.low, ci.high))
-        assert e["verdict"] == ("better" if truth[name][key] > truth["plain"][key] else "tie")
+        assert e["verdict"] == e["fid"]["verdict"] == ("better" if truth[name][key] > truth["plain"][key] else "tie")
+        assert e["fid"]["diff"] == pytest.approx(3 * e["diff"]) and e["fid"]["mean"] == pytest.approx(3 * e["mean"])
     # Table 1 with each method: complete for "good" (its ordering holds on the means), incomplete for "half".
     assert result["table1"]["good 0.2"]["means"] == result["table1"]["good 0.4"]["means"] == "holds"
     assert result["table1"]["half 0.2"]["means"] is None and "Table 1 with half" in text
     assert result["qualifying"] == ["good"]
+    assert "| FID | FID difference (Welch 95%) | FID verdict |" in text
+    for e in entries:                                 # one row per entry, every row as wide as the header
+        assert text.count(f"| {e['sigma_n']:g} | {e['n_clean']} | {e['n_noisy']} | {e['method']} |") == 1
+    table = [line for line in text.splitlines() if line.startswith("| 0.")]
+    assert len(table) == len(entries) and {line.count("|") for line in table} == {text.splitlines()[2].count("|")}
     assert "qualify for the combination (90% noisy + 10% clean better than plain by the means test at every noise " \
            "level): good." in text
 

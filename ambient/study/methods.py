@@ -10,7 +10,8 @@ method beside plain training:
 
 - the metric, mean ± sd over seeds, and the method's difference from plain, d = mean(method) - mean(plain),
   with its Welch 95% interval and the means verdict (power.compare_means: "better" when the interval lies below
-  0, "worse" above, "tie" when it holds 0);
+  0, "worse" above, "tie" when it holds 0); the same for Inception FID where every point of the setting was
+  scored (`ambient.study --score-fid`);
 - the worth of a noisy image, w = (n' - n_clean) / n_noisy, n' read off the plain study's clean-only curve
   (scaling.equivalent_clean, seed-bootstrap 95% CI);
 - the background noise left in the samples (metrics.background_noise of samples/NAME.npz, mean over seeds);
@@ -69,20 +70,30 @@ def _seconds(group: Sequence[dict]) -> float | None:
     return float(np.median([t + (r.get("restore_seconds") or 0.0) for t, r in zip(times, group)]))
 
 
-def _entry(name: str, group: Sequence[dict], plain: Sequence[dict], clean: dict[int, list[float]],
-           folder: Path) -> dict:
-    """One method's (or plain's) figures for one setting: module docstring, in order."""
-    c, m, s = group[0]["n_clean"], group[0]["n_noisy"], group[0]["sigma_n"]
-    values, base = [r["value"] for r in group], [r["value"] for r in plain]
-    out = {"method": name, "sigma_n": s, "n_clean": c, "n_noisy": m, "seeds": len(values),
-           "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+def versus(values: Sequence[float], base: Sequence[float]) -> dict:
+    """A method's seed values of a metric against plain's (`base`, empty for plain itself): mean, sd, and the
+    difference of the means d = mean(values) - mean(base) with its Welch 95% interval and the means verdict."""
+    out = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
            "diff": None, "low": None, "high": None, "verdict": None}
-    if name != PLAIN and plain:
+    if len(base):
         out["diff"] = float(np.mean(values) - np.mean(base))
         if len(values) > 1 and len(base) > 1:
-            _, low, high = power.welch(base, values)
-            out["low"], out["high"] = low, high
+            _, out["low"], out["high"] = power.welch(base, values)
         out["verdict"] = VERDICT[power.compare_means(values, base)]
+    return out
+
+
+def _entry(name: str, group: Sequence[dict], plain: Sequence[dict], clean: dict[int, list[float]],
+           folder: Path) -> dict:
+    """One method's (or plain's) figures for one setting: module docstring, in order; "fid": `versus` on the
+    Inception FID of the kept samples (None unless every point of both was scored)."""
+    c, m, s = group[0]["n_clean"], group[0]["n_noisy"], group[0]["sigma_n"]
+    values = [r["value"] for r in group]
+    base = [] if name == PLAIN else plain
+    out = {"method": name, "sigma_n": s, "n_clean": c, "n_noisy": m, "seeds": len(values),
+           **versus(values, [r["value"] for r in base])}
+    fid, fid_base = [r.get("fid") for r in group], [r.get("fid") for r in base]
+    out["fid"] = None if None in fid + fid_base else versus(fid, fid_base)
     worth = scaling.equivalent_clean(clean, values, c, m) if len(clean) >= 2 else None
     out["worth"] = None if worth is None else {k: worth[k] for k in ("n_equiv", "worth", "bound", "ci_low", "ci_high")}
     memorised = [r.get("memorised") for r in group]
@@ -126,20 +137,29 @@ def _worth_cell(w: dict | None) -> str:
     return f"{b}{w['worth']:.2f}{ci}"
 
 
+def _versus_cells(v: dict | None) -> str:
+    """'mean ± sd | difference (Welch 95%) | means verdict' cells of `versus` (empty without)."""
+    if v is None:
+        return " | | "
+    value = f"{v['mean']:.2f}" + ("" if v["sd"] is None else f" ± {v['sd']:.2f}")
+    diff = "" if v["diff"] is None else f"{v['diff']:+.2f}" + (
+        "" if v["low"] is None else f" ({v['low']:+.2f} to {v['high']:+.2f})")
+    return f"{value} | {diff} | {v['verdict'] or ''}"
+
+
 def side_by_side_table(entries: Sequence[dict], metric: str) -> str:
-    """Markdown: one row per setting and method (plain first)."""
-    lines = [f"| sigma_n | n_clean | n_noisy | method | {metric} | seeds | difference from plain (Welch 95%) | "
-             "means verdict | worth of a noisy image (95% CI) | background noise | copies | s per model | "
-             "cost / plain |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: one row per setting and method (plain first); FID columns where any setting was scored."""
+    fid = any(e["fid"] is not None for e in entries)
+    head = [f"{metric} | difference from plain (Welch 95%) | means verdict"]
+    head += ["FID | FID difference (Welch 95%) | FID verdict"] if fid else []
+    lines = [f"| sigma_n | n_clean | n_noisy | method | seeds | {' | '.join(head)} | worth of a noisy image (95% CI) | "
+             "background noise | copies | s per model | cost / plain |", "|" + "---|" * (13 + 3 * fid)]
     for e in entries:
-        value = f"{e['mean']:.2f}" + ("" if e["sd"] is None else f" ± {e['sd']:.2f}")
-        diff = "" if e["diff"] is None else f"{e['diff']:+.2f}" + (
-            "" if e["low"] is None else f" ({e['low']:+.2f} to {e['high']:+.2f})")
+        cells = [_versus_cells(e)] + ([_versus_cells(e["fid"])] if fid else [])
         copies = "" if e["copies"] is None else f"{100 * e['copies']:.1f}%"
-        lines.append(f"| {e['sigma_n']:g} | {e['n_clean']} | {e['n_noisy']} | {e['method']} | {value} | "
-                     f"{e['seeds']} | {diff} | {e['verdict'] or ''} | {_worth_cell(e['worth'])} | "
-                     f"{_num(e['background'], '.3f')} | {copies} | {_num(e['seconds'], '.0f')} | "
-                     f"{_num(e['cost_ratio'])} |")
+        lines.append(f"| {e['sigma_n']:g} | {e['n_clean']} | {e['n_noisy']} | {e['method']} | {e['seeds']} | "
+                     f"{' | '.join(cells)} | {_worth_cell(e['worth'])} | {_num(e['background'], '.3f')} | {copies} | "
+                     f"{_num(e['seconds'], '.0f')} | {_num(e['cost_ratio'])} |")
     return "\n".join(lines)
 
 
