@@ -23,7 +23,8 @@ FAST = ["--data", "digits", "--model-channels", "8", "--batch", "16", "--tick-ki
         "--precision", "fp32",   # the equivalence is exact up to fp32 reduction order; bf16 (auto on AMX) is not
         "--lr-decay", "none"]    # runs extended by --kimg on resume: a rate that does not follow --kimg
 
-# Runs train.py after installing an audit hook that records every file/directory this rank creates or writes.
+# Runs train.py after installing an audit hook that records every file/directory this rank creates or writes, and
+# then whether the process group is still alive.
 AUDITED_TRAIN = """
 import os, sys
 log = open(sys.argv.pop(1) + f".rank{os.environ.get('RANK', 0)}", "w", buffering=1)
@@ -38,7 +39,10 @@ sys.addaudithook(hook)
 sys.argv[0] = "train.py"
 sys.path.insert(0, os.getcwd())
 import train
-sys.exit(train.main())
+status = train.main()
+import torch.distributed
+log.write(f"group alive at exit: {torch.distributed.is_initialized()}\\n")
+sys.exit(status)
 """
 
 
@@ -97,6 +101,8 @@ def test_two_processes_match_one_and_only_rank0_writes(tmp_path):
                for r in (0, 1)}
     assert any("checkpoint" in line for line in written[0]) and any("log.jsonl" in line for line in written[0])
     assert written[1] == [], written[1]
+    for r in (0, 1):            # main() left the group: exiting with it alive can abort a finished worker
+        assert "group alive at exit: False" in Path(f"{audit}.rank{r}").read_text()
 
 
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])

@@ -24,6 +24,7 @@ from ambient.data import check_split_options, is_noisy_dataset
 from ambient.io import CheckpointError
 
 from .config import TrainConfig, flag_name
+from .distributed import shutdown
 from .loop import TrainingDiverged, TrainingInterrupted, train
 
 
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before the first training step; run the same command again", file=sys.stderr)
         return 130
+    shutdown()                  # every rank is past the run's last barrier: nothing of the group is still in flight
     if int(os.environ.get("RANK", 0)) == 0:          # under torchrun: rank 0 alone says it
         print(f"done: {run_dir}")
     return 0

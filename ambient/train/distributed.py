@@ -103,3 +103,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one: the last thing a torchrun worker does.
+
+    Exiting with the group alive leaves gloo's worker threads holding finished work (and its tensors) until the
+    interpreter is torn down, where freeing them can abort the process (SIGABRT, "terminate called without an
+    active exception"): a finished run that torchrun reports failed."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
