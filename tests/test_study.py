@@ -111,15 +111,17 @@ def test_report_only_writes_results_without_running_anything(micro_study, capsys
         assert [r["name"] for r in csv.DictReader(f)] == ["c8_n8_s0.2_seed0", "c16_n0_seed0"]
 
 
-def test_interrupted_point_continues_and_changed_settings_are_refused(micro_study, capsys):
+def test_interrupted_point_continues_and_changed_settings_are_refused(micro_study, capsys, monkeypatch):
     folder = micro_study / "points" / "c16_n0_seed0"
     (folder / "metrics.json").unlink()
     ckpts = sorted(p.name for p in (folder / "run").glob("checkpoint-*"))
     # Different training settings for a started point: one clear error, nothing touched.
     assert study.main(["--dir", str(micro_study), *MICRO, "--kimg", "0.064"]) == 1
     assert "was started with" in capsys.readouterr().out and not (folder / "metrics.json").exists()
-    # The same settings: the run is continued (already complete: no new checkpoint) and evaluated again.
-    assert study.main(["--dir", str(micro_study), *MICRO]) == 0
+    # The same settings, the study's folder spelled relative to another working directory (point.json says it
+    # absolute): the run is continued (already complete: no new checkpoint) and evaluated again.
+    monkeypatch.chdir(micro_study.parent)
+    assert study.main(["--dir", micro_study.name, *MICRO]) == 0
     out = capsys.readouterr().out
     assert "train c16_n0_seed0 (continuing)" in out and "skip c8_n8_s0.2_seed0" in out
     assert sorted(p.name for p in (folder / "run").glob("checkpoint-*")) == ckpts
@@ -316,6 +318,11 @@ def test_restore_rounds_score_the_restored_model_of_each_noisy_point(classifier_
     assert "was started with restoration arguments" in capsys.readouterr().out and _mtimes(root) == before
     assert study.main(["--dir", str(root), *RESTORE_STUDY, "--restore-kimg", "0.016"]) == 2
     assert "give --restore-rounds too" in capsys.readouterr().err
+    # The same settings from another Python (point.json names the interpreter that restored): continued.
+    record["restore_args"][0] = "/opt/another/python3"
+    (mixed / "point.json").write_text(json.dumps(record))
+    assert study.main(["--dir", str(root), *RESTORE_STUDY, *RESTORE]) == 0
+    assert f"restore {mixed.name} (1 round(s))" in capsys.readouterr().out and (mixed / "metrics.json").exists()
 
 
 def test_grid_points_share_clean_runs_and_table1_pairs():

@@ -258,6 +258,23 @@ def _subprocess_env(s: Settings) -> dict[str, str]:
     return env
 
 
+def _started_in(record: dict[str, Any], folder: Path) -> str:
+    """How the point folder was spelled when point.json was written: its run directory's parent (--run-dir is always
+    FOLDER/run), relative or absolute as that study's --dir was."""
+    args = record.get("train_args", [])
+    flag = args.index("--run-dir") if "--run-dir" in args[:-1] else None
+    return os.path.dirname(args[flag + 1]) if flag is not None else str(folder)
+
+
+def _as_point_args(args: list[str], folder: str) -> list[str]:
+    """A point's recorded command in terms of the point: its folder written FOLDER and the restorer's interpreter
+    dropped, so that a study continued with another spelling of --dir (relative, absolute) or another Python finds
+    its started points the same."""
+    if args[1:3] == ["-m", "ambient.restore"]:
+        args = args[1:]
+    return ["FOLDER" + a[len(folder):] if a == folder or a.startswith(folder + os.sep) else a for a in args]
+
+
 def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     """Train (or continue) and evaluate one point unless its metrics file exists; returns the point folder.
 
@@ -273,8 +290,9 @@ def run_point(p: Point, study_dir: Path, s: Settings) -> Path:
     args, restore = s.train_args_for(p, run_dir), s.restore_args(p, run_dir)
     record_file = folder / "point.json"
     record = read_point_file(record_file, POINT_ENTRIES) if os.path.lexists(record_file) else {"train_seconds": 0.0}
+    started_in = _started_in(record, folder)
     for key, what, given in (("train_args", "training", args), ("restore_args", "restoration", restore)):
-        if record.get(key, given) != given:
+        if key in record and _as_point_args(record[key], started_in) != _as_point_args(given, str(folder)):
             raise StudyError(f"point {p.name} in {study_dir} was started with {what} arguments "
                              f"{shlex.join(record[key])}, not {shlex.join(given)}; use a new --dir for new settings")
         if given:
