@@ -105,6 +105,14 @@ def test_two_processes_match_one_and_only_rank0_writes(tmp_path):
         assert "group alive at exit: False" in Path(f"{audit}.rank{r}").read_text()
 
 
+def test_an_error_every_rank_meets_is_one_whole_line_per_rank(tmp_path):
+    p = run(FAST + ["--run-dir", str(tmp_path / "run"), "--batch", "15"], nproc=2)
+    said = "--batch 15 must split evenly into 2 rank(s) x micro-batches of --batch-gpu 7"
+    lines = [line for line in p.stderr.splitlines() if "error" in line and "--batch 15" in line]
+    assert p.returncode != 0 and sorted(lines) == [f"error (rank 1 of 2): {said}", f"error: {said}"], p.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
 def test_resume_across_world_sizes(tmp_path, first, second):
     straight, split = tmp_path / "straight", tmp_path / "split"

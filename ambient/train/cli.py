@@ -111,6 +111,14 @@ def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
+def _say_error(message: str) -> None:
+    """`error: MESSAGE` on stderr as one write: under torchrun every rank may say it on one terminal, and a line
+    written in pieces interleaves with another rank's. Ranks other than 0 name themselves."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    sys.stderr.write(f"error{f' (rank {rank} of {world})' if rank else ''}: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train from a command line; the exit status: 0 done, 1 an error (one line), 130 interrupted."""
     argv = sys.argv[1:] if argv is None else argv
@@ -118,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir = train(cfg)
     except (ValueError, OSError, CheckpointError, TrainingDiverged) as e:   # OSError: e.g. a full disk
-        print(f"error: {e}", file=sys.stderr)
+        _say_error(str(e))
         return 1
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
-        print(f"error: out of memory ({str(e).strip().splitlines()[-1][:200]}); lower --batch-gpu (the images each "
-              "process takes at once; default --batch / processes), the network's size (--model-channels, "
-              "--preset) or the images' resolution", file=sys.stderr)
+        _say_error(f"out of memory ({str(e).strip().splitlines()[-1][:200]}); lower --batch-gpu (the images each "
+                  "process takes at once; default --batch / processes), the network's size (--model-channels, "
+                  "--preset) or the images' resolution")
         return 1
     except TrainingInterrupted as e:
         print(f"{e}; resume with: {resume_command(argv, e.run_dir)}", file=sys.stderr)
