@@ -36,21 +36,49 @@ data "$MAIN"
 worktree ../study-code "$STUDY_COMMIT"
 worktree ../methods-code "$METHODS_COMMIT"
 
-# Issue 22: the power plan's seeds of Table 1.
+# Issue 22 item 4 needs each noisy-only point's checkpoint, and checkpoints (points/NAME/run, not committed) do not
+# outlive the session that trained them: a finished noisy-only point is evaluated stopped at sigma_n within the
+# session that has its run. stop_finished does it for every such point here (by the methods' commit, whose study has
+# --eval-stop-noisy; a point selected alone, so nothing else is trained, its report written aside).
+stop_finished() {
+    local folder name seed sigma
+    for folder in "$MAIN"/docs/study/points/c0_n1000_s*_seed*; do
+        [ -e "$folder/metrics.json" ] && [ -d "$folder/run" ] && [ ! -e "$folder/stop-metrics.json" ] || continue
+        name=$(basename "$folder") && sigma=${name#c0_n1000_s} && sigma=${sigma%_seed*} && seed=${name##*_seed}
+        study ../methods-code --config docs/study/cpu.toml --dir "$MAIN/docs/study" --results "$MAIN/../stop-report" \
+            --n-clean= --points 0:1000 --sigma-n "$sigma" --setting-seeds= --seeds "$seed" --eval-stop-noisy || true
+    done
+}
+
+# Issue 22: the power plan's seeds of Table 1, the noisy-only ones evaluated stopped as they finish.
+(while sleep 300; do stop_finished; done) &
+sweeper=$!
+trap 'kill $sweeper 2> /dev/null || true' EXIT
 study ../study-code --config docs/study/cpu.toml --dir "$MAIN/docs/study"
-# Issue 22 item 4: the noisy-only seeds 0-2 kept no checkpoint; trained again at the study's commit (the same
-# models on the same host kind: their metrics.json must equal the committed ones), their runs moved into the points.
-study ../study-code --config docs/study/cpu.toml --dir ../retrain --n-clean= --setting-seeds= --points 0:1000 \
-    --seeds 0-2
-for run in ../retrain/points/*/run; do
-    name=$(basename "$(dirname "$run")")
-    python -c "import json, sys; a, b = (json.load(open(f))['fd_mnist'] for f in sys.argv[1:3]); print(sys.argv[3],
-        'trained again: FD-MNIST', a, 'committed', b, 'the same' if a == b else 'DIFFERENT')" \
-        "$run/../metrics.json" "$MAIN/docs/study/points/$name/metrics.json" "$name"
-    [ -e "$MAIN/docs/study/points/$name/run" ] || mv "$run" "$MAIN/docs/study/points/$name/run"
+kill $sweeper
+stop_finished
+# Issue 22 item 4: the noisy-only points finished in an earlier session have no checkpoint here. Each is trained
+# again at the study's commit (the same model on the same host kind: its metrics.json must equal the committed one),
+# the two sigma_n of a seed side by side, its run moved into the point and evaluated stopped at once.
+for seed in $(seq 0 11); do
+    sigmas=()
+    for sigma in 0.2 0.4; do
+        folder=$MAIN/docs/study/points/c0_n1000_s${sigma}_seed$seed
+        [ -e "$folder/metrics.json" ] && [ ! -d "$folder/run" ] && [ ! -e "$folder/stop-metrics.json" ] && sigmas+=("$sigma")
+    done
+    [ ${#sigmas[@]} -gt 0 ] || continue
+    study ../study-code --config docs/study/cpu.toml --dir ../retrain --n-clean= --setting-seeds= --points 0:1000 \
+        --sigma-n "$(IFS=,; echo "${sigmas[*]}")" --seeds "$seed" --eval-snapshots 1
+    for sigma in "${sigmas[@]}"; do
+        name=c0_n1000_s${sigma}_seed$seed
+        # Another model (not the committed one) is never evaluated in its place: the point stays without stop figures.
+        python -c "import json, sys; a, b = (json.load(open(f))['fd_mnist'] for f in sys.argv[1:3]); print(sys.argv[3],
+            'trained again: FD-MNIST', a, 'committed', b, 'the same' if a == b else 'DIFFERENT'); sys.exit(a != b)" \
+            "../retrain/points/$name/metrics.json" "$MAIN/docs/study/points/$name/metrics.json" "$name" &&
+            mv "../retrain/points/$name/run" "$MAIN/docs/study/points/$name/run" || true
+    done
+    stop_finished
 done
-# Every point is finished: this only evaluates the noisy-only points with the sampler stopped at sigma_n.
-study ../methods-code --config docs/study/cpu.toml --dir "$MAIN/docs/study" --eval-stop-noisy
 study "$MAIN" --config docs/study/cpu.toml --score-fid
 
 # Issue 23: the methods beside plain training, then issue 22's price list, then the costliest method.
